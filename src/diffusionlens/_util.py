@@ -1,0 +1,64 @@
+"""Small shared helpers: broadcasting per-sample scalars and validating inputs.
+
+Every public function that takes a noise level accepts a Python float, a 0-d tensor or a
+tensor of shape (batch,); :func:`as_sigma` turns any of these into shape (batch,) on the data's
+device and dtype, and :func:`expand` broadcasts a (batch,) tensor against data of any rank.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def expand(v: Tensor, x: Tensor) -> Tensor:
+    """Reshape per-sample values ``v`` of shape (batch,) to broadcast against ``x`` (batch, ...)."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def as_tensor(v, like: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Convert a float or tensor to a tensor on ``like``'s device (float64 for Python numbers)."""
+    if isinstance(v, Tensor):
+        out = v
+    else:
+        out = torch.as_tensor(v, dtype=torch.float64)
+    if like is not None:
+        out = out.to(device=like.device, dtype=dtype or like.dtype)
+    elif dtype is not None:
+        out = out.to(dtype)
+    return out
+
+
+def as_sigma(sigma, x: Tensor, *, allow_zero: bool = False, name: str = "sigma") -> Tensor:
+    """Return ``sigma`` as a (batch,) tensor matching ``x`` (batch, ...), after checking it.
+
+    Raises ValueError if sigma is not finite, not positive (or negative when ``allow_zero``),
+    or has a shape other than (), (1,) or (batch,).
+    """
+    if x.ndim < 1:
+        raise ValueError(f"data must have a batch dimension, got a tensor of shape {tuple(x.shape)}")
+    s = as_tensor(sigma, like=x)
+    if s.ndim == 0 or (s.ndim == 1 and s.shape[0] == 1):
+        s = s.reshape(1).expand(x.shape[0])
+    elif s.ndim != 1 or s.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{name} must be a scalar or have shape (batch,) = ({x.shape[0]},), got shape {tuple(s.shape)}"
+        )
+    check_sigma(s, allow_zero=allow_zero, name=name)
+    return s
+
+
+def check_sigma(s: Tensor, *, allow_zero: bool = False, name: str = "sigma") -> None:
+    """Raise ValueError naming the offending value if ``s`` holds a non-finite or non-positive entry."""
+    bad = ~torch.isfinite(s) | ((s < 0) if allow_zero else (s <= 0))
+    if bool(bad.any()):
+        value = s[bad].flatten()[0].item()
+        need = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {need}, got {value}")
+
+
+def check_unit_interval(t: Tensor, name: str = "t") -> None:
+    """Raise ValueError naming the offending value if ``t`` leaves [0, 1] or is NaN."""
+    bad = ~((t >= 0) & (t <= 1))
+    if bool(bad.any()):
+        raise ValueError(f"{name} must lie in [0, 1], got {t[bad].flatten()[0].item()}")
