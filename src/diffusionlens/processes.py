@@ -46,6 +46,7 @@ __all__ = [
     "Discrete",
     "VPSchedule",
     "Spacing",
+    "posterior_coefs",
     "karras_grid",
     "logsnr_grid",
     "time_grid",
@@ -494,6 +495,19 @@ class Discrete(_VPScaled):
         """Noise level of a (possibly fractional) 0-based timestep index in [-1, T - 1]."""
         i = as_tensor(timestep)
         return self.sigma((i.to(torch.float64) + 1) / self.T)
+
+
+def posterior_coefs(sigma_t: Tensor, sigma_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gaussian posterior q(x_hat_s | x_hat_t, x0) for sigma_s < sigma_t, in scale-free coordinates.
+
+    Since x_hat_t = x_hat_s + sqrt(sigma_t^2 - sigma_s^2) z, the posterior is
+    N(r x_hat_t + (1 - r) x0, sigma_s^2 (1 - r)) with r = sigma_s^2 / sigma_t^2. Returns
+    (coefficient of x_hat_t, coefficient of x0, variance); in a VP process's own coordinates
+    multiply the mean by s(t_s) and the variance by s(t_s)^2 (DDPM's posterior, Ho et al. 2020 eq. 7).
+    sigma_s = 0 gives (0, 1, 0).
+    """
+    r = (sigma_s / sigma_t) ** 2
+    return r, 1 - r, sigma_s**2 * (1 - r)
 
 
 # --------------------------------------------------------------------------- grids
