@@ -9,9 +9,9 @@ matching with data at t = 1) into it, so nothing downstream ever sees those conv
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-import torch
 from torch import Tensor, nn
 
 from ._util import as_sigma, expand

@@ -127,7 +127,9 @@ def solve(
         nfe[idx] += 1
         if not bool(torch.isfinite(out).all()):
             bad = (~torch.isfinite(out.flatten(1))).any(1)
-            raise FloatingPointError(f"non-finite derivative at t={tt[bad][0].item():.6g} (sample {int(idx[bad][0])})")
+            raise FloatingPointError(
+                f"non-finite derivative at t={tt[bad][0].item():.6g} (sample {int(idx[bad][0])})"
+            )
         return out
 
     done = span == 0
@@ -149,7 +151,9 @@ def solve(
         k1 = call(t[run] + hh * direction[run], y1, run)
         d2 = _rms((k1 - kr) / sc).double() / hh
         dmax = torch.maximum(d1, d2)
-        h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(hh, 1e-6), hh * 1e-3), (0.01 / dmax) ** (1 / tab.order))
+        h1 = torch.where(
+            dmax <= 1e-15, torch.maximum(torch.full_like(hh, 1e-6), hh * 1e-3), (0.01 / dmax) ** (1 / tab.order)
+        )
         h[run] = torch.minimum(100 * hh, h1)
     h = torch.minimum(h, span)
 
@@ -159,7 +163,9 @@ def solve(
         if run.numel() == 0:
             break
         if int((acc[run] + rej[run]).max()) >= max_steps:
-            raise RuntimeError(f"adaptive solver exceeded max_steps={max_steps} (t={t[run][0].item():.6g}); loosen rtol/atol")
+            raise RuntimeError(
+                f"adaptive solver exceeded max_steps={max_steps} (t={t[run][0].item():.6g}); loosen rtol/atol"
+            )
         tr, yr, hr, dr = t[run], y[run], h[run], direction[run]
         remaining = (t1[run] - tr).abs()
         last = hr >= remaining * (1 - 1e-12)

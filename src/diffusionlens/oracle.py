@@ -63,11 +63,14 @@ class GaussianMixture:
                 raise ValueError("full covariances must be symmetric")
             evals, evecs = torch.linalg.eigh(covs)
         else:
-            raise ValueError(f"covs must have shape (K, d, d), (K, d), (K,) or () with K={K}, d={d}; got {tuple(covs.shape)}")
+            raise ValueError(
+                f"covs must have shape (K, d, d), (K, d), (K,) or () with K={K}, d={d}; got {tuple(covs.shape)}"
+            )
         if not bool(torch.isfinite(evals).all()) or bool((evals <= 0).any()):
             k = int(torch.nonzero(~(evals > 0))[0, 0]) if bool((evals <= 0).any()) else 0
             raise ValueError(
-                f"covariance of component {k} is not positive definite (smallest eigenvalue {evals[k].min().item():.3g})"
+                f"covariance of component {k} is not positive definite "
+                f"(smallest eigenvalue {evals[k].min().item():.3g})"
             )
         if weights is None:
             weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
@@ -116,7 +119,9 @@ class GaussianMixture:
     def _params(self, like: Tensor):
         key = (like.device, like.dtype)
         if key not in self._cache:
-            cast = (lambda v: None if v is None else v.to(device=like.device, dtype=like.dtype))
+            def cast(v):
+                return None if v is None else v.to(device=like.device, dtype=like.dtype)
+
             self._cache[key] = (cast(self._means), cast(self._evals), cast(self._evecs), cast(self._weights))
         return self._cache[key]
 
@@ -204,7 +209,7 @@ class GaussianMixture:
         x = mu[k] + w
         return x.reshape((n,) + self.data_shape).to(dtype=dtype, device=device or gdev)
 
-    def noisy(self, sigma: float) -> "GaussianMixture":
+    def noisy(self, sigma: float) -> GaussianMixture:
         """The mixture of x0 + sigma n (covariances C_k + sigma^2 I), itself a GaussianMixture."""
         if not (math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"sigma must be finite and >= 0, got {sigma}")

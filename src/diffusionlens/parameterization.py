@@ -65,7 +65,7 @@ class Param(str, enum.Enum):
     EDM = "edm"
 
     @classmethod
-    def parse(cls, value: "Param | str") -> "Param":
+    def parse(cls, value: Param | str) -> Param:
         """Accept a member or its name; raise naming the value and the choices otherwise."""
         try:
             return cls(value)

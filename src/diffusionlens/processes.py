@@ -424,10 +424,9 @@ def _discrete_betas(schedule: DiscreteSchedule, T: int, beta_start: float | None
         lo, hi = math.sqrt(beta_start or 0.00085), math.sqrt(beta_end or 0.012)
         return torch.linspace(lo, hi, T, dtype=torch.float64) ** 2
 
-    def abar(u):
-        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    return torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)], dtype=torch.float64)
+    u = torch.arange(T + 1, dtype=torch.float64) / T
+    abar = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    return torch.clamp(1 - abar[1:] / abar[:-1], max=0.999)
 
 
 @dataclass(frozen=True)

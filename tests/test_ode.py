@@ -1,0 +1,68 @@
+"""The adaptive Runge-Kutta integrator: accuracy tracks the tolerance, samples are independent."""
+
+import pytest
+import torch
+
+from diffusionlens.ode import Method, solve
+
+LAM = torch.tensor([0.5, 1.0, 4.0, 10.0], dtype=torch.float64)
+
+
+def rhs(t, y, idx):
+    return -LAM[idx, None] * t[:, None] * y  # y(t) = y0 exp(-lam t^2 / 2)
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_error_tracks_tolerance(method):
+    errs = []
+    for tol in [1e-4, 1e-7]:
+        y, info = solve(rhs, torch.ones(4, 1, dtype=torch.float64), 0.0, 2.0, rtol=tol, atol=tol, method=method)
+        errs.append((y[:, 0] - torch.exp(-2 * LAM)).abs().max().item())
+        assert bool((info.nfe == info.accepted * (len(method.tableau.c) - 1) + info.rejected
+                     * (len(method.tableau.c) - 1) + 2).all())  # FSAL: s-1 new stages a step, +2 at start
+    # global error is about proportional to the tolerance (within a factor 100 of it, and it falls)
+    assert errs[0] < 100 * 1e-4 and errs[1] < 100 * 1e-7 and errs[1] < errs[0] / 50
+
+
+def test_backwards_and_per_sample_spans():
+    y0 = torch.ones(4, 1, dtype=torch.float64)
+    t1 = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
+    y, _ = solve(rhs, y0, 0.0, t1, rtol=1e-9, atol=1e-9)
+    # mixed error control: about rtol |y| + atol per unit of t, times a modest global factor
+    torch.testing.assert_close(y[:, 0], torch.exp(-LAM * t1**2 / 2), rtol=1e-7, atol=1e-8)
+    # backwards from the exact end values (the forward result's absolute error would be amplified e^20-fold)
+    back, _ = solve(rhs, torch.exp(-LAM * t1**2 / 2)[:, None], t1, 0.0, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(back, y0, rtol=1e-6, atol=1e-8)
+
+
+def test_result_does_not_depend_on_the_batch():
+    y0 = torch.ones(4, 3, dtype=torch.float64)
+    full, info = solve(rhs, y0, 0.0, 2.0, rtol=1e-6, atol=1e-6)
+    for i in range(4):
+        alone, info_i = solve(lambda t, y, idx, i=i: rhs(t, y, idx + i), y0[i : i + 1], 0.0, 2.0, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(alone, full[i : i + 1], rtol=0, atol=0)
+        assert info_i.nfe.item() == info.nfe[i].item()
+
+
+def test_stiffer_samples_take_more_steps():
+    _, info = solve(rhs, torch.ones(4, 1, dtype=torch.float64), 0.0, 2.0, rtol=1e-6, atol=1e-6)
+    assert info.nfe[0] < info.nfe[-1]
+
+
+def test_errors():
+    with pytest.raises(FloatingPointError, match="t="):
+        solve(lambda t, y, idx: y / (1 - t[:, None]), torch.ones(2, 1), 0.0, 2.0)
+    with pytest.raises(RuntimeError, match="max_steps"):
+        solve(lambda t, y, idx: torch.cos(1e4 * t[:, None]) * torch.ones_like(y), torch.ones(1, 1,
+              dtype=torch.float64), 0.0, 10.0, rtol=1e-10, atol=1e-10, max_steps=50)
+    with pytest.raises(ValueError, match="rtol"):
+        solve(rhs, torch.ones(4, 1), 0.0, 1.0, rtol=0.0)
+    with pytest.raises(ValueError, match="'rk4'"):
+        solve(rhs, torch.ones(4, 1), 0.0, 1.0, method="rk4")
+
+
+def test_zero_span_is_identity():
+    y0 = torch.randn(3, 2, dtype=torch.float64)
+    y, info = solve(lambda t, y, idx: y, y0, 1.0, 1.0)
+    torch.testing.assert_close(y, y0)
+    assert int(info.nfe.sum()) == 0
