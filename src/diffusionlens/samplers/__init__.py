@@ -1,0 +1,276 @@
+"""Samplers: every family over one canonical denoiser, and :func:`sample`, the one-line entry point.
+
+Conventions: a sampler is a plain function
+``fn(denoiser, x, sigmas, *, generator=None, callback=None, **options) -> x`` where
+``denoiser(x_hat, sigma)`` is the canonical denoiser (sigma passed as a (batch,) tensor),
+``x = noise * sigmas[0]`` (batch, ...) in scale-free coordinates, and ``sigmas`` is a decreasing
+grid ending at 0 (deterministic samplers also accept an increasing grid from sigma_min > 0, which
+integrates the PF-ODE data -> noise). Each family lives in its own module as pure step functions
+plus the one loop of :mod:`._common`; :data:`SAMPLERS` maps plain names to them.
+
+=================  ======================================================  =============  ========
+name               method                                                  NFE            order
+=================  ======================================================  =============  ========
+``euler``          Euler on the PF-ODE (= DDIM eta=0)                        steps          1
+``heun``           Heun / EDM Alg. 1-2 (``s_churn`` for stochasticity)       2 steps - 1    2
+``ddim``           DDIM, ``eta`` in [0, 1]                                   steps          1
+``ddpm``           DDPM ancestral, ``variance`` posterior / large            steps          (SDE)
+``lms``            linear multistep in sigma, order 4                        steps          4
+``dpmpp_2m``       DPM-Solver++(2M), log-sigma exponential integrator        steps          2
+``dpmpp_3m``       DPM-Solver++(3M)                                          steps          3
+``dpmpp_2m_sde``   SDE-DPM-Solver++(2M), eta = 1                             steps          (SDE)
+``dpmpp_3m_sde``   SDE-DPM-Solver++(3M), eta = 1                             steps          (SDE)
+``unipc``          UniPC (UniP-3 + UniC, bh2)                                steps          4
+``euler_maruyama`` reverse SDE, Euler–Maruyama                               steps          (SDE)
+``pc``             predictor–corrector, Langevin corrector                   ~2 steps       (SDE)
+``langevin``       annealed Langevin dynamics, 10 steps per level            10 steps + 1   (MCMC)
+``adaptive``       Dormand–Prince 5(4) in log sigma with error control       adaptive       5
+=================  ======================================================  =============  ========
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..model import Denoiser
+from ..processes import Discrete, Process, Spacing, karras_grid, logsnr_grid, time_grid, timestep_grid
+from ._common import Counted, NoiseStream, check_grid, noise_seeds, randn
+from .adaptive import adaptive
+from .ddim import Variance, ddim, ddim_update, ddpm
+from .dpmpp import SecondOrder, dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, dpmpp_update
+from .euler import churn, euler, euler_update, heun, heun_update
+from .lms import lms, lms_coefficients
+from .sde import em_update, euler_maruyama, langevin, langevin_update, pc
+from .unipc import unic_update, unip_update, unipc
+
+__all__ = [
+    "SAMPLERS",
+    "DETERMINISTIC",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_GRID",
+    "Grid",
+    "SampleInfo",
+    "make_grid",
+    "sample",
+    "randn",
+    "noise_seeds",
+    "NoiseStream",
+    "Counted",
+    "check_grid",
+    "Variance",
+    "SecondOrder",
+    "adaptive",
+    "ddim",
+    "ddpm",
+    "dpmpp",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "euler",
+    "heun",
+    "lms",
+    "unipc",
+    "euler_maruyama",
+    "pc",
+    "langevin",
+    "ddim_update",
+    "dpmpp_update",
+    "euler_update",
+    "heun_update",
+    "churn",
+    "lms_coefficients",
+    "em_update",
+    "langevin_update",
+    "unip_update",
+    "unic_update",
+]
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "euler": euler,
+    "heun": heun,
+    "ddim": ddim,
+    "ddpm": ddpm,
+    "lms": lms,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "dpmpp_3m_sde": dpmpp_3m_sde,
+    "unipc": unipc,
+    "euler_maruyama": euler_maruyama,
+    "pc": pc,
+    "langevin": langevin,
+    "adaptive": adaptive,
+}
+"""Every sampler by name. Each runs through :func:`sample` with its default options."""
+
+DETERMINISTIC = frozenset({"euler", "heun", "ddim", "lms", "dpmpp_2m", "dpmpp_3m", "unipc", "adaptive"})
+"""Samplers that are deterministic with default options (and accept increasing grids)."""
+
+
+class Grid(str, enum.Enum):
+    """Noise-level grids (:mod:`diffusionlens.processes`)."""
+
+    KARRAS = "karras"  # Karras et al. 2022 eq. 5, rho = 7
+    LOGSNR = "logsnr"  # uniform in log sigma (log-SNR)
+    TIME = "time"  # uniform in the model's process time t (needs a Denoiser)
+    TIMESTEPS = "timesteps"  # integer timesteps of a Discrete model (exact table entries)
+
+    @classmethod
+    def parse(cls, value) -> Grid:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown grid {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
+
+
+DEFAULT_SAMPLER = "unipc"
+DEFAULT_GRID = Grid.LOGSNR
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    """What :func:`sample` did.
+
+    Attributes:
+        nfe: denoiser evaluations per sample (mean over the batch; counted by a wrapper).
+        calls: batched denoiser calls.
+        sigmas: (steps + 1,) float64 grid used.
+        nfe_per_sample: (batch,) per-sample NFE when it varies (adaptive sampler), else None.
+    """
+
+    nfe: float
+    calls: int
+    sigmas: Tensor
+    nfe_per_sample: Tensor | None = None
+
+
+def make_grid(
+    grid: Grid | str,
+    steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    *,
+    process: Process | None = None,
+    rho: float = 7.0,
+    spacing: Spacing | str = Spacing.LEADING,
+) -> Tensor:
+    """The (steps + 1,) float64 decreasing grid ending at 0 named by ``grid``."""
+    grid = Grid.parse(grid)
+    if grid is Grid.KARRAS:
+        return karras_grid(steps, sigma_min, sigma_max, rho)
+    if grid is Grid.LOGSNR:
+        return logsnr_grid(steps, sigma_min, sigma_max)
+    if grid is Grid.TIME:
+        if process is None:
+            raise ValueError("grid 'time' needs the model's process: pass a diffusionlens Denoiser")
+        return time_grid(process, steps, sigma_min, sigma_max)
+    if not isinstance(process, Discrete):
+        raise ValueError(f"grid 'timesteps' needs a Denoiser of a Discrete process, got process {process!r}")
+    return timestep_grid(process, steps, spacing)
+
+
+def _resolve_sampler(sampler) -> tuple[str, Callable]:
+    if callable(sampler):
+        return getattr(sampler, "__name__", "sampler"), sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    return sampler, SAMPLERS[sampler]
+
+
+def sample(
+    denoiser,
+    noise: Tensor,
+    *,
+    sampler: str | Callable = DEFAULT_SAMPLER,
+    steps: int = 16,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    grid: Grid | str | Tensor = DEFAULT_GRID,
+    generator: torch.Generator | Tensor | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    return_info: bool = False,
+    rho: float = 7.0,
+    spacing: Spacing | str = Spacing.LEADING,
+    **options,
+):
+    """Draw samples: build the grid, scale the noise, run the sampler, count the NFE.
+
+    Args:
+        denoiser: canonical D(x_hat, sigma) — a callable or a :class:`diffusionlens.Denoiser` of any process.
+        noise: (batch, ...) standard normal in the output shape (see :func:`randn` for batch-invariant noise).
+        sampler: a name in :data:`SAMPLERS` or a sampler function.
+        steps: number of grid intervals (the NFE of single-evaluation samplers).
+        sigma_min, sigma_max: noise-level range of the grid (ignored by ``grid="timesteps"``).
+        grid: ``"logsnr"`` (default), ``"karras"``, ``"time"`` (the model's process time),
+            ``"timesteps"`` (a Discrete model's integer timesteps, with ``spacing``), or an explicit
+            decreasing (steps + 1,) tensor ending at 0.
+        generator: torch.Generator (or (batch,) int64 per-sample seeds) for stochastic samplers.
+        callback: called after every step with a dict (i, x, sigma, sigma_next, denoised).
+        progress: show a tqdm progress bar.
+        return_info: also return a :class:`SampleInfo` (NFE, grid).
+        rho: Karras grid exponent. spacing: timestep spacing for ``grid="timesteps"``.
+        **options: passed to the sampler (e.g. ``eta``, ``s_churn``, ``rtol``).
+    Returns x0 samples shaped like ``noise`` (and the info if ``return_info``).
+    """
+    if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 1:
+        raise TypeError(f"noise must be a floating-point tensor of shape (batch, ...), got {noise!r:.80}")
+    name, fn = _resolve_sampler(sampler)
+    process = denoiser.process if isinstance(denoiser, Denoiser) else None
+    if isinstance(grid, Tensor):
+        sigmas = check_grid(grid, allow_increasing=False)
+        if sigmas[-1].item() != 0:
+            raise ValueError(
+                f"sample() returns data, so an explicit grid must end at 0; got sigmas[-1] = {sigmas[-1].item()}"
+            )
+    else:
+        g = Grid.parse(grid)
+        if process is not None and g is not Grid.TIMESTEPS and sigma_max > process.sigma_max:
+            raise ValueError(
+                f"sigma_max={sigma_max} exceeds the model's process range (sigma_max={process.sigma_max:.6g}); "
+                f"pass sigma_max <= {process.sigma_max:.6g}"
+            )
+        if fn is adaptive and g is not Grid.TIMESTEPS:
+            # the adaptive solver chooses its own steps between the ends; `steps` does not apply
+            sigmas = torch.tensor([sigma_max, sigma_min, 0.0], dtype=torch.float64)
+        else:
+            sigmas = make_grid(g, steps, sigma_min, sigma_max, process=process, rho=rho, spacing=spacing)
+    counted = Counted(denoiser)
+    x = noise * float(sigmas[0])
+    per_sample: list[Tensor] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(sigmas) - 1, desc=name, leave=False)
+
+    def cb(info: dict) -> None:
+        if "nfe" in info:
+            per_sample.append(info["nfe"])
+        if bar is not None:
+            bar.update(len(sigmas) - 1 if "nfe" in info else 1)
+            bar.set_postfix(sigma=f"{info['sigma_next']:.3g}", nfe=counted.calls)
+        if callback is not None:
+            callback(info)
+
+    try:
+        out = fn(counted, x, sigmas, generator=generator, callback=cb, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not return_info:
+        return out
+    B = noise.shape[0]
+    info = SampleInfo(
+        nfe=counted.rows / B if B else 0.0,
+        calls=counted.calls,
+        sigmas=sigmas,
+        nfe_per_sample=per_sample[-1] if per_sample else None,
+    )
+    return out, info
