@@ -143,9 +143,12 @@ def dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, solver_type=
     return dpmpp(denoiser, x, sigmas, order=2, solver_type=solver_type, generator=generator, callback=callback)
 
 
-def dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None) -> Tensor:
-    """DPM-Solver++(3M): third-order multistep on the PF-ODE (diffusers' ``solver_order=3``). NFE = steps."""
-    return dpmpp(denoiser, x, sigmas, order=3, generator=generator, callback=callback)
+def dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, solver_type=SecondOrder.HEUN) -> Tensor:
+    """DPM-Solver++(3M): third-order multistep on the PF-ODE. NFE = steps.
+
+    The second step (history of one) uses the ``heun`` (phi_2) correction as k-diffusion does;
+    ``solver_type="midpoint"`` reproduces diffusers' ``solver_order=3``."""
+    return dpmpp(denoiser, x, sigmas, order=3, solver_type=solver_type, generator=generator, callback=callback)
 
 
 def dpmpp_2m_sde(
@@ -160,4 +163,7 @@ def dpmpp_2m_sde(
 
 def dpmpp_3m_sde(denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0, s_noise=1.0) -> Tensor:
     """SDE-DPM-Solver++(3M) (k-diffusion ``sample_dpmpp_3m_sde``). NFE = steps."""
-    return dpmpp(denoiser, x, sigmas, order=3, eta=eta, s_noise=s_noise, generator=generator, callback=callback)
+    return dpmpp(
+        denoiser, x, sigmas, order=3, eta=eta, s_noise=s_noise, solver_type=SecondOrder.HEUN,
+        generator=generator, callback=callback,
+    )
