@@ -1,0 +1,143 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; atomic; never unpickled.
+
+A checkpoint at step k is two files in ``run_dir/checkpoints/``:
+
+* ``step-{k:08d}.safetensors``: ``model/<name>`` (state dict of the network), ``ema/<name>``,
+  ``optim/<i>/<key>`` (AdamW's per-parameter moment tensors, i = parameter index);
+* ``step-{k:08d}.json``: format tag and version, step, the run's config, optimizer scalars
+  (per-parameter step counts and param-group hyper-parameters), RNG states as lists of ints,
+  elapsed seconds, and the SHA-256 of the tensor file.
+
+Each file is written to a temporary name in the same directory, flushed, fsynced and
+``os.replace``-d; the tensor file first, the JSON last, so a JSON's presence marks a complete
+checkpoint (a kill at any moment leaves either the previous complete checkpoint or the new one).
+Loading checks the format, the version and the hash, and raises ValueError naming the file on
+any mismatch or corruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "atomic_write"]
+
+FORMAT = "diffusionlens-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step-(\d{8})\.json$")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write the tensors and the JSON metadata of step ``step`` atomically; returns the JSON path."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"step-{step:08d}"
+    tpath, jpath = ckpt_dir / f"{stem}.safetensors", ckpt_dir / f"{stem}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".safetensors.tmp", dir=ckpt_dir)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = _sha256(Path(tmp))
+        os.replace(tmp, tpath)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    full = {"format": FORMAT, "version": VERSION, "step": step, "tensors": tpath.name, "sha256": digest, **meta}
+    atomic_write(jpath, json.dumps(full, indent=1).encode())
+    return jpath
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, json path) of the complete checkpoints in ``ckpt_dir``, by increasing step."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    out = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(out)
+
+
+def latest_checkpoint(path: Path) -> Path | None:
+    """The newest checkpoint JSON under a run directory (or a checkpoints directory); None if none."""
+    path = Path(path)
+    ckpts = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+    return ckpts[-1][1] if ckpts else None
+
+
+def resolve_checkpoint(path) -> Path:
+    """A run directory, a checkpoints directory, a checkpoint JSON or its .safetensors -> the JSON path."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint found in {path}")
+        return found
+    if path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and verify a checkpoint: returns (metadata, tensors). Never unpickles."""
+    jpath = resolve_checkpoint(path)
+    try:
+        meta = json.loads(jpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint {jpath} is not valid JSON (corrupt or truncated): {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{jpath} is not a {FORMAT} file")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"checkpoint {jpath} has format version {meta.get('version')}, this code reads {VERSION}")
+    tpath = jpath.parent / meta["tensors"]
+    if not tpath.is_file():
+        raise ValueError(f"checkpoint {jpath} names tensor file {tpath.name}, which is missing")
+    if _sha256(tpath) != meta["sha256"]:
+        raise ValueError(f"checkpoint tensor file {tpath} is corrupt: its SHA-256 does not match {jpath.name}")
+    try:
+        tensors = load_file(tpath)
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"checkpoint tensor file {tpath} cannot be read: {e}") from None
+    return meta, tensors
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (JSON first, so none is ever seen half-deleted)."""
+    for _, jpath in list_checkpoints(ckpt_dir)[:-keep]:
+        tpath = jpath.with_suffix(".safetensors")
+        jpath.unlink(missing_ok=True)
+        tpath.unlink(missing_ok=True)
