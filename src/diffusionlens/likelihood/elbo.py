@@ -1,0 +1,476 @@
+"""The evidence lower bound of the latent-variable view: discrete-time DDPM and continuous-time VDM.
+
+Conventions (``docs/notation.md``): x_hat = x0 + sigma n, canonical denoiser D(x_hat, sigma);
+a T-step chain has noise levels 0 = sigma_0 < sigma_1 < ... < sigma_T and scales s_k (s_0 = 1).
+KL divergences are invariant under the invertible map x_k = s_k x_hat_k, so every term is computed
+in scale-free coordinates; the scales only enter the "large" posterior variance (DDPM's beta_k).
+All results are negative ELBOs (upper bounds on -log p, "VLB") in nats; ``elbo = -total``.
+
+Discrete time (Ho et al. 2020 eq. 5; Sohl-Dickstein et al. 2015)::
+
+    VLB = L_T + sum_{k=2}^T L_{k-1} + L_0
+    L_T     = KL(q(x_T | x0) || N(0, prior_var I))                                   closed form
+    L_{k-1} = E_q KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k))                        Monte Carlo over x_k
+    L_0     = E_q[-log p(x0 | x_1)]                                                    Monte Carlo over x_1
+
+q(x_hat_{k-1} | x_hat_k, x0) = N(r x_hat_k + (1 - r) x0, sigma_{k-1}^2 (1 - r)), r = sigma_{k-1}^2 / sigma_k^2
+(:func:`diffusionlens.processes.posterior_coefs`); the model replaces x0 by D(x_hat_k, sigma_k) and
+uses either the same variance ("small", beta-tilde) or the forward step's, read in x_{k-1}
+coordinates: beta_k / s_{k-1}^2 = (s_k / s_{k-1})^2 (sigma_k^2 - sigma_{k-1}^2) ("large", beta;
+for a DDPM table beta_k = 1 - abar_k / abar_{k-1} exactly). With the small choice
+L_{k-1} = (SNR_{k-1} - SNR_k) / 2 * ||x0 - D||^2, SNR = 1 / sigma^2.
+
+The decoder p(x0 | x_1) has mean D(x_hat_1, sigma_1) and variance ``decoder_var`` (default: beta_1 =
+s_1^2 sigma_1^2 for "large", improved-DDPM's clipped beta-tilde_2 = s_1^2 sigma_1^2 (1 - sigma_1^2 /
+sigma_2^2) for "small"): a Gaussian density for continuous data, or the discretized Gaussian of
+Ho et al. 2020 (sec. 3.3) for 8-bit data, the probability of the data's bin with the outer edges
+at -inf / +inf, which makes the bound a bound on the discrete log-probability (no dequantization).
+
+Continuous time (Kingma et al. 2021, eq. 17 in x-prediction form): as T -> infinity with fixed
+end points sigma_min = sigma_1 and sigma_max = sigma_T, the sum of KL terms tends to
+
+    L_inf = -1/2 int_0^1 SNR'(t) E||x0 - D(x_hat_t, sigma_t)||^2 dt
+          = int_{sigma_min}^{sigma_max} E||x0 - D(x_hat, sigma)||^2 / sigma^3 dsigma,
+
+which depends on the schedule only through its end points. The estimator samples t uniformly on the
+schedule's [t(sigma_min), t(sigma_max)] with weight sigma'(t) / sigma(t)^3 (the derivative from the
+process, checked against autograd there), stratified per sample (VDM's low-discrepancy sampler)
+and with antithetic noise pairs (n, -n); the schedule changes the variance, never the mean.
+With the exact denoiser E||x0 - D||^2 increases with sigma, so the right-endpoint sums of the
+discrete bound exceed L_inf: the discrete VLB falls towards the continuous one as T grows.
+
+Shapes: ``x0`` (batch, *data_shape); per-sample results (batch,), per-timestep terms (batch, T + 1).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._util import as_tensor, expand
+from ..processes import Discrete, Process, posterior_coefs
+from .bpd import Binning, bin_centers, bin_width
+
+__all__ = [
+    "PosteriorVar",
+    "Decoder",
+    "VLB",
+    "ContinuousVLB",
+    "ddpm_vlb",
+    "vdm_vlb",
+    "gaussian_kl",
+    "decoder_nll",
+    "prior_kl",
+]
+
+
+class PosteriorVar(str, enum.Enum):
+    """Reverse-step variance of the model: beta-tilde ("small") or beta ("large") (Ho et al. 2020, sec. 3.2)."""
+
+    SMALL = "small"
+    LARGE = "large"
+
+    @classmethod
+    def parse(cls, value) -> PosteriorVar:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown posterior variance {value!r}; choose one of: 'small', 'large'") from None
+
+
+class Decoder(str, enum.Enum):
+    """The decoder p(x0 | x_1): Gaussian density (continuous data) or discretized Gaussian (8-bit data)."""
+
+    GAUSSIAN = "gaussian"
+    DISCRETIZED = "discretized"
+
+    @classmethod
+    def parse(cls, value) -> Decoder:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown decoder {value!r}; choose one of: 'gaussian', 'discretized'") from None
+
+
+@dataclass(frozen=True)
+class VLB:
+    """Discrete-time variational bound (nats, per sample).
+
+    Attributes:
+        terms: (batch, T + 1); column j is L_j: column 0 the decoder NLL L_0, columns 1..T-1 the KL
+            terms L_{k-1} at steps k = 2..T, column T the prior KL L_T.
+        stderr_terms: (batch, T + 1) Monte Carlo standard errors (0 for the closed-form prior; inf
+            with one sample).
+        total: (batch,) the bound on -log p(x0).
+        stderr: (batch,) its Monte Carlo standard error.
+        bpd: (batch,) total / (d ln 2). For the discretized decoder these are bits per dimension of the
+            discrete data; for the Gaussian decoder they are of a continuous density (no offset).
+        sigmas: (T,) the noise levels sigma_1..sigma_T used.
+    """
+
+    terms: Tensor
+    stderr_terms: Tensor
+    total: Tensor
+    stderr: Tensor
+    bpd: Tensor
+    sigmas: Tensor
+
+    @property
+    def elbo(self) -> Tensor:
+        return -self.total
+
+
+@dataclass(frozen=True)
+class ContinuousVLB:
+    """Continuous-time (VDM) bound, nats per sample: ``total = prior + diffusion + decoder``."""
+
+    prior: Tensor
+    diffusion: Tensor
+    decoder: Tensor
+    total: Tensor
+    stderr: Tensor
+    bpd: Tensor
+
+    @property
+    def elbo(self) -> Tensor:
+        return -self.total
+
+
+# ------------------------------------------------------------------------------------------- pieces
+
+
+def gaussian_kl(mean_diff_sq: Tensor, var_q, var_p, d: int) -> Tensor:
+    """KL(N(m_q, var_q I) || N(m_p, var_p I)) in d dimensions given ||m_q - m_p||^2 (batch,)."""
+    ratio = var_q / var_p
+    return 0.5 * (d * (ratio - 1 - torch.log(ratio)) + mean_diff_sq / var_p)
+
+
+def prior_kl(x0: Tensor, sigma_max: float, prior_var: float) -> Tensor:
+    """KL(N(x0, sigma_max^2 I) || N(0, prior_var I)) per sample (batch,), float64."""
+    x = x0.flatten(1).double()
+    var_q = torch.tensor(float(sigma_max) ** 2, dtype=torch.float64, device=x.device)
+    return gaussian_kl(x.pow(2).sum(1), var_q, torch.tensor(float(prior_var), dtype=torch.float64), x.shape[1])
+
+
+def _log_prob_bin(lo: Tensor, hi: Tensor) -> Tensor:
+    """log(Phi(hi) - Phi(lo)) for lo < hi (either may be infinite), accurate in both tails."""
+    # in the upper tail use Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi), so the larger term is never ~1
+    flip = lo > 0
+    a = torch.where(flip, -hi, lo)
+    b = torch.where(flip, -lo, hi)
+    lb, la = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    return lb + torch.log1p(-torch.exp(torch.clamp(la - lb, max=0.0)))
+
+
+def decoder_nll(
+    x0: Tensor,
+    mean: Tensor,
+    var,
+    decoder: Decoder | str = Decoder.GAUSSIAN,
+    *,
+    levels: int = 256,
+    binning: Binning | str = Binning.CENTERED,
+) -> Tensor:
+    """-log p(x0 | mean, var) per sample (batch,), float64: Gaussian density or discretized Gaussian.
+
+    ``var`` is a float or (batch,). For the discretized decoder ``x0`` must lie on the bin centers of
+    ``levels``/``binning`` (:mod:`.bpd`); the lowest and highest bins extend to -inf and +inf.
+    """
+    decoder = Decoder.parse(decoder)
+    x = x0.flatten(1).double()
+    m = mean.flatten(1).double()
+    v = as_tensor(var, like=x).reshape(-1, 1) if as_tensor(var).ndim else as_tensor(var, like=x)
+    if bool((v <= 0).any()):
+        raise ValueError(f"decoder variance must be > 0, got {v.min().item()}")
+    if decoder is Decoder.GAUSSIAN:
+        v = v.expand_as(x)
+        return 0.5 * (((x - m) ** 2 / v) + torch.log(2 * math.pi * v)).sum(1)
+    delta = bin_width(levels, binning)
+    lo_c = float(bin_centers(torch.tensor([0]), levels, binning))
+    k = torch.round((x - lo_c) / delta)
+    if bool((k < 0).any() or (k > levels - 1).any()) or bool(((lo_c + k * delta - x).abs() > 1e-4 * delta).any()):
+        raise ValueError(
+            f"discretized decoder needs x0 on the {levels}-level {Binning.parse(binning).value} grid of [-1, 1]; "
+            "map integer data with diffusionlens.likelihood.bpd.bin_centers"
+        )
+    sd = v.sqrt()
+    lo = torch.where(k == 0, torch.full_like(x, -math.inf), (x - 0.5 * delta - m) / sd)
+    hi = torch.where(k == levels - 1, torch.full_like(x, math.inf), (x + 0.5 * delta - m) / sd)
+    return -_log_prob_bin(lo, hi).sum(1)
+
+
+def _chain(sigmas, process, scales, device):
+    """(sigmas (T,), scales (T,)) float64 from the arguments of :func:`ddpm_vlb`."""
+    if sigmas is None:
+        if not isinstance(process, Discrete):
+            raise ValueError("give sigmas (T,) or a Discrete process")
+        sig = process.sigmas.to(torch.float64)
+        sc = torch.sqrt(process.alphas_cumprod.to(torch.float64))
+    else:
+        sig = as_tensor(sigmas, dtype=torch.float64).flatten()
+        if scales is not None:
+            sc = as_tensor(scales, dtype=torch.float64).flatten()
+        elif process is not None:
+            if not isinstance(process, Process):
+                raise TypeError(f"process must be a diffusionlens Process, got {process!r}")
+            sc = process.scale_of_sigma(sig).to(torch.float64)
+        else:
+            sc = torch.ones_like(sig)
+    if sig.ndim != 1 or sig.numel() < 2:
+        raise ValueError(f"need at least 2 noise levels, got shape {tuple(sig.shape)}")
+    if sc.shape != sig.shape:
+        raise ValueError(f"scales shape {tuple(sc.shape)} differs from sigmas shape {tuple(sig.shape)}")
+    if not bool(torch.isfinite(sig).all()) or bool((sig <= 0).any()) or bool((sig[1:] <= sig[:-1]).any()):
+        raise ValueError("sigmas must be finite, positive and strictly increasing (sigma_1 < ... < sigma_T)")
+    if not bool(torch.isfinite(sc).all()) or bool((sc <= 0).any()):
+        raise ValueError("scales must be finite and positive")
+    return sig.to(device), sc.to(device)
+
+
+def _tile_cond(cond: dict, reps: int, B: int) -> dict:
+    out = {}
+    for k, v in cond.items():
+        out[k] = v.repeat((reps,) + (1,) * (v.ndim - 1)) if isinstance(v, Tensor) and v.ndim and v.shape[0] == B else v
+    return out
+
+
+def _eval_denoiser(denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict) -> Tensor:
+    """||x0 - D(x0 + sigma n, sigma)||^2 for x0 tiled R times: x0 (B, ...), sigma (R*B,), noise (R*B, ...)."""
+    B = x0.shape[0]
+    R = sigma.shape[0] // B
+    xr = x0.repeat((R,) + (1,) * (x0.ndim - 1))
+    with torch.no_grad():
+        D = denoiser(xr + expand(sigma, xr) * noise, sigma, **_tile_cond(cond, R, B))
+    if D.shape != xr.shape:
+        raise ValueError(f"denoiser output shape {tuple(D.shape)} differs from its input's {tuple(xr.shape)}")
+    err = (xr - D).flatten(1).double().pow(2).sum(1)
+    if not bool(torch.isfinite(err).all()):
+        bad = int(torch.nonzero(~torch.isfinite(err))[0])
+        raise FloatingPointError(f"non-finite denoiser output at sigma={sigma[bad].item():.6g}")
+    return err
+
+
+def _check_x0(x0):
+    if not isinstance(x0, Tensor) or not x0.is_floating_point():
+        raise TypeError("x0 must be a floating-point tensor")
+    if x0.ndim < 2 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must have shape (batch, *data_shape), got {tuple(x0.shape)}")
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 contains a non-finite value")
+
+
+def _check_samples(samples):
+    if not (isinstance(samples, int) and samples >= 1):
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+
+
+# ------------------------------------------------------------------------------------ discrete time
+
+
+def ddpm_vlb(
+    denoiser,
+    x0: Tensor,
+    *,
+    sigmas=None,
+    process: Process | None = None,
+    scales=None,
+    posterior_var: PosteriorVar | str = PosteriorVar.SMALL,
+    decoder: Decoder | str = Decoder.GAUSSIAN,
+    decoder_var: float | None = None,
+    prior_var: float | None = None,
+    levels: int = 256,
+    binning: Binning | str = Binning.CENTERED,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+    max_batch: int = 16384,
+    cond: dict | None = None,
+) -> VLB:
+    """DDPM variational bound with every term (module docstring), Monte Carlo over x_k with standard errors.
+
+    Args:
+        denoiser: canonical ``D(x_hat, sigma, **cond)``.
+        x0: (batch, *data_shape) data (for the discretized decoder, on the bin centers of :mod:`.bpd`).
+        sigmas: (T,) increasing noise levels sigma_1..sigma_T; or omit and pass a ``Discrete`` process.
+        process: gives the scales s_k (``scale_of_sigma``); a ``Discrete`` table gives sigmas too.
+        scales: (T,) explicit scales instead (default 1: a variance-exploding chain).
+        posterior_var: ``"small"`` (beta-tilde) or ``"large"`` (beta).
+        decoder: ``"gaussian"`` (continuous data) or ``"discretized"`` (8-bit data).
+        decoder_var: variance of p(x0 | x_1) (default in the module docstring).
+        prior_var: variance of the prior on x_hat_T (default sigma_T^2 + 1: N(0, I) in a VP chain's
+            own coordinates, since 1 / s_T^2 = 1 + sigma_T^2; pass sigma_T^2 + Var[x0] in general).
+        samples: Monte Carlo draws of x_k per (sample, step); standard errors need >= 2.
+        generator: randomness of the draws.
+        max_batch: at most this many rows per denoiser call.
+        cond: conditioning keyword arguments (tensors with leading dim batch are per sample).
+    """
+    _check_x0(x0)
+    _check_samples(samples)
+    pv = PosteriorVar.parse(posterior_var)
+    dec = Decoder.parse(decoder)
+    cond = dict(cond or {})
+    dev, dtype = x0.device, x0.dtype
+    sig, sc = _chain(sigmas, process, scales, dev)
+    T = sig.numel()
+    B, d = x0.shape[0], x0[0].numel()
+    prior_var = float(sig[-1] ** 2 + 1) if prior_var is None else float(prior_var)
+    if not prior_var > 0:
+        raise ValueError(f"prior_var must be > 0, got {prior_var}")
+
+    # per-step KL coefficients for k = 2..T (index j = k - 1 = 1..T-1 in the terms)
+    s_prev, s_k = sig[:-1], sig[1:]
+    _, c_x0, var_q = posterior_coefs(s_k, s_prev)
+    var_large = (sc[1:] / sc[:-1]) ** 2 * (s_k**2 - s_prev**2)
+    var_p = var_q if pv is PosteriorVar.SMALL else var_large
+    if decoder_var is None:
+        if pv is PosteriorVar.LARGE:
+            decoder_var = float(sc[0] ** 2 * sig[0] ** 2)
+        else:
+            decoder_var = float(sc[0] ** 2 * posterior_coefs(sig[1], sig[0])[2])
+    if not decoder_var > 0:
+        raise ValueError(f"decoder_var must be > 0, got {decoder_var}")
+
+    terms = torch.zeros(samples, B, T + 1, dtype=torch.float64, device=dev)
+    per_call = max(1, max_batch // B)
+    for r in range(samples):
+        for lo in range(0, T, per_call):
+            hi = min(T, lo + per_call)
+            steps = torch.arange(lo, hi, device=dev)  # 0-based: step k = index + 1
+            sigma = sig[steps].repeat_interleave(B).to(dtype)
+            gdev = generator.device if generator is not None else dev
+            noise = torch.randn(((hi - lo) * B,) + tuple(x0.shape[1:]), generator=generator, device=gdev,
+                                dtype=dtype).to(dev)
+            with torch.no_grad():
+                xr = x0.repeat((hi - lo,) + (1,) * (x0.ndim - 1))
+                D = denoiser(xr + expand(sigma, xr) * noise, sigma, **_tile_cond(cond, hi - lo, B))
+            if D.shape != xr.shape:
+                raise ValueError(f"denoiser output shape {tuple(D.shape)} differs from its input's {tuple(xr.shape)}")
+            if not bool(torch.isfinite(D).all()):
+                bad = int(torch.nonzero(~torch.isfinite(D.flatten(1)).all(1))[0])
+                raise FloatingPointError(f"non-finite denoiser output at sigma={sigma[bad].item():.6g}")
+            err = (xr - D).flatten(1).double().pow(2).sum(1).reshape(hi - lo, B)
+            for j, step in enumerate(steps.tolist()):
+                if step == 0:  # the decoder needs D itself, not only its squared error
+                    terms[r, :, 0] = decoder_nll(x0, D[:B], decoder_var, dec, levels=levels, binning=binning)
+                else:
+                    i = step - 1  # index into the k = 2..T coefficient arrays
+                    terms[r, :, step] = gaussian_kl(c_x0[i] ** 2 * err[j], var_q[i], var_p[i], d)
+        terms[r, :, T] = prior_kl(x0, float(sig[-1]), prior_var)
+    mean_terms = terms.mean(0)
+    totals = terms.sum(2)  # (samples, B)
+    if samples > 1:
+        se_terms = terms.std(0, unbiased=True) / math.sqrt(samples)
+        se = totals.std(0, unbiased=True) / math.sqrt(samples)
+    else:
+        se_terms = torch.full_like(mean_terms, math.inf)
+        se = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+    se_terms[:, T] = 0.0
+    total = totals.mean(0)
+    return VLB(terms=mean_terms, stderr_terms=se_terms, total=total, stderr=se, bpd=total / (d * math.log(2)),
+               sigmas=sig)
+
+
+# ---------------------------------------------------------------------------------- continuous time
+
+
+def _schedule(process: Process | None, sigma_min: float, sigma_max: float, u: Tensor):
+    """Map u in [0, 1) to (sigma, weight) with E_u[weight * f(sigma)] = int f(sigma) / sigma^3 dsigma."""
+    if process is None:  # log-linear in sigma (a VE schedule between the end points)
+        L = math.log(sigma_max / sigma_min)
+        sigma = sigma_min * torch.exp(u * L)
+        return sigma, L / sigma**2
+    t_lo = float(process.t_of_sigma(torch.tensor(sigma_min, dtype=torch.float64)))
+    t_hi = float(process.t_of_sigma(torch.tensor(sigma_max, dtype=torch.float64)))
+    if not (0 <= t_lo < t_hi <= 1):
+        raise ValueError(f"sigma range [{sigma_min}, {sigma_max}] maps to t in [{t_lo}, {t_hi}] for {process!r}")
+    t = t_lo + u * (t_hi - t_lo)
+    sigma = process.sigma(t)
+    return sigma, (t_hi - t_lo) * process.dsigma(t) / sigma**3
+
+
+def vdm_vlb(
+    denoiser,
+    x0: Tensor,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    process: Process | None = None,
+    samples: int = 16,
+    stratified: bool = True,
+    antithetic: bool = True,
+    decoder: Decoder | str = Decoder.GAUSSIAN,
+    decoder_var: float | None = None,
+    prior_var: float | None = None,
+    levels: int = 256,
+    binning: Binning | str = Binning.CENTERED,
+    generator: torch.Generator | None = None,
+    max_batch: int = 16384,
+    cond: dict | None = None,
+) -> ContinuousVLB:
+    """Continuous-time VDM bound (Kingma et al. 2021): prior KL + L_inf + decoder NLL, nats per sample.
+
+    Args:
+        sigma_min, sigma_max: the fixed end points (decoder at sigma_min, prior at sigma_max).
+        process: the schedule t -> sigma the Monte Carlo samples t from (default log-linear in sigma).
+            Only the variance depends on it.
+        samples: draws of (t, n) per data point (even when ``antithetic``).
+        stratified: t_j = t_lo + (u0 + j / samples) mod 1 per sample (low-discrepancy), else i.i.d.
+        antithetic: pair every noise n with -n.
+        decoder, decoder_var, prior_var, levels, binning: as :func:`ddpm_vlb`; decoder_var defaults to
+            sigma_min^2 (scale 1 at t = 0), prior_var to sigma_max^2 + 1.
+
+    The decoder term is averaged over ``samples`` draws of x_hat at sigma_min as well. The standard
+    error treats the draws as independent; with stratification and antithetic pairs they are
+    negatively correlated, so it is conservative.
+    """
+    _check_x0(x0)
+    _check_samples(samples)
+    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if antithetic and samples % 2:
+        raise ValueError(f"antithetic sampling needs an even number of samples, got {samples}")
+    dec = Decoder.parse(decoder)
+    cond = dict(cond or {})
+    dev, dtype = x0.device, x0.dtype
+    B, d = x0.shape[0], x0[0].numel()
+    gdev = generator.device if generator is not None else dev
+    prior_var = sigma_max**2 + 1 if prior_var is None else float(prior_var)
+    decoder_var = sigma_min**2 if decoder_var is None else float(decoder_var)
+
+    M = samples
+    if stratified:
+        u0 = torch.rand(B, generator=generator, device=gdev, dtype=torch.float64).to(dev)
+        u = torch.remainder(u0[None, :] + torch.arange(M, device=dev, dtype=torch.float64)[:, None] / M, 1.0)
+    else:
+        u = torch.rand(M, B, generator=generator, device=gdev, dtype=torch.float64).to(dev)
+    half = M // 2 if antithetic else M
+    n = torch.randn((half, B) + tuple(x0.shape[1:]), generator=generator, device=gdev, dtype=dtype).to(dev)
+    if antithetic:
+        n = torch.cat([n, -n], 0)
+    sigma, weight = _schedule(process, sigma_min, sigma_max, u)  # (M, B)
+    vals = torch.empty(M, B, dtype=torch.float64, device=dev)
+    per_call = max(1, max_batch // B)
+    for lo in range(0, M, per_call):
+        hi = min(M, lo + per_call)
+        err = _eval_denoiser(denoiser, x0, sigma[lo:hi].reshape(-1).to(dtype),
+                             n[lo:hi].reshape((-1,) + tuple(x0.shape[1:])), cond)
+        vals[lo:hi] = weight[lo:hi] * err.reshape(hi - lo, B)
+    # decoder at sigma_min, one draw per (t, n) draw, so both parts share the standard error
+    dec_vals = torch.empty(M, B, dtype=torch.float64, device=dev)
+    n0 = torch.randn((M,) + tuple(x0.shape), generator=generator, device=gdev, dtype=dtype).to(dev)
+    smin = torch.full((B,), sigma_min, dtype=dtype, device=dev)
+    for j in range(M):
+        with torch.no_grad():
+            D0 = denoiser(x0 + sigma_min * n0[j], smin, **cond)
+        dec_vals[j] = decoder_nll(x0, D0, decoder_var, dec, levels=levels, binning=binning)
+    diffusion, dec_nll = vals.mean(0), dec_vals.mean(0)
+    both = vals + dec_vals
+    se = both.std(0, unbiased=True) / math.sqrt(M) if M > 1 else torch.full_like(diffusion, math.inf)
+    prior = prior_kl(x0, sigma_max, prior_var)
+    total = prior + diffusion + dec_nll
+    return ContinuousVLB(prior=prior, diffusion=diffusion, decoder=dec_nll, total=total, stderr=se,
+                         bpd=total / (d * math.log(2)))

@@ -1,0 +1,373 @@
+"""Exact log-likelihood through the probability-flow ODE (the flow perspective).
+
+Conventions (see ``docs/notation.md``): ``x_hat = x0 + sigma n`` is the scale-free state, ``D(x_hat,
+sigma)`` the canonical denoiser; t = 0 is clean. In the time variable ``u = log sigma`` the
+probability-flow ODE of every process is
+
+    d x_hat / du = v(x_hat, u) = x_hat - D(x_hat, e^u),        div v = d - tr(dD/dx_hat),
+
+and the instantaneous change of variables (Chen et al. 2018; Song et al. 2021, app. D.2) gives,
+for the marginal density p_sigma of x_hat,
+
+    log p_{sigma_min}(x) = log p_{sigma_max}(x_hat(u_max)) + d (u_max - u_min) - int tr(dD/dx_hat) du.
+
+``log sigma`` is the natural variable: the right-hand side stays O(|x_hat|) over the whole range,
+so an adaptive solver takes steps of about equal length from sigma = 0.002 to 80, where an
+integration in sigma needs tiny steps near sigma_min. The constant ``d (u_max - u_min)`` is added
+in closed form; only the trace is integrated, in float64, together with x_hat: the augmented
+state of :func:`diffusionlens.ode.solve` is (x_hat flattened, one accumulator per trace estimate).
+
+The prior term replaces the unknown p_{sigma_max} by a Gaussian, by default N(0, sigma_max^2 I)
+(:func:`gaussian_prior` gives the moment-matched N(mu, (sigma_max^2 + var) I) too). With an oracle the
+error of that replacement is ``oracle.log_prob(latent, sigma_max) - prior(latent)``, reported on its
+own (:func:`prior_gap`).
+
+Scale. A process with s(t) != 1 has x_t = s x_hat, a linear map with Jacobian s^d, so
+``log p_{x_t}(x) = log p_{x_hat}(x / s) - d log s``; with ``process=`` the input is read as x_t at
+the time of sigma_min and that term is added exactly. The latent is returned in x_hat units.
+
+Divergence. ``exact``: tr(dD/dx_hat) from d vector-Jacobian products, batched as one forward and one
+backward over d stacked copies of the batch (cost about d function evaluations; the default for
+d <= 64). ``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchinson 1989;
+FFJORD); ``probes`` P probes per sample, stacked into one forward/backward, drawn once per sample
+and held fixed along the trajectory (so the integrand is smooth and the solver's error control
+works); each probe gets its own accumulator, so the P per-probe log-likelihoods are i.i.d. given x
+and their spread gives an honest standard error. Rademacher probes have variance 2 sum_{i!=j} J_ij^2,
+Gaussian ones 2 ||J||_F^2; the identity part of the divergence is exact, never estimated.
+Orthogonal probes (scaled columns of a Haar-random orthonormal matrix) are also unbiased and exact
+when P = d; their reported standard error treats them as independent, so it is conservative.
+
+Shapes: ``x`` (batch, *data_shape) of any rank; outputs (batch,) in nats.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._util import as_sigma, as_tensor
+from ..ode import Method, solve
+from ..processes import Process
+
+__all__ = [
+    "Divergence",
+    "Probe",
+    "LikelihoodInfo",
+    "log_likelihood",
+    "gaussian_prior",
+    "prior_gap",
+    "draw_probes",
+    "trace_jacobian",
+    "EXACT_MAX_DIM",
+]
+
+EXACT_MAX_DIM = 64
+"""Up to this many dimensions ``divergence=None`` means the exact trace."""
+
+
+def _parse(enum_cls, value, what: str):
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in enum_cls)
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {choices}") from None
+
+
+class Divergence(str, enum.Enum):
+    """How tr(dD/dx_hat) is computed."""
+
+    EXACT = "exact"
+    HUTCHINSON = "hutchinson"
+
+    @classmethod
+    def parse(cls, value) -> Divergence:
+        return _parse(cls, value, "divergence")
+
+
+class Probe(str, enum.Enum):
+    """Distribution of Hutchinson probe vectors (all have E[e e^T] = I)."""
+
+    RADEMACHER = "rademacher"
+    GAUSSIAN = "gaussian"
+    ORTHOGONAL = "orthogonal"
+
+    @classmethod
+    def parse(cls, value) -> Probe:
+        return _parse(cls, value, "probe")
+
+
+@dataclass(frozen=True)
+class LikelihoodInfo:
+    """Diagnostics of :func:`log_likelihood` (all per sample).
+
+    Attributes:
+        nfe: (batch,) right-hand-side evaluations; each is one denoiser forward and backward over
+            ``copies`` stacked copies of the sample (d for the exact trace, P for Hutchinson).
+        copies: the number of stacked copies per evaluation.
+        stderr: (batch,) standard error of the estimate in nats (0 for the exact divergence).
+        per_probe: (batch, P) the log-likelihood with each probe alone (Hutchinson), or (batch, 1).
+        latent: (batch, *data_shape) x_hat at sigma_max (float64).
+        prior_logp: (batch,) log prior(latent).
+        delta_logp: (batch,) log p_{sigma_min}(x_hat) - log prior(latent), the change of variables.
+        log_scale: (batch,) the -d log s(sigma_min) term (0 without a process).
+    """
+
+    nfe: Tensor
+    copies: int
+    stderr: Tensor
+    per_probe: Tensor
+    latent: Tensor
+    prior_logp: Tensor
+    delta_logp: Tensor
+    log_scale: Tensor
+
+
+def gaussian_prior(sigma_max: float, mean=0.0, data_var: float = 0.0) -> Callable[[Tensor], Tensor]:
+    """The prior log N(z; mean, (sigma_max^2 + data_var) I) over x_hat at sigma_max, as a function of z.
+
+    ``data_var = 0`` and ``mean = 0`` is the usual N(0, sigma_max^2 I); the data's mean and mean
+    per-coordinate variance give the moment-matched Gaussian, whose error vanishes faster in sigma_max.
+    """
+    var = float(sigma_max) ** 2 + float(data_var)
+    if not (math.isfinite(var) and var > 0):
+        raise ValueError(f"prior variance must be finite and > 0, got sigma_max={sigma_max}, data_var={data_var}")
+
+    def logp(z: Tensor) -> Tensor:
+        m = as_tensor(mean, like=z)
+        r = (z - m).flatten(1)
+        d = r.shape[1]
+        return -0.5 * (r.pow(2).sum(1) / var + d * math.log(2 * math.pi * var))
+
+    return logp
+
+
+def prior_gap(log_prob: Callable[[Tensor, float], Tensor], latent: Tensor, sigma_max: float, prior=None) -> Tensor:
+    """log p_{sigma_max}(latent) - prior(latent): the error the Gaussian prior adds to a log-likelihood.
+
+    ``log_prob(z, sigma)`` is the exact noisy log-density (e.g. ``oracle.log_prob``); returns (batch,).
+    """
+    prior = prior if prior is not None else gaussian_prior(sigma_max)
+    return log_prob(latent, sigma_max) - prior(latent)
+
+
+def draw_probes(
+    shape: tuple[int, ...], probes: int, kind: Probe | str, generator: torch.Generator | None, dtype, device
+) -> Tensor:
+    """Probe vectors e with E[e e^T] = I, shape (batch, probes, *data_shape) for ``shape`` = (batch, *data_shape)."""
+    kind = Probe.parse(kind)
+    B, d = shape[0], math.prod(shape[1:])
+    gdev = generator.device if generator is not None else torch.device(device)
+    if kind is Probe.RADEMACHER:
+        e = torch.randint(0, 2, (B, probes, d), generator=generator, device=gdev).to(torch.float64) * 2 - 1
+    elif kind is Probe.GAUSSIAN:
+        e = torch.randn(B, probes, d, generator=generator, device=gdev, dtype=torch.float64)
+    else:
+        # blocks of min(P, d) orthonormal directions scaled by sqrt(d): E[e e^T] = d E[q q^T] = I per direction
+        blocks = []
+        left = probes
+        while left > 0:
+            k = min(left, d)
+            g = torch.randn(B, d, k, generator=generator, device=gdev, dtype=torch.float64)
+            q, r = torch.linalg.qr(g)
+            q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # Haar
+            blocks.append(q.transpose(1, 2) * math.sqrt(d))
+            left -= k
+        e = torch.cat(blocks, 1)
+    return e.reshape((B, probes) + tuple(shape[1:])).to(device=device, dtype=dtype)
+
+
+def _index_cond(cond: dict, idx: Tensor, copies: int, B: int) -> dict:
+    """Per-sample conditioning (tensors with leading dim B) restricted to ``idx`` and tiled ``copies`` times."""
+    out = {}
+    for k, v in cond.items():
+        if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == B:
+            v = v[idx]
+            out[k] = v.repeat((copies,) + (1,) * (v.ndim - 1))
+        else:
+            out[k] = v
+    return out
+
+
+def _quadratic_forms(denoiser, x: Tensor, sigma: Tensor, vecs: Tensor, cond: dict) -> tuple[Tensor, Tensor]:
+    """D(x) and q_j = <v_j, J v_j> for J = dD/dx at each sample, by one stacked forward and backward.
+
+    ``x`` (b, *shape), ``sigma`` (b,), ``vecs`` (m, b, *shape). Returns D (b, *shape) and q (m, b).
+    The m copies of the batch are stacked into one call; since the samples of a batch are independent,
+    grad of sum_j <v_j, D(x_j)> with respect to copy j is J^T v_j.
+    """
+    m, b = vecs.shape[0], x.shape[0]
+    with torch.enable_grad():
+        xr = x.detach().unsqueeze(0).expand((m,) + tuple(x.shape)).reshape((m * b,) + tuple(x.shape[1:]))
+        xr = xr.clone().requires_grad_(True)
+        out = denoiser(xr, sigma.repeat(m), **cond)
+        if out.shape != xr.shape:
+            raise ValueError(f"denoiser output shape {tuple(out.shape)} differs from its input's {tuple(xr.shape)}")
+        vr = vecs.reshape(xr.shape)
+        (g,) = torch.autograd.grad((out * vr).sum(), xr)
+    q = (g * vr).reshape(m, b, -1).sum(-1)
+    return out.detach().reshape((m,) + tuple(x.shape))[0], q
+
+
+def trace_jacobian(denoiser, x: Tensor, sigma, *, chunk: int | None = None, cond: dict | None = None):
+    """Exact tr(dD/dx_hat) per sample (batch,) and D (batch, *shape), from d vector-Jacobian products.
+
+    The d basis directions are stacked ``chunk`` at a time (default all d) into one forward/backward.
+    """
+    sigma = as_sigma(sigma, x)
+    cond = cond or {}
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    d = math.prod(shape)
+    chunk = d if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    tr = torch.zeros(b, dtype=torch.float64, device=x.device)
+    D = None
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    for lo in range(0, d, chunk):
+        hi = min(d, lo + chunk)
+        vecs = eye[lo:hi, None, :].expand(hi - lo, b, d).reshape((hi - lo, b) + shape)
+        cc = _index_cond(cond, torch.arange(b, device=x.device), hi - lo, b)
+        Dc, q = _quadratic_forms(denoiser, x, sigma, vecs, cc)
+        D = Dc if D is None else D
+        tr += q.sum(0).double()
+    return tr, D
+
+
+def log_likelihood(
+    denoiser,
+    x: Tensor,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    divergence: Divergence | str | None = None,
+    probes: int = 4,
+    probe: Probe | str = Probe.RADEMACHER,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    method: Method | str = Method.DOPRI5,
+    generator: torch.Generator | None = None,
+    process: Process | None = None,
+    prior: Callable[[Tensor], Tensor] | None = None,
+    chunk: int | None = None,
+    cond: dict | None = None,
+    max_steps: int = 10_000,
+    return_info: bool = False,
+):
+    """log p_{sigma_min}(x) in nats, by the probability-flow ODE from sigma_min to sigma_max (module docstring).
+
+    Args:
+        denoiser: canonical denoiser ``D(x_hat, sigma, **cond)``; an oracle's ``denoise`` gives the exact ODE.
+        x: (batch, *data_shape) points, x_hat at sigma_min (or x_t of ``process`` there).
+        sigma_min, sigma_max: the integration range, 0 < sigma_min < sigma_max. For clean data
+            take sigma_min small: the result is the density of x0 + sigma_min n, which tends to
+            that of x0 as sigma_min -> 0.
+        divergence: ``"exact"`` or ``"hutchinson"``; default exact when d <= 64.
+        probes, probe: number and kind (``"rademacher"``, ``"gaussian"``, ``"orthogonal"``) of
+            Hutchinson probes per sample.
+        rtol, atol: tolerances of the adaptive solver (the trace accumulators are weighted so that
+            their error is controlled as tightly as that of x_hat, not diluted by d).
+        method: embedded RK pair of :func:`diffusionlens.ode.solve`.
+        generator: randomness of the probes (only used by Hutchinson).
+        process: if given, ``x`` is x_t = s x_hat at the time of sigma_min, and -d log s is added.
+        prior: log-density of x_hat at sigma_max, (batch, *shape) -> (batch,); default N(0, sigma_max^2 I).
+        chunk: at most this many stacked copies per denoiser call (memory bound for the exact trace).
+        cond: conditioning keyword arguments for the denoiser; tensors with leading dim batch are per sample.
+        return_info: also return a :class:`LikelihoodInfo`.
+
+    Returns:
+        (batch,) float64 log-likelihoods, and the info if requested.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}"
+                        + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
+    if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(f"x must have shape (batch, *data_shape) with batch >= 1, got {tuple(x.shape)}")
+    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains a non-finite value")
+    B, shape = x.shape[0], tuple(x.shape[1:])
+    d = math.prod(shape)
+    div = Divergence.parse(divergence) if divergence is not None else (
+        Divergence.EXACT if d <= EXACT_MAX_DIM else Divergence.HUTCHINSON)
+    if div is Divergence.HUTCHINSON and not (isinstance(probes, int) and probes >= 1):
+        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    cond = dict(cond or {})
+    dtype, dev = x.dtype, x.device
+
+    log_scale = torch.zeros(B, dtype=torch.float64, device=dev)
+    x_hat = x
+    if process is not None:
+        if not isinstance(process, Process):
+            raise TypeError(f"process must be a diffusionlens Process, got {process!r}")
+        s = float(process.scale_of_sigma(torch.tensor(sigma_min, dtype=torch.float64)))
+        x_hat = x / s
+        log_scale = log_scale - d * math.log(s)
+
+    if div is Divergence.EXACT:
+        m = 1
+        eye = torch.eye(d, dtype=dtype, device=dev).reshape((d,) + shape)
+        copies = d
+        probe_vecs = None
+    else:
+        m = probes
+        probe_vecs = draw_probes(x.shape, probes, probe, generator, dtype, dev)  # (B, P, *shape)
+        copies = probes
+    step = copies if chunk is None else max(1, min(copies, int(chunk)))
+    # weight of the accumulators in the solver's RMS error norm: jointly as much as all of x_hat
+    c = math.sqrt((d + m) / m)
+
+    def rhs(u: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+        b = y.shape[0]
+        sigma = torch.exp(u.double()).to(dtype)
+        xh = y[:, :d].reshape((b,) + shape).to(dtype)
+        q = torch.zeros(m, b, dtype=torch.float64, device=dev)
+        D = None
+        for lo in range(0, copies, step):
+            hi = min(copies, lo + step)
+            if probe_vecs is None:
+                vecs = eye[lo:hi, None].expand((hi - lo, b) + shape)
+            else:
+                vecs = probe_vecs[idx, lo:hi].transpose(0, 1)
+            Dc, qc = _quadratic_forms(denoiser, xh, sigma, vecs, _index_cond(cond, idx, hi - lo, B))
+            D = Dc if D is None else D
+            if probe_vecs is None:
+                q[0] += qc.sum(0).double()
+            else:
+                q[lo:hi] = qc.double()
+        dx = (xh - D).reshape(b, d).double()
+        return torch.cat([dx, -c * q.T], 1)
+
+    y0 = torch.cat([x_hat.reshape(B, d).double(), torch.zeros(B, m, dtype=torch.float64, device=dev)], 1)
+    u0, u1 = math.log(sigma_min), math.log(sigma_max)
+    y1, sinfo = solve(rhs, y0, u0, u1, rtol=rtol, atol=atol, method=method, max_steps=max_steps)
+    latent = y1[:, :d].reshape((B,) + shape)
+    acc = y1[:, d:] / c  # (B, m): -int tr J du, per probe
+    prior = prior if prior is not None else gaussian_prior(sigma_max)
+    prior_logp = prior(latent).double()
+    delta = acc + d * (u1 - u0)  # (B, m)
+    per_probe = prior_logp[:, None] + delta + log_scale[:, None]
+    ll = per_probe.mean(1)
+    if not bool(torch.isfinite(ll).all()):
+        raise FloatingPointError(f"non-finite log-likelihood for sample {int(torch.nonzero(~torch.isfinite(ll))[0])}")
+    if not return_info:
+        return ll
+    if m > 1:
+        stderr = per_probe.std(1, unbiased=True) / math.sqrt(m)
+    elif div is Divergence.EXACT:
+        stderr = torch.zeros_like(ll)
+    else:
+        stderr = torch.full_like(ll, math.inf)  # one probe: no spread to estimate from
+    info = LikelihoodInfo(
+        nfe=sinfo.nfe, copies=copies, stderr=stderr, per_probe=per_probe, latent=latent,
+        prior_logp=prior_logp, delta_logp=delta.mean(1), log_scale=log_scale,
+    )
+    return ll, info
