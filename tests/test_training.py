@@ -1,0 +1,230 @@
+"""Training: config validation and JSON round trip, EMA maths, exact resume after SIGKILL,
+checkpoint integrity, no half-written run directories, and that training learns E[x0 | x_t]."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusionlens.data import oracle_for
+from diffusionlens.training import TrainConfig, ema_beta, load_denoiser, power_gamma, train, update_ema
+from diffusionlens.training import loop as loop_mod
+
+TINY = {"kind": "mlp", "data_shape": [2], "width": 32, "depth": 2, "emb_dim": 32}
+
+
+def _cfg(**kw):
+    base = dict(dataset="moons", n_train=512, batch_size=32, steps=40, net=TINY, ckpt_every=10, log_every=5,
+                warmup_steps=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_config_json_round_trip_and_validation():
+    cfg = TrainConfig(dataset="ring8", process="flow", param="velocity", density="logit-normal",
+                      weighting="target", steps=None, minutes=1.5, adam_betas=(0.9, 0.99))
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg and isinstance(again.adam_betas, tuple)
+    bad = [
+        (dict(dataset="cifar"), "unknown dataset 'cifar'.*digits"),
+        (dict(process="sde"), "unknown process 'sde'.*edm"),
+        (dict(param="noise"), "unknown parameterization"),
+        (dict(density="beta"), "unknown noise density"),
+        (dict(weighting="p2"), "unknown loss weighting"),
+        (dict(ema="swa"), "unknown ema 'swa'"),
+        (dict(lr=-1.0), "lr must be in"),
+        (dict(batch_size=0), "batch_size must be"),
+        (dict(label_dropout=1.0), "label_dropout"),
+        (dict(steps=None, minutes=None), "set a budget"),
+        (dict(steps=0), "steps must be"),
+        (dict(grad_clip=float("nan")), "grad_clip"),
+        (dict(dataset="moons", conditional=True), "labelled data"),
+        (dict(process="vp", t_min=0.0), "sigma > 0"),
+    ]
+    for kw, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            TrainConfig(**kw)
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"datasett": "digits"})
+
+
+def test_power_ema_matches_its_closed_form():
+    """EDM2's power EMA averages theta_k with weights proportional to k^gamma, and gamma gives the
+    requested relative std (EDM2 eq. 3)."""
+    for s in (0.05, 0.1):
+        g = power_gamma(s)
+        assert abs((g + 1) / ((g + 2) ** 2 * (g + 3)) - s**2) < 1e-12
+    ema, net = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    K, g = 200, power_gamma(0.1)
+    for k in range(1, K + 1):
+        net.weight.data.fill_(float(k))
+        update_ema(ema, net, ema_beta("power", k, sigma_rel=0.1))
+    w = torch.arange(1, K + 1, dtype=torch.float64) ** g
+    expected = float((w * torch.arange(1, K + 1)).sum() / w.sum())
+    # the discrete recursion is exact for the profile prod_j beta_j, equal to k^gamma weights up to O(1/K)
+    assert abs(ema.weight.item() - expected) / expected < 0.02
+    assert ema_beta("exp", 1) == 0.0 and ema_beta("exp", 10**6, decay=0.999) == 0.999
+
+
+def test_train_writes_a_complete_run_and_loads(tmp_path):
+    res = train(_cfg(), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert res.step == 40 and res.stopped_by == "steps" and math.isfinite(res.loss)
+    assert json.loads((run / "result.json").read_text())["step"] == 40
+    cfg = TrainConfig.from_json((run / "config.json").read_text())
+    assert cfg.sigma_data is not None and cfg.net == TINY
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(5, 41, 5))
+    assert all({"loss", "lr", "images_per_s", "elapsed_s"} <= set(r) for r in recs)
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-00000030.json", "step-00000030.safetensors", "step-00000040.json",
+                     "step-00000040.safetensors"]  # keep_checkpoints=2, no temporary files left
+    den, cfg2 = load_denoiser(run)
+    assert cfg2 == cfg and not any(p.requires_grad for p in den.parameters())
+    raw, _ = load_denoiser(run / "checkpoints" / "step-00000040.safetensors", ema=False)
+    x = torch.randn(5, 2)
+    assert den(x, 0.5).shape == (5, 2) and not torch.allclose(den(x, 0.5), raw(x, 0.5))
+    # the same seed gives the same weights
+    res2 = train(_cfg(), tmp_path / "again", progress=False)
+    a = load_file(run / "checkpoints" / "step-00000040.safetensors")
+    b = load_file(tmp_path / "again" / "checkpoints" / "step-00000040.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a) and res2.loss == res.loss
+
+
+def test_wall_clock_budget_and_callback(tmp_path):
+    seen = []
+
+    def cb(step, state):
+        seen.append(step)
+        return {"d_at_half": float(state.denoiser()(torch.zeros(1, 2), 0.5).abs().sum())}
+
+    res = train(_cfg(steps=None, minutes=0.02, eval_every=10), tmp_path / "run", progress=False, callback=cb)
+    # it stops at the first step that finds the 1.2 s budget spent
+    assert res.stopped_by == "minutes" and res.step >= 1 and res.elapsed_s >= 0.02 * 60
+    assert seen and seen[-1] == res.step
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval" in r for r in evals)
+
+
+_SCRIPT = r"""
+import sys, time, torch
+torch.set_num_threads(1)
+from diffusionlens.training import TrainConfig, train
+cfg = TrainConfig.from_json(open(sys.argv[1]).read())
+slow = float(sys.argv[3])
+def cb(step, state):
+    time.sleep(slow)
+train(cfg, sys.argv[2], resume=sys.argv[4] == "resume", progress=False, callback=cb if slow else None)
+"""
+
+
+def _run(cfg_path, run_dir, slow=0.0, mode="fresh"):
+    return subprocess.Popen([sys.executable, "-c", _SCRIPT, str(cfg_path), str(run_dir), str(slow), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigkill_then_resume_is_exact(tmp_path):
+    cfg = _cfg(steps=120, ckpt_every=7, log_every=3, eval_every=1, ema="power", label_dropout=0.0)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(cfg.to_json())
+    ref = _run(cfg_path, tmp_path / "ref")
+    killed = _run(cfg_path, tmp_path / "killed", slow=0.01)
+    # kill at an arbitrary moment after a few checkpoints (possibly while one is being written)
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (ckpt_dir.exists() and any(p.name.startswith("step-00000021") for p in
+                                                                     ckpt_dir.iterdir())):
+        time.sleep(0.005)
+    time.sleep(0.037)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "result.json").exists()  # it really died mid-run
+    resumed = _run(cfg_path, tmp_path / "killed", mode="resume")
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    out, err = ref.communicate(timeout=120)
+    assert ref.returncode == 0, err.decode()[-2000:]
+    a = load_file(tmp_path / "ref" / "checkpoints" / "step-00000120.safetensors")
+    b = load_file(tmp_path / "killed" / "checkpoints" / "step-00000120.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
+    # the metrics log was cut back to the checkpoint and replayed: same lines as the reference run
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "loss" in r]
+
+    la, lb = losses(tmp_path / "ref"), losses(tmp_path / "killed")
+    assert [s for s, _ in la] == [s for s, _ in lb]
+    assert all(abs(x - y) <= 1e-6 * abs(x) for (_, x), (_, y) in zip(la, lb))
+
+
+def test_resume_refuses_mismatch_and_corruption(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=20), run, progress=False)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train(_cfg(steps=20), run, progress=False)
+    with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
+        train(_cfg(steps=30, lr=1e-3), run, resume=True, progress=False)
+    # a longer budget is a legitimate change
+    assert train(_cfg(steps=30), run, resume=True, progress=False).step == 30
+    st = run / "checkpoints" / "step-00000030.safetensors"
+    raw = bytearray(st.read_bytes())
+    raw[-5] ^= 0xFF
+    st.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt"):
+        load_denoiser(run)
+    js = run / "checkpoints" / "step-00000030.json"
+    js.write_text(js.read_text()[:100])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_denoiser(run)
+    with pytest.raises(FileNotFoundError):
+        load_denoiser(tmp_path / "nothing")
+
+
+def test_failures_leave_no_half_written_run(tmp_path, monkeypatch):
+    # invalid configuration: nothing is created
+    with pytest.raises(ValueError):
+        train(_cfg(batch_size=32, net={"kind": "mlp", "data_shape": [3]}), tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+
+    # a NaN during training: a clear error naming the step and sigma, and the new run directory is removed
+    class NaNNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, cond, y=None):
+            return x * self.w * float("nan")
+
+    monkeypatch.setattr(loop_mod, "build_net", lambda spec: NaNNet())
+    with pytest.raises(FloatingPointError, match=r"step 0: non-finite loss .* at sigma="):
+        train(_cfg(), tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_training_learns_the_posterior_mean(tmp_path):
+    """A short EDM run on the 2-D oracle ring: the EMA denoiser's error to the exact E[x0 | x_hat]
+    at moderate noise is far below that of the untrained (c_skip x_hat) denoiser."""
+    cfg = TrainConfig(dataset="oracle-ring", n_train=4096, batch_size=256, steps=300, lr=3e-3, warmup_steps=20,
+                      net={"kind": "mlp", "data_shape": [2], "width": 64, "depth": 2, "emb_dim": 64},
+                      ckpt_every=0, log_every=50, sigma_data=0.7)
+    train(cfg, tmp_path / "run", progress=False)
+    den, _ = load_denoiser(tmp_path / "run")
+    gm = oracle_for("oracle-ring")
+    g = torch.Generator().manual_seed(0)
+    x0 = gm.sample(2000, g).float()
+    for sigma in (0.2, 0.5, 1.0):
+        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        exact = gm.denoise(x.double(), sigma).float()
+        trained = ((den(x, sigma) - exact) ** 2).sum(1).mean()
+        c_skip = 0.7**2 / (sigma**2 + 0.7**2)
+        untrained = ((c_skip * x - exact) ** 2).sum(1).mean()
+        assert trained < 0.25 * untrained, (sigma, float(trained), float(untrained))
