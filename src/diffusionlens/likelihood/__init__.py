@@ -4,11 +4,14 @@
   divergence), the Gaussian prior and its error.
 * :mod:`.bpd` — bits per dimension of 8-bit data with uniform dequantization.
 * :mod:`.elbo` — the discrete-time DDPM variational bound with every term, and the continuous-time
-  VDM ELBO.
+  VDM bound.
 * :mod:`.encode` — data -> latent noise and back through the ODE, round-trip error, slerp.
 * :mod:`.stream` — dataset-scale evaluation with mean and standard error.
 """
 
+from .bpd import Binning, bin_centers, bin_width, bits_per_dim, dequantize, nats_to_bpd
+from .elbo import VLB, ContinuousVLB, Decoder, PosteriorVar, ddpm_vlb, decoder_nll, gaussian_kl, prior_kl, vdm_vlb
+from .encode import EncodeInfo, decode, encode, round_trip, slerp
 from .pf_ode import (
     Divergence,
     LikelihoodInfo,
@@ -19,8 +22,29 @@ from .pf_ode import (
     prior_gap,
     trace_jacobian,
 )
+from .stream import Summary, evaluate
 
 __all__ = [
+    "Binning",
+    "bin_centers",
+    "bin_width",
+    "bits_per_dim",
+    "dequantize",
+    "nats_to_bpd",
+    "ContinuousVLB",
+    "Decoder",
+    "PosteriorVar",
+    "VLB",
+    "ddpm_vlb",
+    "decoder_nll",
+    "gaussian_kl",
+    "prior_kl",
+    "vdm_vlb",
+    "EncodeInfo",
+    "decode",
+    "encode",
+    "round_trip",
+    "slerp",
     "Divergence",
     "LikelihoodInfo",
     "Probe",
@@ -29,4 +53,6 @@ __all__ = [
     "log_likelihood",
     "prior_gap",
     "trace_jacobian",
+    "Summary",
+    "evaluate",
 ]
