@@ -35,9 +35,13 @@ def _noise(gm, n=64, seed=0):
     return torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def _heun_edm(*a, **k):
+    return heun(*a, form="edm", **k)
+
+
 @pytest.mark.parametrize(
     "name,ours",
-    [("sample_euler", euler), ("sample_heun", heun), ("sample_dpmpp_2m", dpmpp_2m), ("sample_lms", lms)],
+    [("sample_euler", euler), ("sample_heun", _heun_edm), ("sample_dpmpp_2m", dpmpp_2m), ("sample_lms", lms)],
 )
 @pytest.mark.parametrize("steps", [5, 12])
 def test_k_diffusion(name, ours, steps):
@@ -57,7 +61,7 @@ def test_k_diffusion_dpmpp_3m_ode_is_3m_sde_with_eta0():
     sigmas = K.get_sigmas_exponential(9, 0.002, 80.0).double()
     x = _noise(gm) * sigmas[0]
     theirs = K.sample_dpmpp_3m_sde(gm, x.clone(), sigmas, eta=0.0, disable=True)
-    torch.testing.assert_close(dpmpp_3m(gm, x.clone(), sigmas), theirs, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dpmpp_3m(gm, x.clone(), sigmas, peer_3m=True), theirs, rtol=1e-10, atol=1e-10)
 
 
 def _eps_model(gm, sigma_of_call):
@@ -126,7 +130,7 @@ def test_diffusers_heun(steps):
     noise = _noise(gm)
     theirs, sig = _run_diffusers(sched, gm, noise, steps, vp_input=False)
     assert len(sig) == steps + 1
-    torch.testing.assert_close(heun(gm, noise * sig[0], sig), theirs.double(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(heun(gm, noise * sig[0], sig, form="edm"), theirs.double(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("steps", [10, 50])
@@ -148,7 +152,8 @@ def test_diffusers_dpm_solver_multistep(order, steps):
     sched = _scheduler(diffusers.DPMSolverMultistepScheduler, solver_order=order, lower_order_final=False)
     noise = _noise(gm)
     theirs, sig = _run_diffusers(sched, gm, noise, steps, vp_input=True)
-    mine = (dpmpp_2m if order == 2 else dpmpp_3m)(gm, noise * sig[0], sig, solver_type="midpoint")
+    opts = {} if order == 2 else {"peer_3m": True}  # their third-order weight is half the exact one
+    mine = (dpmpp_2m if order == 2 else dpmpp_3m)(gm, noise * sig[0], sig, solver_type="midpoint", **opts)
     torch.testing.assert_close(mine, theirs.double(), rtol=1e-4, atol=1e-4)
 
 

@@ -12,7 +12,7 @@ plus the one loop of :mod:`._common`; :data:`SAMPLERS` maps plain names to them.
 name               method                                                  NFE            order
 =================  ======================================================  =============  ========
 ``euler``          Euler on the PF-ODE (= DDIM eta=0)                        steps          1
-``heun``           Heun / EDM Alg. 1-2 (``s_churn`` for stochasticity)       2 steps - 1    2
+``heun``           Heun (EDM Alg. 1-2; log-sigma corrector, ``form="edm"``)  2 steps - 1    2
 ``ddim``           DDIM, ``eta`` in [0, 1]                                   steps          1
 ``ddpm``           DDPM ancestral, ``variance`` posterior / large            steps          (SDE)
 ``lms``            linear multistep in sigma, order 4                        steps          4
@@ -43,9 +43,9 @@ from ._common import Counted, NoiseStream, check_grid, noise_seeds, randn
 from .adaptive import adaptive
 from .ddim import Variance, ddim, ddim_update, ddpm
 from .dpmpp import SecondOrder, dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, dpmpp_update
-from .euler import churn, euler, euler_update, heun, heun_update
-from .lms import lms, lms_coefficients
-from .sde import em_update, euler_maruyama, langevin, langevin_update, pc
+from .euler import HeunForm, churn, euler, euler_update, heun, heun_update
+from .lms import lms, lms_coefficients, lms_update
+from .sde import LangevinStep, em_update, euler_maruyama, langevin, langevin_update, pc
 from .unipc import unic_update, unip_update, unipc
 
 __all__ = [
@@ -64,6 +64,8 @@ __all__ = [
     "check_grid",
     "Variance",
     "SecondOrder",
+    "HeunForm",
+    "LangevinStep",
     "adaptive",
     "ddim",
     "ddpm",
@@ -85,6 +87,7 @@ __all__ = [
     "heun_update",
     "churn",
     "lms_coefficients",
+    "lms_update",
     "em_update",
     "langevin_update",
     "unip_update",

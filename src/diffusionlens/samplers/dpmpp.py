@@ -60,6 +60,7 @@ def dpmpp_update(
     z: Tensor | None = None,
     s_noise: float = 1.0,
     solver_type: SecondOrder = SecondOrder.MIDPOINT,
+    peer_3m: bool = False,
 ) -> Tensor:
     """One DPM-Solver++ multistep step (order min(order, 1 + len(history))) from sigma to sigma_next.
 
@@ -67,6 +68,7 @@ def dpmpp_update(
         x: (batch, ...) state at sigma; denoised: D(x, sigma).
         history: ((D_{i-1}, sigma_{i-1}), (D_{i-2}, sigma_{i-2}), ...) earlier evaluations.
         eta: SDE noise fraction (0: the PF-ODE); z: standard normal noise when eta > 0.
+        peer_3m: use diffusers'/k-diffusion's third-order weight (half the exact one), for conformance.
     Returns x at sigma_next.
     """
     if sigma_next == 0:
@@ -90,8 +92,11 @@ def dpmpp_update(
             d1_1 = (d_prev - d_prev2) / r1
             d2 = (d1_0 - d1_1) / (r0 + r1)
             d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # derivative at the current node (times h)
-            phi3 = phi2 / H - 0.5
-            out = out + phi2 * d1 - phi3 * d2
+            phi3 = phi2 / H - 0.5  # -h phi_3(-h) in the usual exponential-integrator notation
+            # int_0^h e^{-(h-u)} (u^2/2) D'' du = -2 phi3 * (h^2 D''/2) = -2 phi3 * d2: the weight is 2 phi3.
+            # diffusers and k-diffusion use phi3 (half), which leaves a local O(h^3) error (2nd order).
+            w2 = phi3 if peer_3m else 2.0 * phi3
+            out = out + phi2 * d1 - w2 * d2
     if eta > 0:
         out = out + (sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)) * s_noise) * z
     return out
@@ -106,6 +111,7 @@ def dpmpp(
     eta: float = 0.0,
     s_noise: float = 1.0,
     solver_type: SecondOrder | str = SecondOrder.MIDPOINT,
+    peer_3m: bool = False,
     generator=None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -116,6 +122,8 @@ def dpmpp(
         order: multistep order; the first steps ramp up from order 1 as history accumulates.
         eta: SDE noise fraction (1 is the SDE of Lu et al. 2022); needs a decreasing grid.
         s_noise: scale of the injected noise. solver_type: second-order correction.
+        peer_3m: reproduce diffusers'/k-diffusion's 3M exactly (their second-difference weight is half
+            the exact one, so their 3M is locally O(h^3), i.e. second order; ours is third order).
         generator: torch.Generator or per-sample seeds (used when eta > 0).
     Returns x at sigmas[-1]. NFE = steps.
     """
@@ -131,7 +139,8 @@ def dpmpp(
         denoised = call(denoiser, x, sigma)
         z = noise.normal(i, x) if (eta > 0 and sigma_next > 0) else None
         x = dpmpp_update(
-            x, denoised, sigma, sigma_next, history, order=order, eta=eta, z=z, s_noise=s_noise, solver_type=solver_type
+            x, denoised, sigma, sigma_next, history,
+            order=order, eta=eta, z=z, s_noise=s_noise, solver_type=solver_type, peer_3m=peer_3m,
         )
         return x, ((denoised, sigma),) + history[: order - 2] if order > 1 else (), denoised
 
@@ -143,12 +152,17 @@ def dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, solver_type=
     return dpmpp(denoiser, x, sigmas, order=2, solver_type=solver_type, generator=generator, callback=callback)
 
 
-def dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, solver_type=SecondOrder.HEUN) -> Tensor:
+def dpmpp_3m(
+    denoiser, x, sigmas, *, generator=None, callback=None, solver_type=SecondOrder.HEUN, peer_3m: bool = False
+) -> Tensor:
     """DPM-Solver++(3M): third-order multistep on the PF-ODE. NFE = steps.
 
     The second step (history of one) uses the ``heun`` (phi_2) correction as k-diffusion does;
-    ``solver_type="midpoint"`` reproduces diffusers' ``solver_order=3``."""
-    return dpmpp(denoiser, x, sigmas, order=3, solver_type=solver_type, generator=generator, callback=callback)
+    ``solver_type="midpoint", peer_3m=True`` reproduces diffusers' ``solver_order=3`` and
+    ``peer_3m=True`` k-diffusion's ``sample_dpmpp_3m_sde(eta=0)``."""
+    return dpmpp(
+        denoiser, x, sigmas, order=3, solver_type=solver_type, peer_3m=peer_3m, generator=generator, callback=callback
+    )
 
 
 def dpmpp_2m_sde(
@@ -161,9 +175,11 @@ def dpmpp_2m_sde(
     )
 
 
-def dpmpp_3m_sde(denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0, s_noise=1.0) -> Tensor:
-    """SDE-DPM-Solver++(3M) (k-diffusion ``sample_dpmpp_3m_sde``). NFE = steps."""
+def dpmpp_3m_sde(
+    denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0, s_noise=1.0, peer_3m: bool = False
+) -> Tensor:
+    """SDE-DPM-Solver++(3M) (k-diffusion ``sample_dpmpp_3m_sde``, with the exact third-order weight). NFE = steps."""
     return dpmpp(
-        denoiser, x, sigmas, order=3, eta=eta, s_noise=s_noise, solver_type=SecondOrder.HEUN,
+        denoiser, x, sigmas, order=3, eta=eta, s_noise=s_noise, solver_type=SecondOrder.HEUN, peer_3m=peer_3m,
         generator=generator, callback=callback,
     )
