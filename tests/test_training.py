@@ -175,6 +175,13 @@ def test_resume_refuses_mismatch_and_corruption(tmp_path):
         train(_cfg(steps=30, lr=1e-3), run, resume=True, progress=False)
     # a longer budget is a legitimate change
     assert train(_cfg(steps=30), run, resume=True, progress=False).step == 30
+    # a checkpoint whose config names another network: a clear error, not a silent partial load
+    js = run / "checkpoints" / "step-00000030.json"
+    meta = json.loads(js.read_text())
+    meta["config"]["net"]["width"] = 48
+    js.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match the network"):
+        load_denoiser(run)
     st = run / "checkpoints" / "step-00000030.safetensors"
     raw = bytearray(st.read_bytes())
     raw[-5] ^= 0xFF
@@ -228,3 +235,20 @@ def test_training_learns_the_posterior_mean(tmp_path):
         c_skip = 0.7**2 / (sigma**2 + 0.7**2)
         untrained = ((c_skip * x - exact) ** 2).sum(1).mean()
         assert trained < 0.25 * untrained, (sigma, float(trained), float(untrained))
+
+
+def test_class_conditional_training_and_guidance(tmp_path):
+    """Digits with labels, label dropout, a small UNet: trains, reloads, and guides with the null label."""
+    from diffusionlens.guidance import ClassifierFree
+
+    net = {"kind": "unet", "in_channels": 1, "image_size": 8, "channels": 8, "channel_mult": [1, 2],
+           "attn_resolutions": [], "groups": 4, "num_classes": 10}
+    cfg = TrainConfig(dataset="digits", conditional=True, label_dropout=0.2, batch_size=16, steps=4, net=net,
+                      ckpt_every=0, log_every=2, warmup_steps=1)
+    train(cfg, tmp_path / "run", progress=False)
+    den, cfg2 = load_denoiser(tmp_path / "run")
+    assert cfg2.conditional and den.net.num_classes == 10
+    guided = ClassifierFree(den, 2.0)
+    x, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 5, 9])
+    d_c, d_u = den(x, 1.0, y=y), den(x, 1.0, y=torch.full((3,), 10))
+    torch.testing.assert_close(guided(x, 1.0, y=y), d_u + 2.0 * (d_c - d_u), rtol=1e-5, atol=1e-6)
