@@ -152,12 +152,19 @@ def test_orthogonal_probes_with_d_probes_are_exact():
     torch.testing.assert_close(ll, exact, rtol=0, atol=2e-4)
 
 
-def test_chunking_does_not_change_the_result():
+def test_chunked_and_stacked_evaluation_give_the_same_result():
     o = random_mixture(8, 4, seed=8)
     x = o.sample(3, _gen(10))
     a = log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=SMAX)
     b = log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=SMAX, chunk=3)
+    c = log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=SMAX, stacked=True)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    torch.testing.assert_close(a, c, rtol=0, atol=1e-10)
+    h1 = log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=SMAX, divergence="hutchinson", probes=4,
+                        generator=_gen(1))
+    h2 = log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=SMAX, divergence="hutchinson", probes=4,
+                        generator=_gen(1), stacked=True)
+    torch.testing.assert_close(h1, h2, rtol=0, atol=1e-10)
 
 
 def test_conditioning_is_indexed_per_sample():

@@ -26,10 +26,11 @@ Scale. A process with s(t) != 1 has x_t = s x_hat, a linear map with Jacobian s^
 ``log p_{x_t}(x) = log p_{x_hat}(x / s) - d log s``; with ``process=`` the input is read as x_t at
 the time of sigma_min and that term is added exactly. The latent is returned in x_hat units.
 
-Divergence. ``exact``: tr(dD/dx_hat) from d vector-Jacobian products, batched as one forward and one
-backward over d stacked copies of the batch (cost about d function evaluations; the default for
-d <= 64). ``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchinson 1989;
-FFJORD); ``probes`` P probes per sample, stacked into one forward/backward, drawn once per sample
+Divergence. ``exact``: tr(dD/dx_hat) from d vector-Jacobian products, one forward and d backward
+passes batched by vmap (``is_grads_batched``; or, for a denoiser whose backward vmap cannot batch,
+one forward and one backward over d stacked copies): about d backward passes, the default for
+d <= 64. ``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchinson 1989;
+FFJORD); ``probes`` P probes per sample, batched the same way in one call, drawn once per sample
 and held fixed along the trajectory (so the integrand is smooth and the solver's error control
 works); each probe gets its own accumulator, so the P per-probe log-likelihoods are i.i.d. given x
 and their spread gives an honest standard error. Rademacher probes have variance 2 sum_{i!=j} J_ij^2,
@@ -108,9 +109,9 @@ class LikelihoodInfo:
     """Diagnostics of :func:`log_likelihood` (all per sample).
 
     Attributes:
-        nfe: (batch,) right-hand-side evaluations; each is one denoiser forward and backward over
-            ``copies`` stacked copies of the sample (d for the exact trace, P for Hutchinson).
-        copies: the number of stacked copies per evaluation.
+        nfe: (batch,) right-hand-side evaluations; each is one denoiser forward and ``copies``
+            batched backward passes (d for the exact trace, P for Hutchinson).
+        copies: the number of vector-Jacobian products per evaluation.
         stderr: (batch,) standard error of the estimate in nats (0 for the exact divergence).
         per_probe: (batch, P) the log-likelihood with each probe alone (Hutchinson), or (batch, 1).
         latent: (batch, *data_shape) x_hat at sigma_max (float64).
@@ -195,18 +196,29 @@ def _index_cond(cond: dict, idx: Tensor, copies: int, B: int) -> dict:
     return out
 
 
-def _quadratic_forms(denoiser, x: Tensor, sigma: Tensor, vecs: Tensor, cond: dict) -> tuple[Tensor, Tensor]:
-    """D(x) and q_j = <v_j, J v_j> for J = dD/dx at each sample, by one stacked forward and backward.
+def _quadratic_forms(denoiser, x: Tensor, sigma: Tensor, vecs: Tensor, cond: dict, tiled_cond: dict | None = None):
+    """D(x) and q_j = <v_j, J v_j> for J = dD/dx at each sample, from m vector-Jacobian products.
 
     ``x`` (b, *shape), ``sigma`` (b,), ``vecs`` (m, b, *shape). Returns D (b, *shape) and q (m, b).
-    The m copies of the batch are stacked into one call; since the samples of a batch are independent,
-    grad of sum_j <v_j, D(x_j)> with respect to copy j is J^T v_j.
+    One forward at batch b, then the m backward passes batched by ``is_grads_batched`` (vmap over
+    the cotangents). If the denoiser's backward cannot be vmapped, ``tiled_cond`` (the conditioning
+    tiled m times) is used for the fallback: m stacked copies of the batch in one forward and one
+    backward; since the samples of a batch are independent, the gradient of sum_j <v_j, D(x_j)>
+    with respect to copy j is J^T v_j.
     """
     m, b = vecs.shape[0], x.shape[0]
+    if tiled_cond is None:
+        with torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            out = denoiser(xg, sigma, **cond)
+            if out.shape != xg.shape:
+                raise ValueError(f"denoiser output shape {tuple(out.shape)} differs from its input's {tuple(xg.shape)}")
+            (g,) = torch.autograd.grad(out, xg, grad_outputs=vecs, is_grads_batched=True)
+        return out.detach(), (g * vecs).reshape(m, b, -1).sum(-1)
     with torch.enable_grad():
         xr = x.detach().unsqueeze(0).expand((m,) + tuple(x.shape)).reshape((m * b,) + tuple(x.shape[1:]))
         xr = xr.clone().requires_grad_(True)
-        out = denoiser(xr, sigma.repeat(m), **cond)
+        out = denoiser(xr, sigma.repeat(m), **tiled_cond)
         if out.shape != xr.shape:
             raise ValueError(f"denoiser output shape {tuple(out.shape)} differs from its input's {tuple(xr.shape)}")
         vr = vecs.reshape(xr.shape)
@@ -215,10 +227,28 @@ def _quadratic_forms(denoiser, x: Tensor, sigma: Tensor, vecs: Tensor, cond: dic
     return out.detach().reshape((m,) + tuple(x.shape))[0], q
 
 
+class _VJP:
+    """Batched vector-Jacobian products, falling back once for good to stacked copies if vmap fails."""
+
+    def __init__(self, stacked: bool = False):
+        self.stacked = stacked
+
+    def __call__(self, denoiser, x, sigma, vecs, cond_of):
+        """``cond_of(copies)`` gives the conditioning for ``copies`` stacked copies of the batch."""
+        if not self.stacked:
+            try:
+                return _quadratic_forms(denoiser, x, sigma, vecs, cond_of(1))
+            except (RuntimeError, NotImplementedError):
+                # an op without a batching rule for its backward (e.g. custom autograd functions)
+                self.stacked = True
+        return _quadratic_forms(denoiser, x, sigma, vecs, cond_of(1), cond_of(vecs.shape[0]))
+
+
 def trace_jacobian(denoiser, x: Tensor, sigma, *, chunk: int | None = None, cond: dict | None = None):
     """Exact tr(dD/dx_hat) per sample (batch,) and D (batch, *shape), from d vector-Jacobian products.
 
-    The d basis directions are stacked ``chunk`` at a time (default all d) into one forward/backward.
+    The d basis directions are taken ``chunk`` at a time (default all d): one forward and a batched
+    backward per chunk.
     """
     sigma = as_sigma(sigma, x)
     cond = cond or {}
@@ -230,11 +260,12 @@ def trace_jacobian(denoiser, x: Tensor, sigma, *, chunk: int | None = None, cond
     tr = torch.zeros(b, dtype=torch.float64, device=x.device)
     D = None
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    vjp = _VJP()
+    idx = torch.arange(b, device=x.device)
     for lo in range(0, d, chunk):
         hi = min(d, lo + chunk)
         vecs = eye[lo:hi, None, :].expand(hi - lo, b, d).reshape((hi - lo, b) + shape)
-        cc = _index_cond(cond, torch.arange(b, device=x.device), hi - lo, b)
-        Dc, q = _quadratic_forms(denoiser, x, sigma, vecs, cc)
+        Dc, q = vjp(denoiser, x, sigma, vecs, lambda k: _index_cond(cond, idx, k, b))
         D = Dc if D is None else D
         tr += q.sum(0).double()
     return tr, D
@@ -257,6 +288,7 @@ def log_likelihood(
     prior: Callable[[Tensor], Tensor] | None = None,
     chunk: int | None = None,
     cond: dict | None = None,
+    stacked: bool = False,
     max_steps: int = 10_000,
     return_info: bool = False,
 ):
@@ -277,7 +309,9 @@ def log_likelihood(
         generator: randomness of the probes (only used by Hutchinson).
         process: if given, ``x`` is x_t = s x_hat at the time of sigma_min, and -d log s is added.
         prior: log-density of x_hat at sigma_max, (batch, *shape) -> (batch,); default N(0, sigma_max^2 I).
-        chunk: at most this many stacked copies per denoiser call (memory bound for the exact trace).
+        chunk: at most this many vector-Jacobian products per denoiser call (memory bound for the exact trace).
+        stacked: evaluate the products on stacked copies of the batch (one forward over m * batch rows)
+            instead of one forward and a vmapped backward; chosen automatically when vmap fails.
         cond: conditioning keyword arguments for the denoiser; tensors with leading dim batch are per sample.
         return_info: also return a :class:`LikelihoodInfo`.
 
@@ -324,6 +358,7 @@ def log_likelihood(
     step = copies if chunk is None else max(1, min(copies, int(chunk)))
     # weight of the accumulators in the solver's RMS error norm: jointly as much as all of x_hat
     c = math.sqrt((d + m) / m)
+    vjp = _VJP(stacked=stacked)
 
     def rhs(u: Tensor, y: Tensor, idx: Tensor) -> Tensor:
         b = y.shape[0]
@@ -337,7 +372,7 @@ def log_likelihood(
                 vecs = eye[lo:hi, None].expand((hi - lo, b) + shape)
             else:
                 vecs = probe_vecs[idx, lo:hi].transpose(0, 1)
-            Dc, qc = _quadratic_forms(denoiser, xh, sigma, vecs, _index_cond(cond, idx, hi - lo, B))
+            Dc, qc = vjp(denoiser, xh, sigma, vecs, lambda k: _index_cond(cond, idx, k, B))
             D = Dc if D is None else D
             if probe_vecs is None:
                 q[0] += qc.sum(0).double()
