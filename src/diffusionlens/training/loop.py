@@ -379,7 +379,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
                          checkpoint=str(last_ckpt) if last_ckpt is not None else None, stopped_by=stopped_by,
                          num_params=n_params)
     if info.is_main:
-        atomic_write(run_dir / "result.json", json.dumps(result.__dict__, indent=1).encode())
+        summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                   for k, v in result.__dict__.items()}
+        atomic_write(run_dir / "result.json", json.dumps(summary, indent=1).encode())
     return result
 
 
