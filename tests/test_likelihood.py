@@ -129,7 +129,7 @@ def test_process_scale_is_exact():
     torch.testing.assert_close(ll, o.log_prob(x_hat, smin) - 2 * math.log(s), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("probe", ["rotating", "rademacher", "gaussian"])
 def test_hutchinson_unbiased_within_its_standard_error(probe):
     o = random_mixture(16, 6, seed=7)
     x = o.sample(3, _gen(6))
@@ -141,6 +141,26 @@ def test_hutchinson_unbiased_within_its_standard_error(probe):
     assert z.abs().max() < 4.5, z  # three 4.5-sigma checks: false alarm ~2e-5
     # unbiased also across probes: the mean over samples of z is N(0, 1/3)-distributed
     assert abs(z.mean()) < 4.5 / math.sqrt(3)
+
+
+def test_rotating_probe_is_on_the_sphere_smooth_and_isotropic():
+    from diffusionlens.likelihood import draw_rotating, rotating_probe
+
+    d, turns = 6, 4
+    frames = draw_rotating(2000, 1, d, turns, _gen(20), torch.float64, "cpu")
+    u = torch.full((2000,), 0.37, dtype=torch.float64)
+    e = rotating_probe(frames, u, 0.0, 1.0)[:, 0]  # between two directions of the frame
+    torch.testing.assert_close(e.norm(dim=1), torch.full((2000,), math.sqrt(d), dtype=torch.float64))
+    # E[e e^T] = I: the empirical second moment is within its sampling error (entries have sd ~ 1/sqrt(n))
+    assert (e.T @ e / 2000 - torch.eye(d, dtype=torch.float64)).abs().max() < 5 / math.sqrt(2000)
+    # continuous and C1 in u across a knot (k = 2 at u = 0.5): first differences match on both sides
+    h = 1e-6
+    at = [rotating_probe(frames[:3], torch.full((3,), 0.5 + k * h, dtype=torch.float64), 0.0, 1.0) for k in (-2, -1,
+                                                                                                          0, 1, 2)]
+    left, right = (at[2] - at[0]) / (2 * h), (at[4] - at[2]) / (2 * h)
+    torch.testing.assert_close(left, right, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="turns"):
+        draw_rotating(1, 1, 3, 3, None, torch.float64, "cpu")
 
 
 def test_orthogonal_probes_with_d_probes_are_exact():
@@ -197,6 +217,8 @@ def test_bad_input():
         log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=1.0, divergence="hutchinson", probe="sphere")
     with pytest.raises(ValueError, match="probes"):
         log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=1.0, divergence="hutchinson", probes=0)
+    with pytest.raises(ValueError, match="turns"):
+        log_likelihood(o.denoise, x, sigma_min=0.01, sigma_max=1.0, divergence="hutchinson", turns=0)
     with pytest.raises(ValueError, match="shape"):
         log_likelihood(o.denoise, x[0], sigma_min=0.01, sigma_max=1.0)
     with pytest.raises(TypeError):

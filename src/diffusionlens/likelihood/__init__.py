@@ -17,9 +17,11 @@ from .pf_ode import (
     LikelihoodInfo,
     Probe,
     draw_probes,
+    draw_rotating,
     gaussian_prior,
     log_likelihood,
     prior_gap,
+    rotating_probe,
     trace_jacobian,
 )
 from .stream import Summary, evaluate
@@ -49,9 +51,11 @@ __all__ = [
     "LikelihoodInfo",
     "Probe",
     "draw_probes",
+    "draw_rotating",
     "gaussian_prior",
     "log_likelihood",
     "prior_gap",
+    "rotating_probe",
     "trace_jacobian",
     "Summary",
     "evaluate",

@@ -33,7 +33,20 @@ d <= 64. ``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchin
 FFJORD); ``probes`` P probes per sample, batched the same way in one call, drawn once per sample
 and held fixed along the trajectory (so the integrand is smooth and the solver's error control
 works); each probe gets its own accumulator, so the P per-probe log-likelihoods are i.i.d. given x
-and their spread gives an honest standard error. Rademacher probes have variance 2 sum_{i!=j} J_ij^2,
+and their spread gives an honest standard error.
+
+Variance reduction ("rotating" probes, the default). With a probe fixed along the path the errors
+e^T J(u) e - tr J(u) at different noise levels are strongly correlated and add up coherently. A
+rotating probe stays smooth (so the adaptive solver is not disturbed) but decorrelates: each probe
+is sqrt(d) times a unit vector that moves along log sigma through ``turns + 1`` orthonormal
+directions a_0, a_1, ... (a Haar-random orthonormal frame per probe), on [k, k + 1] (in units of the
+log-sigma range / turns) as cos(pi/2 g) a_k + sin(pi/2 g) a_{k+1}, g the C2 quintic smoothstep of
+the fraction. At every u the probe is uniform on the sphere of radius sqrt(d), so E[e e^T] = I (unbiased),
+e^T e = d exactly (the identity part of J costs no variance, unlike Gaussian probes, and a J near a
+multiple of I is estimated almost exactly, unlike Rademacher probes when J is rotated), and the
+integrated error behaves like an average over about ``turns`` independent probes for the price of
+one. The per-probe estimates stay i.i.d. given x, so the standard error is unchanged in meaning.
+Rademacher probes have variance 2 sum_{i!=j} J_ij^2,
 Gaussian ones 2 ||J||_F^2; the identity part of the divergence is exact, never estimated.
 Orthogonal probes (scaled columns of a Haar-random orthonormal matrix) are also unbiased and exact
 when P = d; their reported standard error treats them as independent, so it is conservative.
@@ -63,12 +76,16 @@ __all__ = [
     "gaussian_prior",
     "prior_gap",
     "draw_probes",
+    "draw_rotating",
+    "rotating_probe",
     "trace_jacobian",
     "EXACT_MAX_DIM",
 ]
 
 EXACT_MAX_DIM = 64
 """Up to this many dimensions ``divergence=None`` means the exact trace."""
+
+
 
 
 def _parse(enum_cls, value, what: str):
@@ -95,6 +112,7 @@ class Divergence(str, enum.Enum):
 class Probe(str, enum.Enum):
     """Distribution of Hutchinson probe vectors (all have E[e e^T] = I)."""
 
+    ROTATING = "rotating"
     RADEMACHER = "rademacher"
     GAUSSIAN = "gaussian"
     ORTHOGONAL = "orthogonal"
@@ -163,6 +181,8 @@ def draw_probes(
 ) -> Tensor:
     """Probe vectors e with E[e e^T] = I, shape (batch, probes, *data_shape) for ``shape`` = (batch, *data_shape)."""
     kind = Probe.parse(kind)
+    if kind is Probe.ROTATING:
+        raise ValueError("rotating probes depend on the noise level: use draw_rotating and rotating_probe")
     B, d = shape[0], math.prod(shape[1:])
     gdev = generator.device if generator is not None else torch.device(device)
     if kind is Probe.RADEMACHER:
@@ -182,6 +202,34 @@ def draw_probes(
             left -= k
         e = torch.cat(blocks, 1)
     return e.reshape((B, probes) + tuple(shape[1:])).to(device=device, dtype=dtype)
+
+
+def draw_rotating(batch: int, probes: int, d: int, turns: int, generator, dtype, device) -> Tensor:
+    """Orthonormal frames of ``turns + 1`` directions per probe, scaled by sqrt(d): (batch, probes, turns + 1, d)."""
+    if turns + 1 > d:
+        raise ValueError(f"rotating probes need turns + 1 <= d orthonormal directions, got turns={turns}, d={d}")
+    gdev = generator.device if generator is not None else torch.device(device)
+    g = torch.randn(batch, probes, d, turns + 1, generator=generator, device=gdev, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]  # Haar
+    return (q.transpose(-1, -2) * math.sqrt(d)).to(device=device, dtype=dtype)
+
+
+def rotating_probe(frames: Tensor, u: Tensor, u_lo: float, u_hi: float) -> Tensor:
+    """The rotating probe at log-noise ``u`` (b,), from ``frames`` (b, P, turns + 1, d): returns (b, P, d).
+
+    On [k, k + 1] of the rescaled position tau = turns (u - u_lo)/(u_hi - u_lo) the probe is
+    cos(pi/2 g) a_k + sin(pi/2 g) a_{k+1}, g = f^3 (10 - 15 f + 6 f^2) of the fraction f (C2 in u).
+    """
+    turns = frames.shape[2] - 1
+    tau = ((u.double() - u_lo) / (u_hi - u_lo) * turns).clamp(0, turns)
+    k = tau.floor().clamp(max=turns - 1).long()
+    f = tau - k
+    g = f**3 * (10 - 15 * f + 6 * f**2)
+    c = torch.cos(0.5 * math.pi * g).to(frames.dtype)[:, None, None]
+    s = torch.sin(0.5 * math.pi * g).to(frames.dtype)[:, None, None]
+    rows = torch.arange(frames.shape[0], device=frames.device)
+    return c * frames[rows, :, k] + s * frames[rows, :, k + 1]
 
 
 def _index_cond(cond: dict, idx: Tensor, copies: int, B: int) -> dict:
@@ -213,7 +261,11 @@ def _quadratic_forms(denoiser, x: Tensor, sigma: Tensor, vecs: Tensor, cond: dic
             out = denoiser(xg, sigma, **cond)
             if out.shape != xg.shape:
                 raise ValueError(f"denoiser output shape {tuple(out.shape)} differs from its input's {tuple(xg.shape)}")
-            (g,) = torch.autograd.grad(out, xg, grad_outputs=vecs, is_grads_batched=True)
+            if m == 1:
+                (g,) = torch.autograd.grad(out, xg, grad_outputs=vecs[0])
+                g = g[None]
+            else:
+                (g,) = torch.autograd.grad(out, xg, grad_outputs=vecs, is_grads_batched=True)
         return out.detach(), (g * vecs).reshape(m, b, -1).sum(-1)
     with torch.enable_grad():
         xr = x.detach().unsqueeze(0).expand((m,) + tuple(x.shape)).reshape((m * b,) + tuple(x.shape[1:]))
@@ -279,7 +331,7 @@ def log_likelihood(
     sigma_max: float,
     divergence: Divergence | str | None = None,
     probes: int = 4,
-    probe: Probe | str = Probe.RADEMACHER,
+    probe: Probe | str = Probe.ROTATING,
     rtol: float = 1e-6,
     atol: float = 1e-6,
     method: Method | str = Method.DOPRI5,
@@ -289,6 +341,7 @@ def log_likelihood(
     chunk: int | None = None,
     cond: dict | None = None,
     stacked: bool = False,
+    turns: int = 16,
     max_steps: int = 10_000,
     return_info: bool = False,
 ):
@@ -301,10 +354,10 @@ def log_likelihood(
             take sigma_min small: the result is the density of x0 + sigma_min n, which tends to
             that of x0 as sigma_min -> 0.
         divergence: ``"exact"`` or ``"hutchinson"``; default exact when d <= 64.
-        probes, probe: number and kind (``"rademacher"``, ``"gaussian"``, ``"orthogonal"``) of
-            Hutchinson probes per sample.
-        rtol, atol: tolerances of the adaptive solver (the trace accumulators are weighted so that
-            their error is controlled as tightly as that of x_hat, not diluted by d).
+        probes, probe: number and kind (``"rotating"``, ``"rademacher"``, ``"gaussian"``,
+            ``"orthogonal"``) of Hutchinson probes per sample.
+        rtol, atol: tolerances of the adaptive solver (with the exact trace its accumulator is weighted
+            so that its error is controlled as tightly as that of x_hat, not diluted by d).
         method: embedded RK pair of :func:`diffusionlens.ode.solve`.
         generator: randomness of the probes (only used by Hutchinson).
         process: if given, ``x`` is x_t = s x_hat at the time of sigma_min, and -d log s is added.
@@ -313,6 +366,8 @@ def log_likelihood(
         stacked: evaluate the products on stacked copies of the batch (one forward over m * batch rows)
             instead of one forward and a vmapped backward; chosen automatically when vmap fails.
         cond: conditioning keyword arguments for the denoiser; tensors with leading dim batch are per sample.
+        turns: ``"rotating"`` probes only: how many quarter turns each probe makes along the path
+            (it visits ``turns + 1`` orthonormal directions; capped at d - 1).
         return_info: also return a :class:`LikelihoodInfo`.
 
     Returns:
@@ -334,6 +389,8 @@ def log_likelihood(
         Divergence.EXACT if d <= EXACT_MAX_DIM else Divergence.HUTCHINSON)
     if div is Divergence.HUTCHINSON and not (isinstance(probes, int) and probes >= 1):
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    if not (isinstance(turns, int) and turns >= 1):
+        raise ValueError(f"turns must be an integer >= 1, got {turns!r}")
     cond = dict(cond or {})
     dtype, dev = x.dtype, x.device
 
@@ -350,14 +407,25 @@ def log_likelihood(
         m = 1
         eye = torch.eye(d, dtype=dtype, device=dev).reshape((d,) + shape)
         copies = d
-        probe_vecs = None
+        probe_vecs = path = None
     else:
         m = probes
-        probe_vecs = draw_probes(x.shape, probes, probe, generator, dtype, dev)  # (B, P, *shape)
+        probe = Probe.parse(probe)
+        u_lo, u_hi = math.log(sigma_min), math.log(sigma_max)
+        path = None
+        if probe is Probe.ROTATING and d == 1:
+            probe = Probe.RADEMACHER  # one dimension: e = +-1 is exact and nothing can rotate
+        if probe is Probe.ROTATING:
+            turns = min(turns, d - 1)
+            path = draw_rotating(B, probes, d, turns, generator, dtype, dev)  # (B, P, turns + 1, d)
+        else:
+            probe_vecs = draw_probes(x.shape, probes, probe, generator, dtype, dev)  # (B, P, *shape)
         copies = probes
     step = copies if chunk is None else max(1, min(copies, int(chunk)))
-    # weight of the accumulators in the solver's RMS error norm: jointly as much as all of x_hat
-    c = math.sqrt((d + m) / m)
+    # weight of the accumulators in the solver's RMS error norm. Exact trace: jointly as much as all
+    # of x_hat, so its error is not diluted by d. Hutchinson: plain RMS (weight 1 per component), since
+    # the Monte Carlo error of the trace (nats) dwarfs its discretization error; x_hat drives the steps.
+    c = math.sqrt((d + m) / m) if div is Divergence.EXACT else 1.0
     vjp = _VJP(stacked=stacked)
 
     def rhs(u: Tensor, y: Tensor, idx: Tensor) -> Tensor:
@@ -368,13 +436,15 @@ def log_likelihood(
         D = None
         for lo in range(0, copies, step):
             hi = min(copies, lo + step)
-            if probe_vecs is None:
+            if div is Divergence.EXACT:
                 vecs = eye[lo:hi, None].expand((hi - lo, b) + shape)
+            elif path is not None:
+                vecs = rotating_probe(path[idx, lo:hi], u, u_lo, u_hi).transpose(0, 1).reshape((hi - lo, b) + shape)
             else:
                 vecs = probe_vecs[idx, lo:hi].transpose(0, 1)
             Dc, qc = vjp(denoiser, xh, sigma, vecs, lambda k: _index_cond(cond, idx, k, B))
             D = Dc if D is None else D
-            if probe_vecs is None:
+            if div is Divergence.EXACT:
                 q[0] += qc.sum(0).double()
             else:
                 q[lo:hi] = qc.double()
@@ -384,6 +454,7 @@ def log_likelihood(
     y0 = torch.cat([x_hat.reshape(B, d).double(), torch.zeros(B, m, dtype=torch.float64, device=dev)], 1)
     u0, u1 = math.log(sigma_min), math.log(sigma_max)
     y1, sinfo = solve(rhs, y0, u0, u1, rtol=rtol, atol=atol, method=method, max_steps=max_steps)
+    nfe = sinfo.nfe
     latent = y1[:, :d].reshape((B,) + shape)
     acc = y1[:, d:] / c  # (B, m): -int tr J du, per probe
     prior = prior if prior is not None else gaussian_prior(sigma_max)
@@ -402,7 +473,7 @@ def log_likelihood(
     else:
         stderr = torch.full_like(ll, math.inf)  # one probe: no spread to estimate from
     info = LikelihoodInfo(
-        nfe=sinfo.nfe, copies=copies, stderr=stderr, per_probe=per_probe, latent=latent,
+        nfe=nfe, copies=copies, stderr=stderr, per_probe=per_probe, latent=latent,
         prior_logp=prior_logp, delta_logp=delta.mean(1), log_scale=log_scale,
     )
     return ll, info
