@@ -497,3 +497,14 @@ def test_deterministic_set_is_deterministic():
         a = sample(gm, noise, sampler=name, steps=5, generator=torch.Generator().manual_seed(0))
         b = sample(gm, noise, sampler=name, steps=5, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_noise_is_identical_on_cpu_and_cuda():
+    """Integer hashing is exact on both devices; Box-Muller runs in float64 and is rounded to float32."""
+    seeds = NoiseStream.make(torch.Generator().manual_seed(0), torch.empty(64, 3)).seeds
+    like = torch.empty(64, 3, 16, 16)
+    cpu = NoiseStream(seeds).normal(5, like, sub=2)
+    gpu = NoiseStream(seeds.cuda()).normal(5, like.cuda(), sub=2).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-6)
+    assert (gpu == cpu).float().mean().item() > 0.999
