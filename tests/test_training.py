@@ -220,7 +220,7 @@ def test_failures_leave_no_half_written_run(tmp_path, monkeypatch):
 def test_training_learns_the_posterior_mean(tmp_path):
     """A short EDM run on the 2-D oracle ring: the EMA denoiser's error to the exact E[x0 | x_hat]
     at moderate noise is far below that of the untrained (c_skip x_hat) denoiser."""
-    cfg = TrainConfig(dataset="oracle-ring", n_train=4096, batch_size=256, steps=300, lr=3e-3, warmup_steps=20,
+    cfg = TrainConfig(dataset="oracle-ring", n_train=4096, batch_size=256, steps=1200, lr=3e-3, warmup_steps=20,
                       net={"kind": "mlp", "data_shape": [2], "width": 64, "depth": 2, "emb_dim": 64},
                       ckpt_every=0, log_every=50, sigma_data=0.7)
     train(cfg, tmp_path / "run", progress=False)
