@@ -4,10 +4,12 @@ Notation (see docs/notation.md): x_t = s(t) (x0 + sigma(t) n), t in [0, 1] with 
 every model is exposed as the canonical denoiser D(x_hat, sigma) ~ E[x0 | x_hat], x_hat = x_t / s.
 """
 
+from .likelihood import decode, encode, log_likelihood
 from .model import Denoiser, from_flow_matching, from_timestep_model
 from .oracle import GaussianMixture
 from .parameterization import Param
 from .processes import EDM, VE, VP, Discrete, Flow, SubVP
+from .samplers import SAMPLERS, sample
 
 __version__ = "0.1.0"
 
@@ -23,4 +25,9 @@ __all__ = [
     "SubVP",
     "Discrete",
     "Flow",
+    "sample",
+    "SAMPLERS",
+    "log_likelihood",
+    "encode",
+    "decode",
 ]
