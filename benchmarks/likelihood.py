@@ -72,13 +72,8 @@ def scoresde_log_likelihood(denoiser, x, sigma_min, sigma_max, *, rtol, atol, ge
     return prior + delta, nfe
 
 
-def _timed(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
+def _clock():
+    return time.perf_counter(), time.process_time()
 
 
 def run(cases, batch, repeats, seed=0):
@@ -100,16 +95,10 @@ def _run_case(K, name, o, hutch_probes, batch, repeats, seed):
                             generator=torch.Generator().manual_seed(1))
     gap = prior_gap(o.log_prob, ref.latent, SMAX)
 
+    methods = []
+
     def add(method, setting, tol, fn):
-        (ll, nfe), t = _timed(fn, repeats)
-        err = (ll - exact).abs()
-        err_ode = (ll + gap - exact).abs()
-        rows.append(dict(case=name, d=d, method=method, setting=setting, tol=tol, nfe=float(nfe),
-                         ms=1e3 * t / batch, err=err.mean().item(), err_ode=err_ode.mean().item(),
-                         gap=gap.abs().mean().item()))
-        print(f"{name:7s} {method:12s} {setting:22s} tol={tol:.0e} nfe={float(nfe):6.0f} "
-              f"ms/sample={1e3 * t / batch:9.2f} err={err.mean().item():.2e} err_ode={err_ode.mean().item():.2e}",
-              flush=True)
+        methods.append((method, setting, tol, fn))
 
     def kdiff(tol):
         def f():
@@ -138,12 +127,32 @@ def _run_case(K, name, o, hutch_probes, batch, repeats, seed):
     add("diffusionlens", "Rademacher x1", 1e-4, ours(1e-4, divergence="hutchinson", probes=1, probe="rademacher"))
     for p in hutch_probes:
         add("diffusionlens", f"rotating x{p}", 1e-4, ours(1e-4, divergence="hutchinson", probes=p))
-    kd_ms = next(r["ms"] for r in rows if r["method"] == "k-diffusion" and r["tol"] == 1e-4)
+    # repeats interleaved round-robin over the methods, so a change in machine load hits all alike
+    results = {i: [] for i in range(len(methods))}
+    for _ in range(repeats):
+        for i, (_, _, _, fn) in enumerate(methods):
+            w0, c0 = _clock()
+            out = fn()
+            w1, c1 = _clock()
+            results[i].append((out, w1 - w0, c1 - c0))
+    for i, (method, setting, tol, _) in enumerate(methods):
+        (ll, nfe), _, _ = results[i][-1]
+        wall = statistics.median(r[1] for r in results[i])
+        cpu = statistics.median(r[2] for r in results[i])
+        err = (ll - exact).abs()
+        err_ode = (ll + gap - exact).abs()
+        rows.append(dict(case=name, d=d, method=method, setting=setting, tol=tol, nfe=float(nfe),
+                         ms=1e3 * wall / batch, cpu=1e3 * cpu / batch, err=err.mean().item(),
+                         err_ode=err_ode.mean().item(), gap=gap.abs().mean().item()))
+        print(f"{name:7s} {method:13s} {setting:20s} tol={tol:.0e} nfe={float(nfe):6.0f} "
+              f"ms={1e3 * wall / batch:9.2f} cpu_ms={1e3 * cpu / batch:9.2f} err={err.mean().item():.2e} "
+              f"err_ode={err_ode.mean().item():.2e}", flush=True)
+    kd_ms = next(r["cpu"] for r in rows if r["method"] == "k-diffusion" and r["tol"] == 1e-4)
     kd_err = next(r["err_ode"] for r in rows if r["method"] == "k-diffusion" and r["tol"] == 1e-4)
     for r in rows:
         # a randomized estimate averaged over n independent runs has error ~ 1/sqrt(n): the error it would
-        # have with k-diffusion's wall time, and k-diffusion's error divided by it
-        r["err_eq"] = r["err_ode"] * math.sqrt(r["ms"] / kd_ms) if "exact" not in r["setting"] else float("nan")
+        # have in k-diffusion's CPU time, and k-diffusion's error divided by it
+        r["err_eq"] = r["err_ode"] * math.sqrt(r["cpu"] / kd_ms) if "exact" not in r["setting"] else float("nan")
         r["gain"] = kd_err / r["err_eq"] if "exact" not in r["setting"] else float("nan")
     return rows
 
@@ -155,24 +164,26 @@ def to_markdown(rows, command, batch, repeats):
         f"Command: `{command}`",
         "",
         f"Batch {batch} per case (the same points for every method), sigma 0.002 -> 80, prior N(0, 80^2 I), "
-        f"one intra-op thread, wall time = median of {repeats} runs / batch. Errors are mean |log p - exact| in "
+        f"one intra-op thread; times per sample are medians of {repeats} runs interleaved round-robin over the "
+        "methods, as wall time and as CPU time of the process (the machine is shared: CPU time is the steadier "
+        "measure, and with one thread it is the cost). Errors are mean |log p - exact| in "
         "nats per sample against `oracle.log_prob(x, 0.002)`; *ODE error* removes the prior-truncation error "
         "(shared by all methods, last column) so the solver and trace errors show alone. NFE = right-hand-side "
         "evaluations per sample (for the exact trace each is one forward+backward over d stacked copies; for "
         "P probes over P copies).",
         "",
         "For the randomized (Hutchinson) rows, *at k-diffusion's time* is the ODE error scaled by "
-        "sqrt(ms / ms of k-diffusion at 1e-4), the error an average of independent runs would reach in "
-        "k-diffusion's wall time, and *gain* is k-diffusion's error divided by it.",
+        "sqrt(CPU time / CPU time of k-diffusion at 1e-4), the error an average of independent runs would reach "
+        "in k-diffusion's time, and *gain* is k-diffusion's error divided by it.",
         "",
-        "| case | d | method | divergence | rtol=atol | NFE | ms / sample | error (nats/sample) | ODE error | "
-        "prior-truncation error | ODE error at k-diffusion's time | gain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | d | method | divergence | rtol=atol | NFE | wall ms / sample | CPU ms / sample | "
+        "error (nats/sample) | ODE error | prior-truncation error | ODE error at k-diffusion's time | gain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['d']} | {r['method']} | {r['setting']} | {r['tol']:.0e} | {r['nfe']:.0f} | "
-            f"{r['ms']:.2f} | {r['err']:.2e} | {r['err_ode']:.2e} | {r['gap']:.2e} | "
+            f"{r['ms']:.2f} | {r['cpu']:.2f} | {r['err']:.2e} | {r['err_ode']:.2e} | {r['gap']:.2e} | "
             + ("" if math.isnan(r["err_eq"]) else f"{r['err_eq']:.2e}") + " | "
             + ("" if math.isnan(r["gain"]) else f"{r['gain']:.1f}x") + " |"
         )
