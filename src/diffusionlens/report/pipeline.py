@@ -1,0 +1,324 @@
+"""Run-level evaluation and the report: load a trained run, sample it, score it, draw it, write HTML.
+
+Run directory (see :mod:`diffusionlens.training.loop` for what training writes)::
+
+    run_dir/evaluation.json     every number of the evaluation (written atomically)
+    run_dir/samples.safetensors the samples that were scored ("x", and "y" for conditional runs)
+    run_dir/report.html         the report; figures beside it as PNG:
+    run_dir/fig_samples.png, fig_loss.png, fig_quality_vs_nfe.png, fig_denoising.png,
+    run_dir/fig_weighting.png, fig_expectation_gap.png (oracle and ring8 data only)
+
+Sampling uses the noise-level range the model was trained on, clipped to [0.002, 80]
+(``sampling_range``), and a ``torch.Generator`` seeded by ``seed`` for the initial noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..training.checkpoint import atomic_write
+
+__all__ = ["sampling_range", "generate", "evaluate_run", "write_report", "DEFAULT_SWEEP", "DEFAULT_NFE"]
+
+DEFAULT_SWEEP = ("euler", "heun", "dpmpp_2m", "unipc")
+DEFAULT_NFE = (4, 8, 16, 32)
+LEVELS = {"digits": 17, "mnist": 256}  # values per pixel: digits are 0..16, MNIST 0..255
+
+
+def sampling_range(cfg) -> tuple[float, float]:
+    """(sigma_min, sigma_max) for sampling a model trained with ``cfg``: its training range within [0.002, 80]."""
+    from ..training import make_loss
+
+    lo, hi = make_loss(cfg).sigma_range
+    return max(0.002, lo), min(80.0, hi)
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """Grid intervals giving about ``nfe`` evaluations (Heun spends 2 per step but the last)."""
+    return max(1, (nfe + 1) // 2) if sampler == "heun" else max(1, nfe)
+
+
+@torch.no_grad()
+def generate(denoiser, cfg, n: int, *, sampler: str = "unipc", steps: int = 16, seed: int = 0, batch_size: int = 1000,
+             guidance: float = 1.0, grid: str = "logsnr", label: int | None = None,
+             progress: bool = False) -> tuple[Tensor, Tensor | None, float]:
+    """n samples (n, *data_shape) of a trained denoiser, their labels (conditional runs) and the NFE per sample.
+
+    Conditional runs: labels cycle through the classes (or are all ``label``), guided with weight
+    ``guidance`` (1 = the conditional model). The initial noise of sample i depends only on ``seed``
+    and i's batch, so two samplers given the same seed start from the same noise.
+    """
+    from ..data import load_dataset
+    from ..guidance import ClassifierFree
+    from ..samplers import sample
+
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
+    data = load_dataset(cfg.dataset, "test", seed=cfg.seed, n=2 if cfg.dataset not in LEVELS else None)
+    shape = tuple(data.data_shape)
+    smin, smax = sampling_range(cfg)
+    g = torch.Generator().manual_seed(seed)
+    labels = None
+    if cfg.conditional:
+        labels = torch.full((n,), int(label)) if label is not None else torch.arange(n) % data.num_classes
+    guided = ClassifierFree(denoiser, guidance) if cfg.conditional else None
+    out, nfe = [], 0.0
+    dev = next(denoiser.parameters()).device if hasattr(denoiser, "parameters") else torch.device("cpu")
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        noise = torch.randn((b,) + shape, generator=g).to(dev)
+        den = denoiser
+        if guided is not None:
+            yb = labels[i:i + b].to(dev)
+
+            def den(x, s, _yb=yb):
+                return guided(x, s, y=_yb)
+        x, info = sample(den, noise, sampler=sampler, steps=steps, sigma_min=smin, sigma_max=smax, grid=grid,
+                         generator=torch.Generator().manual_seed(seed + 1 + i), return_info=True, progress=progress)
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(f"sampler {sampler!r} produced a non-finite sample (batch starting at {i})")
+        out.append(x.cpu())
+        nfe = info.nfe
+    return torch.cat(out), labels, nfe
+
+
+def _score(samples: Tensor, cfg, *, seed: int) -> tuple[float, dict]:
+    """(headline metric, all metrics) of samples: Fréchet distance for images, SW2 otherwise."""
+    from ..evaluate import evaluate_samples
+
+    ev = evaluate_samples(samples, cfg.dataset, seed=seed)
+    return (ev["fd"] if "fd" in ev else ev["sw2"]), ev
+
+
+def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc", steps: int = 16, seed: int = 0,
+                 sweep: tuple[str, ...] = DEFAULT_SWEEP, nfes: tuple[int, ...] = DEFAULT_NFE, bpd_n: int = 100,
+                 guidance: float = 1.0, device: str = "cpu", progress: bool = True) -> dict:
+    """Evaluate a trained run and write ``run_dir/evaluation.json`` and ``samples.safetensors``.
+
+    Args:
+        n_samples: samples to score (default: the size of the train split for images — so the
+            train-vs-test floor is measured at the same sample size — and 5,000 otherwise).
+        sampler, steps: the headline sampler and its grid size.
+        sweep, nfes: samplers and NFE budgets of the quality-vs-NFE curve (empty ``sweep`` skips it).
+        bpd_n: test images for bits/dim (0 skips); for points, test points for the model's PF-ODE log-likelihood.
+    """
+    from safetensors.torch import save_file
+
+    from ..data import load_dataset
+    from ..evaluate import dataset_bits_per_dim, expectation_gap, true_density
+    from ..samplers import SAMPLERS
+    from ..training import load_denoiser
+
+    run_dir = Path(run_dir)
+    for name in (sampler, *sweep):
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    if any(not (isinstance(k, int) and k >= 1) for k in nfes):
+        raise ValueError(f"NFE budgets must be integers >= 1, got {list(nfes)}")
+    den, cfg = load_denoiser(run_dir, device=device)
+    train = load_dataset(cfg.dataset, "train", seed=cfg.seed)
+    n = n_samples if n_samples is not None else (len(train) if train.is_image else 5000)
+    t0 = time.perf_counter()
+    x, y, nfe = generate(den, cfg, n, sampler=sampler, steps=steps, seed=seed, guidance=guidance, progress=progress)
+    sample_s = time.perf_counter() - t0
+    headline, metrics = _score(x, cfg, seed=seed)
+    out = {"dataset": cfg.dataset, "sampler": sampler, "steps": steps, "nfe": nfe, "n_samples": n,
+           "sampling_seconds": sample_s, "guidance": guidance if cfg.conditional else None,
+           "sigma_range": list(sampling_range(cfg)), "metrics": metrics,
+           "headline": {"name": "fd" if train.is_image else "sw2", "value": headline}}
+    result = run_dir / "result.json"
+    if result.exists():
+        out["training"] = json.loads(result.read_text())
+    # quality vs NFE, several samplers, same noise, same metric
+    curves: dict[str, list] = {}
+    jobs = [(s, k) for s in sweep for k in nfes]
+    bar = None
+    if progress and jobs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="quality vs NFE", unit="run")
+    for s, k in jobs:
+        xs, _, used = generate(den, cfg, n, sampler=s, steps=steps_for_nfe(s, k), seed=seed, guidance=guidance)
+        curves.setdefault(s, []).append([used, _score(xs, cfg, seed=seed)[0]])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(sampler=s, nfe=f"{used:g}")
+    if bar is not None:
+        bar.close()
+    out["quality_vs_nfe"] = curves
+    test = load_dataset(cfg.dataset, "test", seed=cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
+    smin, smax = sampling_range(cfg)
+    if train.is_image and bpd_n:
+        out["bits_per_dim"] = dataset_bits_per_dim(den, test.x[:bpd_n], levels=LEVELS[cfg.dataset], sigma_min=smin,
+                                                sigma_max=smax, generator=gen, progress=progress)
+    elif bpd_n:
+        from ..likelihood import log_likelihood
+
+        xt = test.x[:bpd_n]
+        ll = log_likelihood(den, xt, sigma_min=smin, sigma_max=smax, generator=gen, rtol=1e-4, atol=1e-4,
+                            divergence="exact" if xt[0].numel() <= 16 else "hutchinson")
+        rec = {"mean": float(ll.mean()), "stderr": float(ll.std() / math.sqrt(len(ll))), "n": len(ll),
+               "sigma_min": smin}
+        gm = true_density(cfg.dataset)
+        if gm is not None:  # the same quantity under the truth: log p_{sigma_min}(x) of the exact mixture
+            rec["true"] = float(gm.log_prob(xt.double(), smin).mean())
+        out["test_loglik"] = rec
+    gm = true_density(cfg.dataset)
+    if gm is not None:
+        out["expectation_gap"] = expectation_gap(den, gm, test.x[:2000], generator=gen).to_dict()
+    tensors = {"x": x.contiguous()}
+    if y is not None:
+        tensors["y"] = y.contiguous()
+    tmp = run_dir / "samples.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(run_dir / "samples.safetensors")
+    atomic_write(run_dir / "evaluation.json", json.dumps(out, indent=1).encode())
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _rows(ev: dict, cfg) -> list[tuple[str, str]]:
+    m = ev["metrics"]
+    rows = [("data set", cfg.dataset), ("process / parameterization", f"{cfg.process} / {cfg.param}"),
+            ("noise density / weighting", f"{cfg.density} / {cfg.weighting}")]
+    tr = ev.get("training")
+    if tr:
+        ips = tr.get("images_per_s")
+        rows += [("parameters", f"{tr['num_params']:,}"),
+                 ("training steps", f"{tr['step']:,} (stopped by {tr['stopped_by']})"),
+                 ("training time", f"{tr['elapsed_s'] / 60:.2f} min"),
+                 ("throughput", f"{ips:.0f} images/s" if ips else "—"), ("final loss", _fmt(tr.get("loss")))]
+    rows.append(("sampler", f"{ev['sampler']}, {ev['steps']} steps, NFE {ev['nfe']:g}, "
+                            f"σ in [{ev['sigma_range'][0]:.3g}, {ev['sigma_range'][1]:.3g}], {ev['n_samples']} samples "
+                            f"in {ev['sampling_seconds']:.1f} s"))
+    if "fd" in m:
+        rows += [("Fréchet distance (classifier features) to the test split", _fmt(m["fd"])),
+                 ("floor: train split vs test split", _fmt(m["fd_floor"])),
+                 ("ratio to the floor", _fmt(m["fd"] / m["fd_floor"] if m["fd_floor"] > 0 else math.inf, 3)),
+                 ("feature classifier test accuracy", f"{100 * m['classifier_test_accuracy']:.1f} %")]
+    else:
+        f1, f2 = m["sw2_floor"], m["mmd2_floor"]
+        rows += [("sliced W2 to held-out data", _fmt(m["sw2"])),
+                 ("floor: exact vs held-out (same sizes)", f"{_fmt(f1['mean'])} ± {_fmt(f1['std'], 2)}"),
+                 ("MMD² (unbiased, RBF, h = median distance)", _fmt(m["mmd2"])),
+                 ("floor: exact vs held-out", f"{_fmt(f2['mean'])} ± {_fmt(f2['std'], 2)}")]
+        if "true_loglik" in m:
+            t, e = m["true_loglik"], m["true_loglik_exact"]
+            if "mean" in t:
+                rows.append(("true log-density of samples (nats)",
+                             f"{_fmt(t['mean'])} ± {_fmt(t['stderr'], 2)} (exact samples: {_fmt(e['mean'])})"))
+            else:
+                rows.append(("samples on the support", f"{100 * t['on_support']:.1f} % (exact: 100 %)"))
+    if "bits_per_dim" in ev:
+        b = ev["bits_per_dim"]
+        rows.append(("test bits/dim (PF-ODE, dequantized)", f"{_fmt(b['mean'])} ± {_fmt(b['stderr'], 2)} (n={b['n']})"))
+    if "test_loglik" in ev:
+        t = ev["test_loglik"]
+        extra = f"; truth {_fmt(t['true'])}" if "true" in t else ""
+        rows.append(("model log-likelihood of test points (PF-ODE, nats)",
+                     f"{_fmt(t['mean'])} ± {_fmt(t['stderr'], 2)}{extra}"))
+    if "expectation_gap" in ev:
+        rows.append(("expectation gap: mean E||D - E[x0|x_t]||² / irreducible MSE",
+                     _fmt(ev["expectation_gap"]["summary"], 3)))
+    return rows
+
+
+def write_report(run_dir, *, progress: bool = True) -> Path:
+    """Draw the figures and write ``run_dir/report.html`` from a run and its ``evaluation.json``."""
+    import html
+
+    from safetensors.torch import load_file
+
+    from ..data import load_dataset
+    from ..evaluate import GapCurve, true_density
+    from ..losses import ddpm_loss, edm_loss, flow_matching_loss, min_snr_loss, vdm_loss
+    from ..training import load_denoiser, make_loss
+    from . import figures
+
+    run_dir = Path(run_dir)
+    ev_path = run_dir / "evaluation.json"
+    if not ev_path.is_file():
+        raise FileNotFoundError(f"{ev_path} not found: run `diffusionlens evaluate` on the run first")
+    ev = json.loads(ev_path.read_text())
+    den, cfg = load_denoiser(run_dir)
+    x = load_file(str(run_dir / "samples.safetensors"))["x"]
+    test = load_dataset(cfg.dataset, "test", seed=cfg.seed)
+    figs: list[tuple[str, str]] = []
+    figures.sample_figure(x, run_dir / "fig_samples.png", reference=test.x,
+                          title=f"samples ({ev['sampler']}, NFE {ev['nfe']:g})")
+    figs.append(("fig_samples.png", "Samples of the EMA model next to real held-out data."))
+    if (run_dir / "metrics.jsonl").is_file():
+        figures.loss_curve(run_dir / "metrics.jsonl", run_dir / "fig_loss.png")
+        figs.append(("fig_loss.png", "Training loss (the weighted denoising MSE) per logged window."))
+    if ev.get("quality_vs_nfe"):
+        m = ev["metrics"]
+        if "fd" in m:
+            floor, std, name = m["fd_floor"], None, "Fréchet distance (classifier features)"
+        else:
+            floor, std, name = m["sw2_floor"]["mean"], m["sw2_floor"]["std"], "sliced W2"
+        figures.quality_vs_nfe(ev["quality_vs_nfe"], run_dir / "fig_quality_vs_nfe.png", metric=name, floor=floor,
+                               floor_std=std)
+        figs.append(("fig_quality_vs_nfe.png", "Sample quality against the number of denoiser evaluations for "
+                     "several samplers (same initial noise, same metric); the dashed line is the metric between "
+                     "exact samples, below which no model can be told apart from the data."))
+    g = torch.Generator().manual_seed(0)
+    k = 6 if test.is_image else 1000
+    gm = true_density(cfg.dataset)
+    den_fn = den
+    if cfg.conditional:  # the unconditional branch (null label) for the denoising figure
+        from ..guidance import ClassifierFree
+
+        den_fn = ClassifierFree(den, 0.0)
+    figures.denoising_figure(den_fn, test.x[:k], [0.05, 0.2, 0.5, 1.0, 2.5], run_dir / "fig_denoising.png",
+                             generator=g, exact=gm)
+    figs.append(("fig_denoising.png", "Denoising as a user-facing operation: x_t at several noise levels and the "
+                 "model's estimate of E[x0|x_t]" + (" (red: the exact posterior mean)." if gm is not None else ".")))
+    this = f"this run ({cfg.process}/{cfg.param}/{cfg.density}/{cfg.weighting})"
+    losses = {this: make_loss(cfg), "EDM (Karras 2022)": edm_loss(), "DDPM eps-MSE (Ho 2020)": ddpm_loss(),
+              "VDM ELBO (Kingma 2021)": vdm_loss(), "min-SNR-5 v (Hang 2023)": min_snr_loss(),
+              "flow matching (Lipman 2023)": flow_matching_loss()}
+    figures.weighting_figure(losses, run_dir / "fig_weighting.png", trained=this)
+    figs.append(("fig_weighting.png", "The loss weighting over log-SNR that each objective implies (density of "
+                 "noise levels times the weight, in eps-MSE form); the thick line is this run's."))
+    if "expectation_gap" in ev:
+        figures.gap_figure(GapCurve(**ev["expectation_gap"]), run_dir / "fig_expectation_gap.png")
+        figs.append(("fig_expectation_gap.png", "The estimator-of-expectations view: MSE training estimates "
+                     "E[x0|x_t]. The model's MSE splits into the irreducible posterior variance (from the exact "
+                     "oracle) and the gap to the exact posterior mean, which is what training can still remove."))
+    rows = "\n".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in _rows(ev, cfg))
+    body = "\n".join(f'<figure><img src="{f}" alt="{f}"><figcaption>{html.escape(c)}</figcaption></figure>'
+                     for f, c in figs)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>diffusionlens report: {html.escape(run_dir.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}th,td{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}}
+th{{font-weight:600;color:#444}}figure{{margin:2em 0}}img{{max-width:100%}}figcaption{{color:#555;font-size:.92em}}
+code{{background:#f4f4f4;padding:1px 4px}}</style></head><body>
+<h1>diffusionlens report — <code>{html.escape(run_dir.name)}</code></h1>
+<p>One denoiser D(x_t/s, σ) ≈ E[x0|x_t], trained once and read through several perspectives. Metrics are shown
+next to their <em>noise floor</em>: the same metric between independent exact samples of the same sizes.</p>
+<table>{rows}</table>
+{body}
+<p style="color:#777;font-size:.85em">Numbers: <code>evaluation.json</code>; configuration: <code>config.json</code>;
+training log: <code>metrics.jsonl</code>.</p>
+</body></html>
+"""
+    atomic_write(run_dir / "report.html", page.encode())
+    return run_dir / "report.html"
