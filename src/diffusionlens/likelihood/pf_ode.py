@@ -340,7 +340,7 @@ def log_likelihood(
     prior: Callable[[Tensor], Tensor] | None = None,
     chunk: int | None = None,
     cond: dict | None = None,
-    stacked: bool = False,
+    stacked: bool | None = None,
     turns: int = 16,
     max_steps: int = 10_000,
     return_info: bool = False,
@@ -356,15 +356,17 @@ def log_likelihood(
         divergence: ``"exact"`` or ``"hutchinson"``; default exact when d <= 64.
         probes, probe: number and kind (``"rotating"``, ``"rademacher"``, ``"gaussian"``,
             ``"orthogonal"``) of Hutchinson probes per sample.
-        rtol, atol: tolerances of the adaptive solver (with the exact trace its accumulator is weighted
-            so that its error is controlled as tightly as that of x_hat, not diluted by d).
+        rtol, atol: tolerances of the adaptive solver on the state x_hat / sqrt(1 + sigma^2) (with the
+            exact trace its accumulator is weighted so that its error is controlled as tightly as that
+            of the state, not diluted by d).
         method: embedded RK pair of :func:`diffusionlens.ode.solve`.
         generator: randomness of the probes (only used by Hutchinson).
         process: if given, ``x`` is x_t = s x_hat at the time of sigma_min, and -d log s is added.
         prior: log-density of x_hat at sigma_max, (batch, *shape) -> (batch,); default N(0, sigma_max^2 I).
         chunk: at most this many vector-Jacobian products per denoiser call (memory bound for the exact trace).
         stacked: evaluate the products on stacked copies of the batch (one forward over m * batch rows)
-            instead of one forward and a vmapped backward; chosen automatically when vmap fails.
+            instead of one forward and a vmapped backward. Default: stacked for Hutchinson, vmapped for
+            the exact trace; the vmapped form falls back to stacked copies when vmap fails.
         cond: conditioning keyword arguments for the denoiser; tensors with leading dim batch are per sample.
         turns: ``"rotating"`` probes only: how many quarter turns each probe makes along the path
             (it visits ``turns + 1`` orthonormal directions; capped at d - 1).
@@ -426,12 +428,17 @@ def log_likelihood(
     # of x_hat, so its error is not diluted by d. Hutchinson: plain RMS (weight 1 per component), since
     # the Monte Carlo error of the trace (nats) dwarfs its discretization error; x_hat drives the steps.
     c = math.sqrt((d + m) / m) if div is Divergence.EXACT else 1.0
-    vjp = _VJP(stacked=stacked)
+    # measured on the oracle (benchmarks/likelihood.md): a vmapped backward is the cheaper way to the d
+    # basis products of the exact trace, stacked copies the cheaper way to a few probes
+    vjp = _VJP(stacked=(div is Divergence.HUTCHINSON) if stacked is None else bool(stacked))
 
     def rhs(u: Tensor, y: Tensor, idx: Tensor) -> Tensor:
         b = y.shape[0]
-        sigma = torch.exp(u.double()).to(dtype)
-        xh = y[:, :d].reshape((b,) + shape).to(dtype)
+        ud = u.double()
+        sigma = torch.exp(ud)
+        s_vp = torch.rsqrt(1 + sigma**2)[:, None]  # the state is y = s_vp x_hat (module docstring)
+        xh = (y[:, :d] / s_vp).reshape((b,) + shape).to(dtype)
+        sigma = sigma.to(dtype)
         q = torch.zeros(m, b, dtype=torch.float64, device=dev)
         D = None
         for lo in range(0, copies, step):
@@ -448,14 +455,16 @@ def log_likelihood(
                 q[0] += qc.sum(0).double()
             else:
                 q[lo:hi] = qc.double()
-        dx = (xh - D).reshape(b, d).double()
-        return torch.cat([dx, -c * q.T], 1)
+        # d(s x_hat)/du = s (x_hat - D) + (d log s/du) s x_hat, with d log s/du = -sigma^2 / (1 + sigma^2)
+        dy = y[:, :d] * (s_vp**2) - s_vp * D.reshape(b, d).double()
+        return torch.cat([dy, -c * q.T], 1)
 
-    y0 = torch.cat([x_hat.reshape(B, d).double(), torch.zeros(B, m, dtype=torch.float64, device=dev)], 1)
     u0, u1 = math.log(sigma_min), math.log(sigma_max)
+    s0, s1 = (1 + sigma_min**2) ** -0.5, (1 + sigma_max**2) ** -0.5
+    y0 = torch.cat([s0 * x_hat.reshape(B, d).double(), torch.zeros(B, m, dtype=torch.float64, device=dev)], 1)
     y1, sinfo = solve(rhs, y0, u0, u1, rtol=rtol, atol=atol, method=method, max_steps=max_steps)
     nfe = sinfo.nfe
-    latent = y1[:, :d].reshape((B,) + shape)
+    latent = (y1[:, :d] / s1).reshape((B,) + shape)
     acc = y1[:, d:] / c  # (B, m): -int tr J du, per probe
     prior = prior if prior is not None else gaussian_prior(sigma_max)
     prior_logp = prior(latent).double()
