@@ -15,6 +15,7 @@ from diffusionlens.evaluate import (
     expectation_gap,
     frechet_distance,
     gaussian_stats,
+    headline_scorer,
     image_frechet,
     log_likelihood_true,
     median_bandwidth,
@@ -163,8 +164,11 @@ def test_evaluate_samples_floor_separates_exact_from_shifted():
     t, e = ev["true_loglik"], ev["true_loglik_exact"]
     assert abs(t["mean"] - e["mean"]) < 4 * math.hypot(t["stderr"], e["stderr"])
     assert bad["true_loglik"]["mean"] < t["mean"] - 10 * t["stderr"]
+    assert headline_scorer("ring8")(exact) == pytest.approx(ev["sw2"], rel=1e-12)
     with pytest.raises(ValueError, match="shape"):
         evaluate_samples(torch.zeros(10, 3), "ring8")
+    with pytest.raises(ValueError, match="shape"):
+        headline_scorer("ring8")(torch.zeros(10, 3))
 
 
 def test_true_density_matches_the_generators():
@@ -265,6 +269,8 @@ def test_image_floor_at_the_sample_size():
     ev = evaluate_samples(test.x[:200], "digits")
     assert ev["n_floor"] == 200 and ev["n_samples"] == 200
     assert ev["classifier_test_accuracy"] > 0.95
+    # the sweep's cached scorer gives the same number
+    assert headline_scorer("digits")(test.x[:200]) == pytest.approx(ev["fd"], rel=1e-12)
 
 
 def test_corrupt_or_missing_classifier(tmp_path):

@@ -226,6 +226,8 @@ def cmd_train(args) -> int:
 
     cfg = _train_config(args)
     run = _default_name(args, cfg)
+    if not args.resume and run.is_dir() and any(run.iterdir()):
+        raise UsageError(f"{str(run)!r} already holds a run; pass --resume to continue it, or choose another --name")
     res = train(cfg, run, resume=args.resume, progress=_progress(args))
     if _is_main_rank():
         print(f"trained {res.step} steps in {res.elapsed_s / 60:.2f} min ({res.images_per_s:.0f} images/s, "
@@ -238,7 +240,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import torch
 
     from .data import load_dataset
     from .report import figures
@@ -457,8 +458,12 @@ def cmd_main(args) -> int:
     if args.overwrite and run.exists():
         shutil.rmtree(run)
     resumed = run.exists() and latest_checkpoint(run) is not None
-    if run.exists() and any(run.iterdir()) and not resumed:
-        raise UsageError(f"{str(run)!r} exists but holds no checkpoint; pass --overwrite or choose --name")
+    if run.exists() and not resumed:
+        left = {p.name for p in run.iterdir()}
+        if left <= {"config.json", "metrics.jsonl", "checkpoints"} and not any((run / "checkpoints").glob("*")):
+            shutil.rmtree(run)  # a start interrupted before its first checkpoint: nothing to keep
+        else:
+            raise UsageError(f"{str(run)!r} exists but holds no checkpoint; pass --overwrite or choose --name")
     budget = f"{minutes:g} min" if minutes is not None else ""
     budget += (" / " if budget and steps else "") + (f"{steps} steps" if steps else "")
     print(f"[1/3] training on {args.dataset} ({budget}) -> {run}" + (" (resuming the existing run)" if resumed else ""))

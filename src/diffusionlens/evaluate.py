@@ -60,6 +60,7 @@ __all__ = [
     "expectation_gap",
     "dataset_bits_per_dim",
     "evaluate_samples",
+    "headline_scorer",
 ]
 
 
@@ -402,6 +403,37 @@ def dataset_bits_per_dim(denoiser, x: Tensor, *, levels: int, sigma_min: float =
 
 
 # ----------------------------------------------------------------------------- one call per data set
+
+
+def headline_scorer(dataset: str, *, seed: int = 0, projections: int = 256,
+                    classifier=None) -> Callable[[Tensor], float]:
+    """The headline metric of ``dataset`` as a function of samples, its reference work done once.
+
+    Images: the classifier-feature Fréchet distance to the test split; other data: SW2 to the test
+    split. Gives exactly :func:`evaluate_samples`' ``fd`` / ``sw2`` (same seed, directions, features),
+    without the floors, for sweeps that score many sample sets (quality vs NFE).
+    """
+    from .data import load_dataset
+
+    test = load_dataset(dataset, "test", seed=seed)
+    shape = tuple(test.data_shape)
+
+    def check(x: Tensor) -> Tensor:
+        x = x.detach().cpu()
+        if tuple(x.shape[1:]) != shape:
+            raise ValueError(f"samples have shape {tuple(x.shape[1:])} per item, data set {dataset!r} has {shape}")
+        return x
+
+    if test.is_image:
+        from .features import extract_features, load_classifier
+
+        clf = classifier if classifier is not None else load_classifier(dataset)
+        ref = gaussian_stats(extract_features(clf, test.x))
+        return lambda x: frechet_distance(*gaussian_stats(extract_features(clf, check(x))), *ref)
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(projections, test.x[0].numel(), generator=g, dtype=torch.float64)
+    return lambda x: sliced_wasserstein(check(x), test.x, directions=dirs)
+
 
 
 def evaluate_samples(samples: Tensor, dataset: str, *, seed: int = 0, repeats: int = 5, projections: int = 256,

@@ -111,7 +111,7 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
     from safetensors.torch import save_file
 
     from ..data import load_dataset
-    from ..evaluate import dataset_bits_per_dim, expectation_gap, true_density
+    from ..evaluate import dataset_bits_per_dim, expectation_gap, headline_scorer, true_density
     from ..samplers import SAMPLERS
     from ..training import load_denoiser
 
@@ -143,9 +143,10 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc="quality vs NFE", unit="run")
+    score = headline_scorer(cfg.dataset, seed=seed) if jobs else None
     for s, k in jobs:
         xs, _, used = generate(den, cfg, n, sampler=s, steps=steps_for_nfe(s, k), seed=seed, guidance=guidance)
-        curves.setdefault(s, []).append([used, _score(xs, cfg, seed=seed)[0]])
+        curves.setdefault(s, []).append([used, score(xs)])
         if bar is not None:
             bar.update(1)
             bar.set_postfix(sampler=s, nfe=f"{used:g}")
