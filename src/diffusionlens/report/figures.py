@@ -48,8 +48,8 @@ def image_grid(x: Tensor, nrow: int) -> Tensor:
 
 
 def _show_images(ax, x: Tensor, nrow: int, title: str) -> None:
-    g = image_grid(x, nrow)
-    ax.imshow(g.squeeze(-1) if g.shape[-1] == 1 else g, cmap="gray_r" if g.shape[-1] == 1 else None,
+    g = image_grid(x, nrow).numpy()
+    ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray_r" if g.shape[-1] == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.axis("off")
@@ -67,10 +67,10 @@ def sample_figure(samples: Tensor, path, *, reference: Tensor | None = None, tit
         if reference is not None:
             _show_images(axes[0, 1], reference[:k], nrow, "real test images")
         return _save(fig, path)
-    s = samples.reshape(samples.shape[0], -1)[:, :2].float()
+    s = samples.detach().reshape(samples.shape[0], -1)[:, :2].float().cpu().numpy()
     fig, ax = plt.subplots(figsize=(5, 5))
     if reference is not None:
-        r = reference.reshape(reference.shape[0], -1)[:, :2].float()
+        r = reference.detach().reshape(reference.shape[0], -1)[:, :2].float().cpu().numpy()
         ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, c="tab:gray", label="held-out data")
     ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue", label="samples")
     ax.set_aspect("equal")
@@ -138,15 +138,18 @@ def denoising_figure(denoiser, x0: Tensor, sigmas: list[float], path, *, generat
     Points: per sigma a panel with the noisy points, the model's estimates and (if ``exact`` is an
     oracle) the exact posterior means.
     """
+    from ..evaluate import _device_of
+
     plt = _plt()
-    x0 = x0.float()
+    dev = _device_of(denoiser)
+    x0 = x0.float().cpu()
     noise = torch.randn(x0.shape, generator=generator)
     if x0.ndim == 4:
         cols = [("clean x0", x0)]
         for s in sigmas:
             xh = x0 + s * noise
             cols.append((f"x_t, σ={s:g}", xh / math.sqrt(1 + s * s)))  # shown at the VP scale, to stay in range
-            cols.append((f"E[x0|x_t], σ={s:g}", denoiser(xh, s)))
+            cols.append((f"E[x0|x_t], σ={s:g}", denoiser(xh.to(dev), s).cpu()))
         fig, axes = plt.subplots(1, len(cols), figsize=(1.25 * len(cols), 0.9 * x0.shape[0] + 0.6), squeeze=False)
         for ax, (title, x) in zip(axes[0], cols):
             _show_images(ax, x, 1, "")
@@ -156,11 +159,12 @@ def denoising_figure(denoiser, x0: Tensor, sigmas: list[float], path, *, generat
     fig, axes = plt.subplots(1, len(sigmas), figsize=(3.3 * len(sigmas), 3.5), squeeze=False)
     for ax, s in zip(axes[0], sigmas):
         xh = x0 + s * noise
-        d = denoiser(xh, s)
-        ax.scatter(x0[:, 0], x0[:, 1], s=2, c="tab:gray", alpha=0.3, label="x0")
+        d = denoiser(xh.to(dev), s).detach().float().cpu().numpy()
+        x = x0.cpu().numpy()
+        ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:gray", alpha=0.3, label="x0")
         ax.scatter(d[:, 0], d[:, 1], s=3, c="tab:blue", alpha=0.6, label="model E[x0|x_t]")
         if exact is not None:
-            e = exact.denoise(xh.double(), s)
+            e = exact.denoise(xh.double(), s).cpu().numpy()
             ax.scatter(e[:, 0], e[:, 1], s=3, c="tab:red", alpha=0.4, marker="x", label="exact E[x0|x_t]")
         ax.set_title(f"σ = {s:g}", fontsize=10)
         ax.set_aspect("equal")
