@@ -14,8 +14,16 @@ for the marginal density p_sigma of x_hat,
 ``log sigma`` is the natural variable: the right-hand side stays O(|x_hat|) over the whole range,
 so an adaptive solver takes steps of about equal length from sigma = 0.002 to 80, where an
 integration in sigma needs tiny steps near sigma_min. The constant ``d (u_max - u_min)`` is added
-in closed form; only the trace is integrated, in float64, together with x_hat: the augmented
-state of :func:`diffusionlens.ode.solve` is (x_hat flattened, one accumulator per trace estimate).
+in closed form; only the trace is integrated, in float64, together with the state: the augmented
+state of :func:`diffusionlens.ode.solve` is (y flattened, one accumulator per trace estimate), where
+y = x_hat / sqrt(1 + sigma^2) is x_hat in the variance-preserving scale,
+
+    dy/du = y / (1 + sigma^2) - D(x_hat, sigma) / sqrt(1 + sigma^2).
+
+x_hat grows like sigma at large sigma, y stays O(1) over the whole range, and the solver's error
+control on y takes about 30% fewer steps for the same error on the oracle. Rescaling the state is
+a change of coordinates for the solver only: the log-density is still that of x_hat, and the latent
+is returned as x_hat = y sqrt(1 + sigma_max^2).
 
 The prior term replaces the unknown p_{sigma_max} by a Gaussian, by default N(0, sigma_max^2 I)
 (:func:`gaussian_prior` gives the moment-matched N(mu, (sigma_max^2 + var) I) too). With an oracle the
@@ -27,9 +35,11 @@ Scale. A process with s(t) != 1 has x_t = s x_hat, a linear map with Jacobian s^
 the time of sigma_min and that term is added exactly. The latent is returned in x_hat units.
 
 Divergence. ``exact``: tr(dD/dx_hat) from d vector-Jacobian products, one forward and d backward
-passes batched by vmap (``is_grads_batched``; or, for a denoiser whose backward vmap cannot batch,
-one forward and one backward over d stacked copies): about d backward passes, the default for
-d <= 64. ``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchinson 1989;
+passes batched by vmap (``is_grads_batched``), or one forward and one backward over d stacked
+copies of the batch (for d <= 4, where vmap's fixed cost dominates, and for a denoiser whose
+backward vmap cannot batch): about d backward passes, the default for d <= 64. Its cost grows
+like d times that of one probe; no exact method for a black-box denoiser does better.
+``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchinson 1989;
 FFJORD); ``probes`` P probes per sample, batched the same way in one call, drawn once per sample
 and held fixed along the trajectory (so the integrand is smooth and the solver's error control
 works); each probe gets its own accumulator, so the P per-probe log-likelihoods are i.i.d. given x
@@ -341,7 +351,7 @@ def log_likelihood(
     chunk: int | None = None,
     cond: dict | None = None,
     stacked: bool | None = None,
-    turns: int = 16,
+    turns: int = 32,
     max_steps: int = 10_000,
     return_info: bool = False,
 ):
@@ -365,11 +375,14 @@ def log_likelihood(
         prior: log-density of x_hat at sigma_max, (batch, *shape) -> (batch,); default N(0, sigma_max^2 I).
         chunk: at most this many vector-Jacobian products per denoiser call (memory bound for the exact trace).
         stacked: evaluate the products on stacked copies of the batch (one forward over m * batch rows)
-            instead of one forward and a vmapped backward. Default: stacked for Hutchinson, vmapped for
-            the exact trace; the vmapped form falls back to stacked copies when vmap fails.
+            instead of one forward and a vmapped backward. Default: stacked for Hutchinson and for the exact
+            trace when d <= 4, vmapped otherwise; the vmapped form falls back to stacked copies when vmap
+            fails.
         cond: conditioning keyword arguments for the denoiser; tensors with leading dim batch are per sample.
         turns: ``"rotating"`` probes only: how many quarter turns each probe makes along the path
-            (it visits ``turns + 1`` orthonormal directions; capped at d - 1).
+            (it visits ``turns + 1`` orthonormal directions; capped at d - 1). On the d=256 oracle the
+            single-probe RMS error falls from 14.1 nats (Rademacher) to 9.7, 8.3, 6.6 with 8, 16, 32
+            turns and stays there (7.2, 6.7) at 64, 128, where the rotation outruns the solver's steps.
         return_info: also return a :class:`LikelihoodInfo`.
 
     Returns:
@@ -429,8 +442,10 @@ def log_likelihood(
     # the Monte Carlo error of the trace (nats) dwarfs its discretization error; x_hat drives the steps.
     c = math.sqrt((d + m) / m) if div is Divergence.EXACT else 1.0
     # measured on the oracle (benchmarks/likelihood.md): a vmapped backward is the cheaper way to the d
-    # basis products of the exact trace, stacked copies the cheaper way to a few probes
-    vjp = _VJP(stacked=(div is Divergence.HUTCHINSON) if stacked is None else bool(stacked))
+    # basis products of the exact trace for d > 4, stacked copies the cheaper way to probes and to <= 4
+    # basis products (vmap's fixed cost dominates there)
+    auto = div is Divergence.HUTCHINSON or copies <= 4
+    vjp = _VJP(stacked=auto if stacked is None else bool(stacked))
 
     def rhs(u: Tensor, y: Tensor, idx: Tensor) -> Tensor:
         b = y.shape[0]
