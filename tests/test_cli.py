@@ -115,7 +115,7 @@ def test_sample_prints_nfe_and_writes_files(in_toy, capsys):
 
 def test_evaluate_report_likelihood_encode(in_toy, capsys):
     rc, out, err = run_cli(["evaluate", "toy", "--n", "300", "--steps", "4", "--samplers", "euler,dpmpp_2m",
-                            "--nfe", "2,4", "--bpd-n", "20", "--quiet", "--device", "cpu"], capsys)
+                            "--nfe", "2,4", "--bpd-n", "8", "--quiet", "--device", "cpu"], capsys)
     assert rc == 0, err
     assert "sliced W2" in out and "floor" in out
     ev = json.loads((in_toy / "runs/toy/evaluation.json").read_text())
@@ -129,10 +129,10 @@ def test_evaluate_report_likelihood_encode(in_toy, capsys):
                 "fig_weighting.png", "fig_expectation_gap.png"):
         assert f'src="{fig}"' in html
         assert (in_toy / "runs/toy" / fig).stat().st_size > 1000
-    rc, out, err = run_cli(["likelihood", "toy", "--n", "20", "--quiet", "--device", "cpu"], capsys)
+    rc, out, err = run_cli(["likelihood", "toy", "--n", "8", "--quiet", "--device", "cpu"], capsys)
     assert rc == 0, err
     assert "nats per point" in out and "±" in out and "true density" in out
-    assert json.loads((in_toy / "runs/toy/likelihood.json").read_text())["log_likelihood"]["n"] == 20
+    assert json.loads((in_toy / "runs/toy/likelihood.json").read_text())["log_likelihood"]["n"] == 8
     rc, out, err = run_cli(["encode", "toy", "--n", "8", "--steps", "12", "--quiet", "--device", "cpu"], capsys)
     assert rc == 0, err
     assert "round-trip relative error" in out
@@ -147,6 +147,20 @@ def test_resume_extends_a_run(in_toy, capsys):
                             "--resume", "--quiet", "--device", "cpu"], capsys)
     assert rc == 0, err
     assert "trained 70 steps" in out
+
+
+def test_main_job_end_to_end_and_rerun(in_toy, capsys):
+    args = ["main", "--dataset", "ring8", "--steps", "20", "--name", "m", "--n-samples", "300", "--nfe", "2",
+            "--bpd-n", "5", "--sampler-steps", "4", "--quiet", "--device", "cpu"]
+    rc, out, err = run_cli(args, capsys)
+    assert rc == 0, err
+    assert "[3/3]" in out and "runs/m/report.html" in out
+    assert (in_toy / "runs/m/report.html").is_file() and (in_toy / "runs/m/fig_quality_vs_nfe.png").is_file()
+    ev = json.loads((in_toy / "runs/m/evaluation.json").read_text())
+    assert set(ev["quality_vs_nfe"]) == {"euler", "heun", "dpmpp_2m", "unipc"}
+    rc, out, err = run_cli(args, capsys)  # a second run resumes: no new steps, fresh evaluation
+    assert rc == 0, err
+    assert "resuming" in out and json.loads((in_toy / "runs/m/result.json").read_text())["step"] == 20
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -10,6 +10,7 @@ import torch
 from diffusionlens.data import load_dataset
 from diffusionlens.evaluate import (
     MMD,
+    SW2,
     dataset_bits_per_dim,
     evaluate_samples,
     expectation_gap,
@@ -117,6 +118,24 @@ def test_sliced_wasserstein_unequal_sizes():
     assert sliced_wasserstein(a, b, directions=torch.ones(1, 1)) == pytest.approx(math.sqrt(0.5), rel=1e-12)
     with pytest.raises(ValueError, match="different dimensions"):
         sliced_wasserstein(torch.zeros(3, 2), torch.zeros(3, 3))
+
+
+def test_sliced_wasserstein_unequal_sizes_against_merged_quantiles():
+    # brute force: the two quantile functions are constant between the merged breakpoints i/n, j/m
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(37, 1, generator=g, dtype=torch.float64), 2 + 0.5 * torch.randn(101, 1, generator=g,
+                                                                                           dtype=torch.float64)
+    qa, qb = a[:, 0].sort().values, b[:, 0].sort().values
+    f64 = torch.float64
+    u = torch.unique(torch.cat([torch.arange(38, dtype=f64) / 37, torch.arange(102, dtype=f64) / 101]))
+    mid, w = 0.5 * (u[1:] + u[:-1]), u[1:] - u[:-1]
+    brute = float((w * (qa[(mid * 37).long()] - qb[(mid * 101).long()]) ** 2).sum())
+    one = torch.ones(1, 1)
+    assert sliced_wasserstein(a, b, directions=one) ** 2 == pytest.approx(brute, rel=1e-10)
+    assert sliced_wasserstein(b, a, directions=one) ** 2 == pytest.approx(brute, rel=1e-10)
+    x, y = torch.randn(50, 3, generator=g), torch.randn(80, 3, generator=g)
+    dirs = torch.randn(16, 3, generator=g)
+    assert SW2(y, directions=dirs)(x) == pytest.approx(sliced_wasserstein(y, x, directions=dirs), rel=1e-10)
 
 
 def test_mmd_unbiased_and_cached_reference():

@@ -470,8 +470,8 @@ def cmd_main(args) -> int:
     res = train(cfg, run, resume=True, progress=_progress(args))
     print(f"      {res.step} steps, {res.elapsed_s / 60:.2f} min, {res.images_per_s:.0f} images/s, loss {res.loss:.4g}")
     print("[2/3] sampling and evaluating")
-    ev = evaluate_run(run, sampler=args.sampler, steps=args.sampler_steps, seed=args.seed, nfes=args.nfe,
-                      bpd_n=args.bpd_n, device=cfg.device, progress=_progress(args))
+    ev = evaluate_run(run, n_samples=args.n_samples, sampler=args.sampler, steps=args.sampler_steps, seed=args.seed,
+                      nfes=args.nfe, bpd_n=args.bpd_n, device=cfg.device, progress=_progress(args))
     print(_summary(ev))
     print("[3/3] writing the report")
     path = write_report(run, progress=_progress(args))
@@ -696,6 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sampler", default="unipc", choices=samplers, metavar="NAME", help="headline sampler")
     q.add_argument("--sampler-steps", type=_positive_int, default=16, help="headline sampler steps (default 16)")
     q.add_argument("--nfe", type=_int_list, default=(4, 8, 16, 32), help="NFE budgets of the sweep")
+    q.add_argument("--n-samples", type=_positive_int, help="samples per evaluation (default: the train split's "
+                                                           "size, 1497 for the digits)")
     q.add_argument("--bpd-n", type=_nonneg_int, default=100, help="test images for bits/dim (default 100)")
     q.add_argument("--seed", type=_nonneg_int, default=0, help="seed (default 0)")
     common(q)

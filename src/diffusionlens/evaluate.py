@@ -48,6 +48,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_stats",
     "sliced_wasserstein",
+    "SW2",
     "mmd2",
     "MMD",
     "median_bandwidth",
@@ -130,41 +131,76 @@ def _fd_of(a: Tensor, b: Tensor) -> float:
 # ----------------------------------------------------------------------------- SW2 and MMD
 
 
-def _w2sq_1d(a: Tensor, b: Tensor) -> Tensor:
-    """Exact W2^2 between empirical measures per column: a (n, P), b (m, P) -> (P,)."""
-    a, _ = a.sort(0)
-    b, _ = b.sort(0)
-    n, m = a.shape[0], b.shape[0]
-    if n == m:
-        return ((a - b) ** 2).mean(0)
-    # the quantile functions are step functions jumping at i/n and j/m: integrate piece by piece
-    u = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m])
-    u = torch.unique(torch.cat([torch.zeros(1, dtype=torch.float64), u]))
-    w = u[1:] - u[:-1]
-    mid = 0.5 * (u[1:] + u[:-1])
-    ia = (mid * n).floor().long().clamp_max(n - 1)
-    ib = (mid * m).floor().long().clamp_max(m - 1)
-    return (w[:, None] * (a[ia] - b[ib]) ** 2).sum(0)
+class _Quantiles:
+    """Sorted 1-D projections b (m, P) of a reference set and the running integral of its quantile function.
+
+    With G(u) = int_0^u F_b^{-1}, the cross term of W2^2 against any sorted a (n, P) is
+    sum_i a_i (G((i+1)/n) - G(i/n)) (exact for step quantile functions), so
+    W2^2 = E a^2 + E b^2 - 2 cross costs O(n P) per comparison once b is sorted.
+    """
+
+    def __init__(self, proj: Tensor):
+        self.b, _ = proj.sort(0)
+        self.m = self.b.shape[0]
+        self.cum = torch.cat([torch.zeros_like(self.b[:1]), self.b.cumsum(0) / self.m])  # (m + 1, P): G(k/m)
+        self.sq = (self.b**2).mean(0)
+
+    def G(self, u: Tensor) -> Tensor:
+        """int_0^u F_b^{-1} for u (k,) in [0, 1] -> (k, P)."""
+        k = (u * self.m).floor().long().clamp(0, self.m)
+        frac = (u - k.to(u.dtype) / self.m)[:, None]
+        return self.cum[k] + frac * self.b[k.clamp_max(self.m - 1)]
+
+    def w2sq(self, proj: Tensor) -> Tensor:
+        """Exact W2^2 per column between the empirical measures of proj (n, P) and the reference."""
+        a, _ = proj.sort(0)
+        n = a.shape[0]
+        if n == self.m:
+            return ((a - self.b) ** 2).mean(0)
+        g = self.G(torch.arange(n + 1, dtype=torch.float64, device=a.device) / n)
+        cross = (a * (g[1:] - g[:-1])).sum(0)
+        return ((a**2).mean(0) + self.sq - 2 * cross).clamp_min(0)
+
+
+def _directions(d: int, projections: int, generator, directions: Tensor | None) -> Tensor:
+    if directions is None:
+        if not (isinstance(projections, int) and projections >= 1):
+            raise ValueError(f"projections must be an integer >= 1, got {projections!r}")
+        directions = torch.randn(projections, d, generator=generator, dtype=torch.float64)
+    theta = torch.as_tensor(directions).to(torch.float64)
+    if theta.ndim != 2 or theta.shape[1] != d:
+        raise ValueError(f"directions must have shape (P, {d}), got {tuple(theta.shape)}")
+    return theta / theta.norm(dim=1, keepdim=True)
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, *, projections: int = 256, generator: torch.Generator | None = None,
                        directions: Tensor | None = None) -> float:
-    """Sliced 2-Wasserstein distance between the samples x (n, ...) and y (m, ...).
+    """Sliced 2-Wasserstein distance between the samples x (n, ...) and y (m, ...) (any sizes).
 
     Args:
         projections: number of random directions (uniform on the sphere, drawn with ``generator``).
         directions: optional explicit (P, d) directions (rows are normalised); overrides ``projections``.
     """
-    a, b = _flat(x, "x"), _flat(y, "y")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"x and y have different dimensions: {a.shape[1]} vs {b.shape[1]}")
-    if directions is None:
-        if not (isinstance(projections, int) and projections >= 1):
-            raise ValueError(f"projections must be an integer >= 1, got {projections!r}")
-        directions = torch.randn(projections, a.shape[1], generator=generator, dtype=torch.float64)
-    theta = directions.to(torch.float64)
-    theta = theta / theta.norm(dim=1, keepdim=True)
-    return float(_w2sq_1d(a @ theta.T, b @ theta.T).mean().sqrt())
+    return SW2(y, projections=projections, generator=generator, directions=directions)(x)
+
+
+class SW2:
+    """:func:`sliced_wasserstein` against a fixed reference set, its sorted projections computed once.
+
+    ``SW2(ref, directions=th)(x)`` equals ``sliced_wasserstein(x, ref, directions=th)``.
+    """
+
+    def __init__(self, reference: Tensor, *, projections: int = 256, generator: torch.Generator | None = None,
+                 directions: Tensor | None = None):
+        ref = _flat(reference, "reference")
+        self.theta = _directions(ref.shape[1], projections, generator, directions)
+        self.q = _Quantiles(ref @ self.theta.T)
+
+    def __call__(self, x: Tensor) -> float:
+        a = _flat(x, "x")
+        if a.shape[1] != self.theta.shape[1]:
+            raise ValueError(f"x and y have different dimensions: {a.shape[1]} vs {self.theta.shape[1]}")
+        return float(self.q.w2sq(a @ self.theta.T).mean().sqrt())
 
 
 def _sqdist(a: Tensor, b: Tensor) -> Tensor:
@@ -431,8 +467,8 @@ def headline_scorer(dataset: str, *, seed: int = 0, projections: int = 256,
         ref = gaussian_stats(extract_features(clf, test.x))
         return lambda x: frechet_distance(*gaussian_stats(extract_features(clf, check(x))), *ref)
     g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(projections, test.x[0].numel(), generator=g, dtype=torch.float64)
-    return lambda x: sliced_wasserstein(check(x), test.x, directions=dirs)
+    sw = SW2(test.x, directions=torch.randn(projections, test.x[0].numel(), generator=g, dtype=torch.float64))
+    return lambda x: sw(check(x))
 
 
 
@@ -463,12 +499,12 @@ def evaluate_samples(samples: Tensor, dataset: str, *, seed: int = 0, repeats: i
         out["metric"] = "frechet-classifier-features"
         return out
     g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(projections, test.x[0].numel(), generator=g, dtype=torch.float64)
+    sw_ref = SW2(test.x, directions=torch.randn(projections, test.x[0].numel(), generator=g, dtype=torch.float64))
     ref = test.x[:mmd_reference]
     h = median_bandwidth(ref)
 
-    def sw(a, b):
-        return sliced_wasserstein(a, b, directions=dirs)
+    def sw(a, b):  # b is always test.x, whose sorted projections sw_ref holds
+        return sw_ref(a)
 
     mmd_ref = MMD(ref, bandwidth=h)
 

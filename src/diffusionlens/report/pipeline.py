@@ -134,7 +134,7 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
            "headline": {"name": "fd" if train.is_image else "sw2", "value": headline}}
     result = run_dir / "result.json"
     if result.exists():
-        out["training"] = json.loads(result.read_text())
+        out["training"] = _training_summary(run_dir, json.loads(result.read_text()))
     # quality vs NFE, several samplers, same noise, same metric
     curves: dict[str, list] = {}
     jobs = [(s, k) for s in sweep for k in nfes]
@@ -182,6 +182,28 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
     tmp.replace(run_dir / "samples.safetensors")
     atomic_write(run_dir / "evaluation.json", json.dumps(out, indent=1).encode())
     return out
+
+
+def _training_summary(run_dir: Path, result: dict) -> dict:
+    """result.json, with the loss and throughput taken from metrics.jsonl when the last session ran no
+    step (a resumed run that had already reached its budget records them as null)."""
+    path = run_dir / "metrics.jsonl"
+    if (result.get("loss") is not None and result.get("images_per_s") is not None) or not path.is_file():
+        return result
+    recs = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("loss") is not None:
+            recs.append(rec)
+    if recs:
+        ips = sorted(r["images_per_s"] for r in recs if r.get("images_per_s") is not None)
+        result = dict(result, loss=recs[-1]["loss"] if result.get("loss") is None else result["loss"])
+        if result.get("images_per_s") is None and ips:
+            result["images_per_s"] = ips[len(ips) // 2]
+    return result
 
 
 # ----------------------------------------------------------------------------- report
