@@ -24,7 +24,7 @@ from diffusionlens.samplers import SAMPLERS, Counted, sample
 
 from .peers import k_sampling
 
-NFES = [4, 6, 8, 10, 16, 32]
+NFES = [4, 5, 6, 8, 10, 12, 16, 24, 32]
 TWO_EVAL = {"heun", "k:heun", "k:dpm_2", "d:Heun karras"}
 
 
@@ -413,8 +413,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run, not for the record)")
     ap.add_argument("--out", default="benchmarks/results/samplers.md")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # One thread: on a shared machine, float64 batched matmuls with 2 contended threads ran 20x slower
+    # than with one; every library gets the same setting, so the comparisons are unaffected.
+    torch.set_num_threads(args.threads)
     n = 64 if args.quick else 128
     t0 = time.time()
     cases = standard_cases()
