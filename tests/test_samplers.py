@@ -35,6 +35,7 @@ from diffusionlens.samplers import (
     unip_update,
 )
 from diffusionlens.samplers._common import _mix, _mix_int, _s64, check_grid
+from diffusionlens.samplers.adaptive import exp_rk32_step
 
 SMOOTH = random_mixture(3, 4, seed=1, std_range=(0.3, 0.8))  # trajectories without mode switches
 _SLOW = pytest.mark.slow
@@ -124,6 +125,18 @@ def _unipc(order):
     return upd
 
 
+def _exp_rk32(high: bool):
+    """The exponential RK 3(2) pair of the adaptive sampler: third order (x_high), embedded second (x_low)."""
+
+    def upd(x, Ds, sig, s_next):
+        B = x.shape[0]
+        lam = torch.full((B,), -math.log(sig[0]), dtype=torch.float64)
+        h = torch.full((B,), math.log(sig[0] / s_next), dtype=torch.float64)
+        return exp_rk32_step(SMOOTH, x, Ds[0], lam, h)[0 if high else 1]
+
+    return upd
+
+
 @pytest.mark.parametrize(
     "name,update,n_hist,p",
     [
@@ -139,6 +152,8 @@ def _unipc(order):
         ("unipc_3", _unipc(3), 3, 4),
         ("lms_2", _lms(2), 2, 2),
         ("lms_4", _lms(4), 4, 4),
+        ("exp_rk3", _exp_rk32(True), 1, 3),
+        ("exp_rk3_embedded", _exp_rk32(False), 1, 2),
     ],
 )
 def test_local_order_of_steps(name, update, n_hist, p):
@@ -198,6 +213,55 @@ def test_adaptive_meets_tolerance_and_counts_nfe():
     assert e5 < e3 and e5 < 1e-3
     assert i5.nfe > i3.nfe
     assert i3.nfe_per_sample is not None and abs(i3.nfe_per_sample.double().mean().item() - i3.nfe) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])  # dpm3 (the default): the test above
+def test_adaptive_methods_converge_to_the_exact_flow(method):
+    gm = SMOOTH
+    noise = torch.randn(8, gm.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = gm(_exact(gm, noise * 80.0, 80.0, 0.002), 0.002)
+    errs, nfes = [], []
+    for tol in (1e-3, 1e-5):
+        x, info = sample(gm, noise, sampler="adaptive", rtol=tol, atol=tol, method=method, return_info=True)
+        errs.append(_rms(x, ref))
+        nfes.append(info.nfe)
+    # tolerance proportionality: the global error is a modest multiple of the local tolerance
+    assert errs[1] < errs[0] and errs[1] < 1e-4, errs
+    assert nfes[1] > nfes[0]
+
+
+def test_adaptive_is_per_sample_and_keeps_d_after_rejections():
+    gm = ring()
+    noise = torch.randn(24, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    seen = []
+
+    def d(x, sigma):
+        seen.extend(zip(map(tuple, x.tolist()), sigma.tolist()))
+        return gm(x, sigma)
+
+    big, info = sample(d, noise, sampler="adaptive", rtol=1e-4, atol=1e-4, return_info=True)
+    small = sample(gm, noise[:5], sampler="adaptive", rtol=1e-4, atol=1e-4)
+    assert _rms(big[:5], small) < 1e-12  # a sample's steps do not depend on the rest of the batch
+    n = info.nfe_per_sample
+    assert int(n.sum()) == len(seen) and bool((n != n[0]).any())
+    # NFE = 1 + 3 accepted + 2 rejected + 1 final: some samples had rejections (else n = 1 mod 3) ...
+    assert bool(((n - 1) % 3 != 0).any())
+    # ... and a rejected step is retried from the same point without evaluating D there again
+    assert len(set(seen)) == len(seen)
+
+
+def test_adaptive_raises_on_bad_method_and_nan():
+    gm = SMOOTH
+    noise = torch.randn(4, gm.dim, dtype=torch.float64)
+    with pytest.raises(ValueError, match="rk45"):
+        sample(gm, noise, sampler="adaptive", method="rk45")
+
+    def bad(x, sigma):
+        out = gm(x, sigma)
+        return torch.where(sigma[:, None] < 1.0, float("nan"), out)
+
+    with pytest.raises(FloatingPointError, match="sigma=0"):
+        sample(bad, noise, sampler="adaptive")
 
 
 # ----------------------------------------------------------------------------- distributions
@@ -348,13 +412,14 @@ def test_encode_decode_round_trip(name, p):
     assert _rms(SAMPLERS[name](gm, x, logsnr_grid(80, s_min, s_max)[:-1].flip(0)), z_exact) < 1e-2 * s_max
 
 
-def test_adaptive_round_trip():
+@pytest.mark.parametrize("method", ["dpm3", "dopri5"])
+def test_adaptive_round_trip(method):
     gm = SMOOTH
     g = torch.Generator().manual_seed(2)
     x = gm.sample(16, g) + 0.05 * torch.randn(16, gm.dim, generator=g, dtype=torch.float64)
     up = torch.tensor([0.05, 80.0], dtype=torch.float64)
-    z = SAMPLERS["adaptive"](gm, x, up, rtol=1e-8, atol=1e-8)
-    assert _rms(SAMPLERS["adaptive"](gm, z, up.flip(0), rtol=1e-8, atol=1e-8), x) < 1e-5
+    z = SAMPLERS["adaptive"](gm, x, up, rtol=1e-6, atol=1e-6, method=method)
+    assert _rms(SAMPLERS["adaptive"](gm, z, up.flip(0), rtol=1e-6, atol=1e-6, method=method), x) < 1e-4
 
 
 # ----------------------------------------------------------------------------- noise streams

@@ -24,7 +24,7 @@ name               method                                                  NFE  
 ``euler_maruyama`` reverse SDE, Euler–Maruyama                               steps          (SDE)
 ``pc``             predictor–corrector, Langevin corrector                   ~2 steps       (SDE)
 ``langevin``       annealed Langevin dynamics, 10 steps per level            10 steps + 1   (MCMC)
-``adaptive``       Dormand–Prince 5(4) in log sigma with error control       adaptive       5
+``adaptive``       exponential RK 3(2) in log sigma with error control       adaptive       3
 =================  ======================================================  =============  ========
 """
 
@@ -40,7 +40,7 @@ from torch import Tensor
 from ..model import Denoiser
 from ..processes import Discrete, Process, Spacing, karras_grid, logsnr_grid, time_grid, timestep_grid
 from ._common import Counted, NoiseStream, check_grid, noise_seeds, randn
-from .adaptive import adaptive
+from .adaptive import AdaptiveMethod, adaptive
 from .ddim import Variance, ddim, ddim_update, ddpm
 from .dpmpp import SecondOrder, dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, dpmpp_update
 from .euler import HeunForm, churn, euler, euler_update, heun, heun_update
@@ -66,6 +66,7 @@ __all__ = [
     "SecondOrder",
     "HeunForm",
     "LangevinStep",
+    "AdaptiveMethod",
     "adaptive",
     "ddim",
     "ddpm",
