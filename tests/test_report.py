@@ -55,6 +55,7 @@ def test_image_grid_layout():
     assert torch.allclose(g[3:5, 3:5], ((x[4] + 1) / 2).permute(1, 2, 0))  # image 4 = row 1, column 1
     assert bool((g[2] == 1).all()) and bool((g[:, 2] == 1).all())  # white gaps
     assert bool((g[3:5, 6:8] == 1).all())  # the empty sixth cell stays white
+    assert bool((figures.image_grid(x, nrow=3, pad=0.25)[2] == 0.25).all())
 
 
 def test_every_figure_writes_a_png(tmp_path):

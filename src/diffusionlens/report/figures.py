@@ -35,12 +35,12 @@ def _save(fig, path) -> Path:
     return path
 
 
-def image_grid(x: Tensor, nrow: int) -> Tensor:
-    """(N, C, H, W) in [-1, 1] -> (rows*(H+1)-1, nrow*(W+1)-1, C) in [0, 1], one-pixel white gaps."""
+def image_grid(x: Tensor, nrow: int, pad: float = 1.0) -> Tensor:
+    """(N, C, H, W) in [-1, 1] -> (rows*(H+1)-1, nrow*(W+1)-1, C) in [0, 1], one-pixel gaps of value ``pad``."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2)
     N, C, H, W = x.shape
     rows = math.ceil(N / nrow)
-    out = torch.ones(rows * (H + 1) - 1, nrow * (W + 1) - 1, C)
+    out = torch.full((rows * (H + 1) - 1, nrow * (W + 1) - 1, C), float(pad))
     for i in range(N):
         r, c = divmod(i, nrow)
         out[r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = x[i].permute(1, 2, 0)
@@ -48,9 +48,10 @@ def image_grid(x: Tensor, nrow: int) -> Tensor:
 
 
 def _show_images(ax, x: Tensor, nrow: int, title: str) -> None:
-    g = image_grid(x, nrow).numpy()
-    ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray_r" if g.shape[-1] == 1 else None,
-              vmin=0, vmax=1, interpolation="nearest")
+    # one channel: ink dark on white (gray_r maps the background -1 to white), gaps light gray
+    mono = x.shape[1] == 1
+    g = image_grid(x, nrow, pad=0.25 if mono else 1.0).numpy()
+    ax.imshow(g[..., 0] if mono else g, cmap="gray_r" if mono else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.axis("off")
 
@@ -94,7 +95,8 @@ def loss_curve(metrics_path, path) -> Path:
     if len(loss) >= 8:  # a running mean reads better than the noisy per-window losses
         k = max(3, len(loss) // 20)
         sm = torch.tensor(loss).unfold(0, k, 1).mean(1)
-        ax.plot(steps[k - 1:], sm.tolist(), lw=2, color="tab:orange", label=f"running mean ({k} logs)")
+        c = (k - 1) // 2  # centred, so the mean does not lag behind the curve
+        ax.plot(steps[c:c + len(sm)], sm.tolist(), lw=2, color="tab:orange", label=f"running mean ({k} logs)")
         ax.legend()
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -194,7 +196,7 @@ def weighting_figure(losses: dict, path, *, trained: str | None = None) -> Path:
     ax.set_ylabel("w(λ) = p(λ) · weight on eps-MSE (max 1)")
     ax.set_title("implied loss weighting over noise levels (Kingma & Gao 2023)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
