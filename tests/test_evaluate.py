@@ -260,6 +260,8 @@ def test_bits_per_dim_of_the_oracle_matches_its_exact_density():
     assert abs(got["mean"] - float(ref.mean())) < 4 * se
     with pytest.raises(ValueError, match="grid"):
         dataset_bits_per_dim(gm.denoise, x * 1.5, levels=levels)
+    with pytest.raises(ValueError, match="grid"):
+        dataset_bits_per_dim(gm.denoise, x + 0.03, levels=levels)
 
 
 # ----------------------------------------------------------------------------- image metric and the classifier

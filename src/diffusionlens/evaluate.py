@@ -422,9 +422,14 @@ def dataset_bits_per_dim(denoiser, x: Tensor, *, levels: int, sigma_min: float =
     """
     from .likelihood import bits_per_dim, dequantize, evaluate, log_likelihood
 
-    k = torch.round((x.to(torch.float64) + 1) * (levels - 1) / 2).long()
-    if bool(((k < 0) | (k > levels - 1)).any()):
-        raise ValueError(f"images are not on a {levels}-level grid in [-1, 1]")
+    if not (isinstance(levels, int) and levels >= 2):
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    u = (_flat(x, "x") + 1) * (levels - 1) / 2
+    k = torch.round(u)
+    if bool(((k < 0) | (k > levels - 1)).any()) or float((u - k).abs().max()) > 1e-3:
+        raise ValueError(f"images are not on the {levels}-level grid k * 2/{levels - 1} - 1 of [-1, 1] "
+                         f"(bits/dim is defined for discrete data)")
+    k = k.long().reshape(x.shape)
     dim = x[0].numel()
     dev = _device_of(denoiser)
 
