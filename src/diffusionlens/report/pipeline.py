@@ -125,7 +125,7 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
     from safetensors.torch import save_file
 
     from ..data import load_dataset
-    from ..evaluate import dataset_bits_per_dim, expectation_gap, headline_scorer, true_density
+    from ..evaluate import _device_of, dataset_bits_per_dim, expectation_gap, headline_scorer, true_density
     from ..samplers import SAMPLERS
     from ..training import load_denoiser
 
@@ -158,6 +158,7 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
 
         bar = tqdm(total=len(jobs), desc="quality vs NFE", unit="run")
     score = headline_scorer(cfg.dataset, seed=seed) if jobs else None
+    t0 = time.perf_counter()
     for s, k in jobs:
         xs, _, used = generate(den, cfg, n, sampler=s, steps=steps_for_nfe(s, k), seed=seed, guidance=guidance)
         curves.setdefault(s, []).append([used, score(xs)])
@@ -167,7 +168,9 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
     if bar is not None:
         bar.close()
     out["quality_vs_nfe"] = curves
+    timings = {"headline_sampling": sample_s, "sweep": time.perf_counter() - t0}
     test = load_dataset(cfg.dataset, "test", seed=cfg.seed)
+    t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     smin, smax = sampling_range(cfg)
     if train.is_image and bpd_n:
@@ -177,17 +180,19 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc
         from ..likelihood import log_likelihood
 
         xt = test.x[:bpd_n]
-        ll = log_likelihood(den, xt, sigma_min=smin, sigma_max=smax, generator=gen, rtol=1e-4, atol=1e-4,
-                            divergence="exact" if xt[0].numel() <= 16 else "hutchinson")
+        ll = log_likelihood(den, xt.to(_device_of(den)), sigma_min=smin, sigma_max=smax, generator=gen, rtol=1e-4,
+                            atol=1e-4, divergence="exact" if xt[0].numel() <= 16 else "hutchinson").cpu().double()
         rec = {"mean": float(ll.mean()), "stderr": float(ll.std() / math.sqrt(len(ll))), "n": len(ll),
                "sigma_min": smin}
         gm = true_density(cfg.dataset)
         if gm is not None:  # the same quantity under the truth: log p_{sigma_min}(x) of the exact mixture
             rec["true"] = float(gm.log_prob(xt.double(), smin).mean())
         out["test_loglik"] = rec
+    timings["likelihood"] = time.perf_counter() - t0
     gm = true_density(cfg.dataset)
     if gm is not None:
         out["expectation_gap"] = expectation_gap(den, gm, test.x[:2000], generator=gen).to_dict()
+    out["seconds"] = timings
     tensors = {"x": x.contiguous()}
     if y is not None:
         tensors["y"] = y.contiguous()
@@ -274,6 +279,10 @@ def _rows(ev: dict, cfg) -> list[tuple[str, str]]:
     if "expectation_gap" in ev:
         rows.append(("expectation gap: mean E||D - E[x0|x_t]||² / irreducible MSE",
                      _fmt(ev["expectation_gap"]["summary"], 3)))
+    if "seconds" in ev:
+        t = ev["seconds"]
+        rows.append(("evaluation time", f"sampling {t['headline_sampling']:.0f} s, quality-vs-NFE sweep "
+                                        f"{t['sweep']:.0f} s, likelihood {t['likelihood']:.0f} s"))
     return rows
 
 
