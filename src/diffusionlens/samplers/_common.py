@@ -37,6 +37,7 @@ __all__ = [
     "grid_floats",
     "call",
     "check_finite",
+    "lincomb",
     "report",
     "run",
 ]
@@ -98,8 +99,28 @@ def call(denoiser: Denoiser, x: Tensor, sigma: float) -> Tensor:
     return denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
 
 
+def lincomb(*terms: tuple[float, Tensor]) -> Tensor:
+    """sum_k c_k t_k for Python-float coefficients, as one multiply and in-place ``add_(alpha=c)``
+    kernels into a fresh tensor (a step's whole update is one such combination: its coefficients are
+    host float64 arithmetic, so the data sees one pass per term and no temporaries).
+    Terms with coefficient 0 are skipped (a zero coefficient never touches a tensor)."""
+    terms = [(c, t) for c, t in terms if c != 0.0]
+    if not terms:
+        raise ValueError("lincomb needs at least one nonzero coefficient")
+    c0, t0 = terms[0]
+    out = t0 * c0
+    for c, t in terms[1:]:
+        out.add_(t, alpha=c)
+    return out
+
+
 def check_finite(x: Tensor, step: int, sigma: float, what: str = "sample") -> None:
-    """Raise FloatingPointError naming the step and noise level if ``x`` holds a NaN or inf."""
+    """Raise FloatingPointError naming the step and noise level if ``x`` holds a NaN or inf.
+
+    One reduction pass: a NaN or inf anywhere makes the sum non-finite; only then (or on a
+    harmless overflow of the sum) are the elements checked one by one."""
+    if bool(torch.isfinite(x.sum())):
+        return
     if not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1)
         raise FloatingPointError(
@@ -230,11 +251,15 @@ class NoiseStream:
         h = _mix(key[:, None] + _counter(half, like.device))  # (B, half) 64 random bits each
         hi = _srl(h, 32).to(torch.float64)
         lo = (h & 0xFFFFFFFF).to(torch.float64)
-        # Box-Muller on (0, 1] x [0, 1): radius from the high word (never log 0), angle from the low word
-        r = torch.sqrt(-2.0 * torch.log((hi + 0.5) * 2.0**-32))
-        theta = lo * (2 * math.pi * 2.0**-32)
-        z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)], 1)[:, :n]
-        return z.to(like.dtype).reshape(like.shape)
+        # Box-Muller on (0, 1] x [0, 1): radius from the high word (never log 0), angle from the low word.
+        # In place and into one output buffer (no concatenation); the float64 operations and their order
+        # are those of sqrt(-2 log((hi + 0.5) 2^-32)) * (cos, sin)(lo 2 pi 2^-32), so values are bit-identical.
+        r = hi.add_(0.5).mul_(2.0**-32).log_().mul_(-2.0).sqrt_()
+        theta = lo.mul_(2 * math.pi * 2.0**-32)
+        z = torch.empty((B, 2 * half), dtype=torch.float64, device=like.device)
+        torch.cos(theta, out=z[:, :half]).mul_(r)
+        torch.sin(theta, out=z[:, half:]).mul_(r)
+        return z[:, :n].to(like.dtype).reshape(like.shape)
 
 
 def randn(shape, generator: torch.Generator | Tensor | None = None, *, dtype=torch.float32, device=None) -> Tensor:

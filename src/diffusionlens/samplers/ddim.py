@@ -24,7 +24,7 @@ import math
 
 from torch import Tensor
 
-from ._common import Callback, NoiseStream, call, grid_floats, run
+from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = ["Variance", "ddim_update", "ddim", "ddpm"]
 
@@ -58,14 +58,14 @@ def ddim_update(
     r = (sigma_next / sigma) ** 2
     v_post = sigma_next**2 * (1 - r)
     c_eps = math.sqrt(max(sigma_next**2 - eta**2 * v_post, 0.0))
-    out = denoised.lerp(x, c_eps / sigma)
+    w = c_eps / sigma
     if eta > 0:
         if variance is Variance.POSTERIOR:
             v = v_post
         else:
             v = (sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2)
-        out = out + (eta * math.sqrt(v)) * z
-    return out
+        return lincomb((w, x), (1.0 - w, denoised), (eta * math.sqrt(v), z))
+    return lincomb((w, x), (1.0 - w, denoised))
 
 
 def ddim(

@@ -25,7 +25,7 @@ import math
 
 from torch import Tensor
 
-from ._common import Callback, NoiseStream, call, grid_floats, run
+from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = ["SecondOrder", "dpmpp_update", "dpmpp", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde"]
 
@@ -76,30 +76,40 @@ def dpmpp_update(
     h = math.log(sigma / sigma_next)
     H = h * (1.0 + eta)
     em = math.expm1(-H)  # e^{-H} - 1, float64
-    out = denoised.lerp(x, 1.0 + em)  # e^{-H} x + (1 - e^{-H}) D
+    # the step is a linear combination of x, D and the history; its coefficients are host float64
+    c_x, c_d, c_p, c_pp = 1.0 + em, -em, 0.0, 0.0  # e^{-H} x + (1 - e^{-H}) D
     k = min(order, 1 + len(history))
     if k >= 2:
         d_prev, s_prev = history[0]
         r0 = math.log(s_prev / sigma) / h
-        d1_0 = (denoised - d_prev) / r0
         phi2 = em / H + 1.0
         if k == 2:
-            c = -0.5 * em if solver_type is SecondOrder.MIDPOINT else phi2
-            out = out + c * d1_0
+            # + c d1_0, d1_0 = (D - D_prev) / r0
+            c = (-0.5 * em if solver_type is SecondOrder.MIDPOINT else phi2) / r0
+            c_d, c_p = c_d + c, -c
         else:
             d_prev2, s_prev2 = history[1]
             r1 = math.log(s_prev2 / s_prev) / h
-            d1_1 = (d_prev - d_prev2) / r1
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # derivative at the current node (times h)
+            # d1_0 = (D - D_p) / r0, d1_1 = (D_p - D_pp) / r1, d2 = (d1_0 - d1_1) / (r0 + r1),
+            # d1 = d1_0 + r0 (d1_0 - d1_1) / (r0 + r1): the derivative at the current node (times h)
+            diff = (1.0 / r0, -1.0 / r0 - 1.0 / r1, 1.0 / r1)  # d1_0 - d1_1 on (D, D_p, D_pp)
+            d2 = tuple(v / (r0 + r1) for v in diff)
+            d1 = (1.0 / r0 + r0 * diff[0] / (r0 + r1), -1.0 / r0 + r0 * diff[1] / (r0 + r1), r0 * diff[2] / (r0 + r1))
             phi3 = phi2 / H - 0.5  # -h phi_3(-h) in the usual exponential-integrator notation
             # int_0^h e^{-(h-u)} (u^2/2) D'' du = -2 phi3 * (h^2 D''/2) = -2 phi3 * d2: the weight is 2 phi3.
             # diffusers and k-diffusion use phi3 (half), which leaves a local O(h^3) error (2nd order).
             w2 = phi3 if peer_3m else 2.0 * phi3
-            out = out + phi2 * d1 - w2 * d2
+            c_d += phi2 * d1[0] - w2 * d2[0]
+            c_p = phi2 * d1[1] - w2 * d2[1]
+            c_pp = phi2 * d1[2] - w2 * d2[2]
+    terms = [(c_x, x), (c_d, denoised)]
+    if c_p != 0.0:
+        terms.append((c_p, history[0][0]))
+    if c_pp != 0.0:
+        terms.append((c_pp, history[1][0]))
     if eta > 0:
-        out = out + (sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)) * s_noise) * z
-    return out
+        terms.append((sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)) * s_noise, z))
+    return lincomb(*terms)
 
 
 def dpmpp(

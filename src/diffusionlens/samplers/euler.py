@@ -24,10 +24,9 @@ from __future__ import annotations
 import enum
 import math
 
-import torch
 from torch import Tensor
 
-from ._common import Callback, NoiseStream, call, grid_floats, run
+from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = ["HeunForm", "euler_update", "heun_update", "churn_gamma", "churn", "euler", "heun"]
 
@@ -48,7 +47,8 @@ class HeunForm(str, enum.Enum):
 
 def euler_update(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
     """One Euler step of the PF-ODE from sigma to sigma_next given D(x, sigma): D + (sigma_next/sigma)(x - D)."""
-    return torch.lerp(denoised, x, sigma_next / sigma)
+    w = sigma_next / sigma
+    return lincomb((w, x), (1.0 - w, denoised))
 
 
 def heun_update(
@@ -71,7 +71,7 @@ def heun_update(
         return x + (0.5 * (sigma_next - sigma)) * (d + d_next)
     h = math.log(sigma / sigma_next)
     phi2 = 1.0 + math.expm1(-h) / h
-    return x_euler + phi2 * (denoised_next - denoised)
+    return lincomb((1.0, x_euler), (phi2, denoised_next), (-phi2, denoised))
 
 
 def churn_gamma(sigma: float, steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from ._common import Callback, call, grid_floats, run
+from ._common import Callback, call, grid_floats, lincomb, run
 
 __all__ = ["lms_coefficients", "lms_update", "lms"]
 
@@ -34,10 +34,7 @@ def lms_coefficients(nodes: list[float], a: float, b: float) -> list[float]:
 def lms_update(x: Tensor, history: tuple[Tensor, ...], nodes: list[float], sigma_next: float) -> Tensor:
     """x + sum_j c_j d_j with ``history`` = (d_i, d_{i-1}, ...) at ``nodes`` = (sigma_i, sigma_{i-1}, ...)."""
     coefs = lms_coefficients(nodes, nodes[0], sigma_next)
-    out = x
-    for c, d in zip(coefs, history):
-        out = out + c * d
-    return out
+    return lincomb((1.0, x), *zip(coefs, history))
 
 
 def lms(denoiser, x: Tensor, sigmas, *, generator=None, callback: Callback | None = None, order: int = 4) -> Tensor:

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .._util import expand
-from ._common import Callback, NoiseStream, call, grid_floats, run
+from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = [
     "LangevinStep",
@@ -72,7 +72,7 @@ def em_update(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, z: T
     if sigma_next == 0:
         return denoised
     r = (sigma_next / sigma) ** 2
-    return denoised.lerp(x, r) + (sigma * math.sqrt(1 - r)) * z
+    return lincomb((r, x), (1.0 - r, denoised), (sigma * math.sqrt(1 - r), z))
 
 
 def langevin_update(x: Tensor, denoised: Tensor, sigma: float, step: Tensor | float, z: Tensor) -> Tensor:

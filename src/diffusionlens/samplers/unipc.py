@@ -22,7 +22,7 @@ import math
 import numpy as np
 from torch import Tensor
 
-from ._common import Callback, call, grid_floats, run
+from ._common import Callback, call, grid_floats, lincomb, run
 
 __all__ = ["BFunction", "unipc_coefficients", "unip_update", "unic_update", "unipc"]
 
@@ -69,18 +69,27 @@ def unipc_coefficients(rks: list[float], h: float, b_fn: BFunction, predictor: b
     return np.linalg.solve(R, b).tolist(), B_h
 
 
-def _base(x, denoised, sigma, sigma_next):
-    return denoised.lerp(x, sigma_next / sigma)
+def _weights(sigma, history, k, h):
+    """Relative nodes r_j = (lambda_j - lambda_i) / h of the k - 1 previous evaluations (most recent first)."""
+    return [math.log(sigma / history[j][1]) / h for j in range(k - 1)]
 
 
-def _differences(denoised, sigma, history, k, h):
-    rks, d1s = [], []
-    for j in range(k - 1):
-        d_j, s_j = history[j]
-        r = math.log(sigma / s_j) / h  # (lambda_j - lambda_i) / h
-        rks.append(r)
-        d1s.append((d_j - denoised) / r)
-    return rks, d1s
+def _combine(x, denoised, sigma, sigma_next, history, rks, rho, B_h, new=None):
+    """e^{-h} x + (1 - e^{-h}) D - B(h) sum_j rho_j (D_j - D) / r_j [- B(h) rho_new (D_new - D)],
+    assembled as one linear combination (host float64 coefficients)."""
+    w = sigma_next / sigma
+    c_d = 1.0 - w
+    terms = [(w, x)]
+    for r, c, (d_j, _) in zip(rks, rho, history):  # zip stops at the k - 1 previous nodes
+        a = B_h * c / r
+        terms.append((-a, d_j))
+        c_d += a
+    if new is not None:
+        a = B_h * rho[-1]
+        terms.append((-a, new))
+        c_d += a
+    terms.append((c_d, denoised))
+    return lincomb(*terms)
 
 
 def unip_update(
@@ -90,12 +99,9 @@ def unip_update(
     if sigma_next == 0:
         return denoised
     h = math.log(sigma / sigma_next)
-    rks, d1s = _differences(denoised, sigma, history, order, h)
+    rks = _weights(sigma, history, order, h)
     rho, B_h = unipc_coefficients(rks + [1.0], h, b_fn, predictor=True)
-    out = _base(x, denoised, sigma, sigma_next)
-    for r, d in zip(rho, d1s):
-        out = out - (B_h * r) * d
-    return out
+    return _combine(x, denoised, sigma, sigma_next, history, rks, rho, B_h)
 
 
 def unic_update(
@@ -110,12 +116,9 @@ def unic_update(
 ) -> Tensor:
     """UniC-``order`` corrector: redo the step sigma_prev -> sigma from ``x_prev`` using D(x, sigma) too."""
     h = math.log(sigma_prev / sigma)
-    rks, d1s = _differences(denoised_prev, sigma_prev, history, order, h)
+    rks = _weights(sigma_prev, history, order, h)
     rho, B_h = unipc_coefficients(rks + [1.0], h, b_fn, predictor=False)
-    out = _base(x_prev, denoised_prev, sigma_prev, sigma)
-    for r, d in zip(rho[:-1], d1s):
-        out = out - (B_h * r) * d
-    return out - (B_h * rho[-1]) * (denoised_new - denoised_prev)
+    return _combine(x_prev, denoised_prev, sigma_prev, sigma, history, rks, rho, B_h, new=denoised_new)
 
 
 def unipc(
