@@ -284,6 +284,13 @@ def test_shipped_classifier_accuracy_and_features():
         clf.features(torch.zeros(2, 64))
 
 
+def test_shipped_mnist_classifier():
+    clf = load_classifier("mnist")
+    test = load_dataset("mnist", "test")
+    assert abs(_accuracy(clf, test.x, test.y) - clf.test_accuracy) <= 0.005
+    assert clf.test_accuracy > 0.95 and clf.features(test.x[:2]).shape == (2, 64)
+
+
 def test_image_floor_at_the_sample_size():
     # the floor is measured with as many train images as there are samples (FD is biased by O(1/n))
     test = load_dataset("digits", "test")
@@ -304,9 +311,10 @@ def test_corrupt_or_missing_classifier(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_classifier_reproduces_the_shipped_accuracy(tmp_path):
-    clf, info = train_classifier("digits", progress=False)
-    assert abs(info.test_accuracy - load_classifier("digits").test_accuracy) <= 0.005
-    save_classifier(clf, tmp_path / "c.safetensors", dataset="digits", info=info)
-    again = load_classifier("digits", path=tmp_path / "c.safetensors")
+@pytest.mark.parametrize("dataset", ["digits", "mnist"])
+def test_train_classifier_reproduces_the_shipped_accuracy(tmp_path, dataset):
+    clf, info = train_classifier(dataset, progress=False)
+    assert abs(info.test_accuracy - load_classifier(dataset).test_accuracy) <= 0.005
+    save_classifier(clf, tmp_path / "c.safetensors", dataset=dataset, info=info)
+    again = load_classifier(dataset, path=tmp_path / "c.safetensors")
     assert again.test_accuracy == info.test_accuracy
