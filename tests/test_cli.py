@@ -185,6 +185,8 @@ def _one_line_error(rc, err, *needles):
     (["sample", "missing-run"], ["'missing-run'", "not found"]),
     (["report", "missing-run"], ["'missing-run'"]),
     (["sample", "toy", "--label", "3"], ["--label", "unconditional"]),
+    (["sample", "toy", "--guidance", "2"], ["--guidance 2", "unconditional"]),
+    (["evaluate", "toy", "--guidance", "3"], ["--guidance 3", "unconditional"]),
     (["sample", "toy", "--device", "tpu"], ["'tpu'"]),
     (["frobnicate"], ["'frobnicate'"]),
 ])

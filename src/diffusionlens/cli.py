@@ -239,6 +239,12 @@ def cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- sample
 
 
+def _check_guidance(args, cfg, run: Path) -> None:
+    if args.guidance != 1.0 and not cfg.conditional:
+        raise UsageError(f"--guidance {args.guidance:g} needs a class-conditional run; {str(run)!r} is unconditional "
+                         f"(train with --conditional)")
+
+
 def cmd_sample(args) -> int:
 
     from .data import load_dataset
@@ -248,6 +254,7 @@ def cmd_sample(args) -> int:
     run = _run_dir(args.run)
     dev = _device(args.device)
     den, cfg = _load(run, dev)
+    _check_guidance(args, cfg, run)
     if args.label is not None:
         if not cfg.conditional:
             raise UsageError(f"--label {args.label} needs a class-conditional run; {str(run)!r} is unconditional")
@@ -281,6 +288,15 @@ def cmd_evaluate(args) -> int:
     run = _run_dir(args.run)
     dev = _device(args.device)
     _need_checkpoint(run)
+    from .training import TrainConfig
+    from .training.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run)
+    try:
+        stored = TrainConfig.from_dict(json.loads(ckpt.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UsageError(f"checkpoint {ckpt} is not valid JSON (corrupt or truncated)") from None
+    _check_guidance(args, stored, run)
     sweep = () if args.no_sweep else args.samplers
     ev = evaluate_run(run, n_samples=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, sweep=sweep,
                       nfes=args.nfe, bpd_n=args.bpd_n, guidance=args.guidance, device=dev, progress=_progress(args))
