@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -520,7 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .losses import Density, Weighting
     from .parameterization import Param
     from .samplers import SAMPLERS
-    from .training import PROCESSES
+    from .training import PROCESSES, TrainConfig
+
+    D = TrainConfig()  # the defaults shown in --help are the library's own
 
     samplers = list(SAMPLERS)
     p = _Parser(prog="diffusionlens", formatter_class=_fmt, epilog=EPILOG,
@@ -551,26 +554,30 @@ def build_parser() -> argparse.ArgumentParser:
                               "  diffusionlens train --dataset digits --conditional --process vp --param v\n"
                               "  diffusionlens train --config my.json --name exp1 --resume\n"
                               "  torchrun --standalone --nproc_per_node=2 -m diffusionlens.cli train --dataset mnist")
-    q.add_argument("--dataset", choices=DATASETS, help="data set (default digits; all ship with the package or are "
-                                                      "generated, nothing is downloaded)")
+    q.add_argument("--dataset", choices=DATASETS, metavar="NAME",
+                   help=f"data set: {', '.join(DATASETS)} (default digits; all ship with the package or are "
+                        "generated, nothing is downloaded)")
     q.add_argument("--name", help="run name: the run directory is runs/<name> (default: the data set's name)")
     q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
-    q.add_argument("--steps", type=_positive_int, help="step budget (default 4000 unless --minutes is given)")
+    q.add_argument("--steps", type=_positive_int, help=f"step budget (default {D.steps} unless --minutes is given)")
     q.add_argument("--minutes", type=_positive_float, help="wall-clock budget in minutes")
-    q.add_argument("--process", choices=list(PROCESSES), help="noise process (default edm)")
+    q.add_argument("--process", choices=list(PROCESSES), help=f"noise process (default {D.process})")
     q.add_argument("--param", choices=[v.value for v in Param],
-                   help="what the network predicts (default edm: preconditioned)")
+                   help=f"what the network predicts (default {D.param}; edm = preconditioned)")
     q.add_argument("--density", choices=[v.value for v in Density],
-                   help="distribution of training noise levels (default lognormal)")
+                   help=f"distribution of training noise levels (default {D.density})")
     q.add_argument("--weighting", choices=[v.value for v in Weighting],
-                   help="loss weighting over noise levels (default edm)")
-    q.add_argument("--batch-size", type=_positive_int, help="global batch size (default 128)")
-    q.add_argument("--lr", type=_positive_float, help="AdamW learning rate (default 2e-3)")
-    q.add_argument("--warmup-steps", type=_nonneg_int, help="linear learning-rate warm-up steps")
-    q.add_argument("--ema", choices=["power", "exp", "none"], help="EMA of the weights (default power, EDM2)")
+                   help=f"loss weighting over noise levels (default {D.weighting})")
+    q.add_argument("--batch-size", type=_positive_int, help=f"global batch size (default {D.batch_size})")
+    q.add_argument("--lr", type=_positive_float, help=f"AdamW learning rate (default {D.lr:g})")
+    q.add_argument("--warmup-steps", type=_nonneg_int,
+                   help=f"linear learning-rate warm-up steps (default {D.warmup_steps})")
+    q.add_argument("--ema", choices=["power", "exp", "none"],
+                   help=f"EMA of the weights (default {D.ema}; power = EDM2's)")
     q.add_argument("--conditional", action="store_true", help="class-conditional (digits, mnist) with label "
                                                               "dropout, for classifier-free guidance")
-    q.add_argument("--label-dropout", type=_nonneg_float, help="probability of dropping the label (default 0.1)")
+    q.add_argument("--label-dropout", type=_nonneg_float,
+                   help=f"probability of dropping the label (default {D.label_dropout:g})")
     q.add_argument("--n-train", type=_positive_int, help="use only the first N training examples")
     q.add_argument("--seed", type=_nonneg_int, help="seed of every random choice (default 0)")
     q.add_argument("--log-every", type=_positive_int, help="steps between metrics.jsonl lines")
@@ -703,7 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "  diffusionlens main\n"
                               "  diffusionlens main --minutes 1 --name quick\n"
                               "  diffusionlens main --dataset mnist --minutes 20 --device cuda")
-    q.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (default digits)")
+    q.add_argument("--dataset", default="digits", choices=DATASETS, metavar="NAME",
+                   help=f"data set: {', '.join(DATASETS)} (default digits)")
     q.add_argument("--minutes", type=_positive_float, help=f"training budget in minutes (default {MAIN_MINUTES:g})")
     q.add_argument("--steps", type=_positive_int, help="training budget in steps (instead of, or with, --minutes)")
     q.add_argument("--name", default="main", help="run name: runs/<name> (default main)")
@@ -718,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=_nonneg_int, default=0, help="seed (default 0)")
     common(q)
     q.set_defaults(func=cmd_main)
+    for q in (p, *sub.choices.values()):  # the descriptions are prose: wrap them (the epilogs stay as written)
+        q.description = textwrap.fill(q.description, 98)
     return p
 
 
