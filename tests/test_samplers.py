@@ -19,6 +19,7 @@ from diffusionlens.processes import Discrete, karras_grid, logsnr_grid
 from diffusionlens.samplers import (
     DETERMINISTIC,
     SAMPLERS,
+    Basis,
     HeunForm,
     NoiseStream,
     ddim,
@@ -107,6 +108,15 @@ def _lms(order):
     return upd
 
 
+def _deis(order):
+    def upd(x, Ds, sig, s_next, xs):
+        hist = tuple((x_ - D) / sg for x_, D, sg in zip(xs, Ds, sig))
+        return lms_update(x, hist, sig, s_next, Basis.LOG_SIGMA)
+
+    upd.needs_states = True
+    return upd
+
+
 def _unip(order):
     def upd(x, Ds, sig, s_next):
         return unip_update(x, Ds[0], sig[0], s_next, tuple(zip(Ds[1:], sig[1:])), order)
@@ -152,6 +162,8 @@ def _exp_rk32(high: bool):
         ("unipc_3", _unipc(3), 3, 4),
         ("lms_2", _lms(2), 2, 2),
         ("lms_4", _lms(4), 4, 4),
+        ("deis_2", _deis(2), 2, 2),
+        ("deis_3", _deis(3), 3, 3),
         ("exp_rk3", _exp_rk32(True), 1, 3),
         ("exp_rk3_embedded", _exp_rk32(False), 1, 2),
     ],
@@ -184,7 +196,8 @@ def _global_ref(s_max, s_min):
 
 
 @pytest.mark.parametrize(
-    "name,p", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("dpmpp_3m", 2), ("unipc", 2), ("lms", 2), ("ddim", 1)]
+    "name,p",
+    [("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("dpmpp_3m", 2), ("unipc", 2), ("lms", 2), ("deis", 2), ("ddim", 1)],
 )
 def test_global_convergence_order(name, p):
     """Doubling the steps divides the error at sigma_min by ~2^p (3M/UniPC/LMS: 2, from the order-1 start)."""

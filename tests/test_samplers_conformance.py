@@ -16,7 +16,7 @@ import torch
 
 from diffusionlens.oracle import random_mixture, ring
 from diffusionlens.processes import Discrete, timestep_grid
-from diffusionlens.samplers import ddim, dpmpp_2m, dpmpp_3m, euler, heun, lms, unipc
+from diffusionlens.samplers import ddim, deis, dpmpp_2m, dpmpp_3m, euler, heun, lms, lms_coefficients_log, unipc
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -166,3 +166,37 @@ def test_diffusers_unipc(order, steps):
     theirs, sig = _run_diffusers(sched, gm, noise, steps, vp_input=True)
     mine = unipc(gm, noise * sig[0], sig, order=order)
     torch.testing.assert_close(mine, theirs.double(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("order,steps", [(2, 8), (2, 20), (3, 8)])
+def test_diffusers_deis(order, steps):
+    # (3, 20) differs in a few samples near mode boundaries by up to 6e-3: diffusers evaluates its
+    # third-order weights in float32 (relative error up to 8e-6, see the coefficient test below)
+    gm = random_mixture(4, 5, seed=3)
+    sched = _scheduler(diffusers.DEISMultistepScheduler, solver_order=order, lower_order_final=False)
+    noise = _noise(gm)
+    theirs, sig = _run_diffusers(sched, gm, noise, steps, vp_input=True)
+    torch.testing.assert_close(deis(gm, noise * sig[0], sig, order=order), theirs.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_deis_weights_match_the_closed_form_log_rho_integrals():
+    """diffusers' DEIS ``ind_fn`` antiderivatives (Zhang & Chen 2023), evaluated in float64, against
+    our Gauss-Legendre weights, for second and third order on steps of 0.05 to 2 in log sigma."""
+    L = math.log
+
+    def ind2(t, b, c):
+        return t * (-L(c) + L(t) - 1) / (L(b) - L(c))
+
+    def ind3(t, b, c, d):
+        num = t * (L(c) * (L(d) - L(t) + 1) - L(d) * L(t) + L(d) + L(t) ** 2 - 2 * L(t) + 2)
+        return num / ((L(b) - L(c)) * (L(b) - L(d)))
+
+    for h in (0.05, 0.5, 2.0):
+        s0, s1, s2, st = 3.0, 3.0 * math.exp(1.3 * h), 3.0 * math.exp(2.1 * h), 3.0 * math.exp(-h)
+        w2 = lms_coefficients_log([s0, s1], s0, st)
+        ref2 = [ind2(st, s0, s1) - ind2(s0, s0, s1), ind2(st, s1, s0) - ind2(s0, s1, s0)]
+        w3 = lms_coefficients_log([s0, s1, s2], s0, st)
+        ref3 = [ind3(st, s0, s1, s2) - ind3(s0, s0, s1, s2), ind3(st, s1, s2, s0) - ind3(s0, s1, s2, s0),
+                ind3(st, s2, s0, s1) - ind3(s0, s2, s0, s1)]
+        for a, b in zip(w2 + w3, ref2 + ref3):
+            assert abs(a - b) < 1e-12 * max(1.0, abs(b)), (h, w2, ref2, w3, ref3)

@@ -16,6 +16,7 @@ name               method                                                  NFE  
 ``ddim``           DDIM, ``eta`` in [0, 1]                                   steps          1
 ``ddpm``           DDPM ancestral, ``variance`` posterior / large            steps          (SDE)
 ``lms``            linear multistep in sigma, order 4                        steps          4
+``deis``           DEIS: multistep in sigma, derivative in log sigma         steps          3
 ``dpmpp_2m``       DPM-Solver++(2M), log-sigma exponential integrator        steps          2
 ``dpmpp_3m``       DPM-Solver++(3M)                                          steps          3
 ``dpmpp_2m_sde``   SDE-DPM-Solver++(2M), eta = 1                             steps          (SDE)
@@ -44,7 +45,7 @@ from .adaptive import AdaptiveMethod, adaptive
 from .ddim import Variance, ddim, ddim_update, ddpm
 from .dpmpp import SecondOrder, dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, dpmpp_update
 from .euler import HeunForm, churn, euler, euler_update, heun, heun_update
-from .lms import lms, lms_coefficients, lms_update
+from .lms import Basis, deis, lms, lms_coefficients, lms_coefficients_log, lms_update
 from .sde import LangevinStep, em_update, euler_maruyama, langevin, langevin_update, pc
 from .unipc import unic_update, unip_update, unipc
 
@@ -88,6 +89,9 @@ __all__ = [
     "heun_update",
     "churn",
     "lms_coefficients",
+    "lms_coefficients_log",
+    "deis",
+    "Basis",
     "lms_update",
     "em_update",
     "langevin_update",
@@ -101,6 +105,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddim": ddim,
     "ddpm": ddpm,
     "lms": lms,
+    "deis": deis,
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_3m": dpmpp_3m,
     "dpmpp_2m_sde": dpmpp_2m_sde,
@@ -113,7 +118,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 }
 """Every sampler by name. Each runs through :func:`sample` with its default options."""
 
-DETERMINISTIC = frozenset({"euler", "heun", "ddim", "lms", "dpmpp_2m", "dpmpp_3m", "unipc", "adaptive"})
+DETERMINISTIC = frozenset({"euler", "heun", "ddim", "lms", "deis", "dpmpp_2m", "dpmpp_3m", "unipc", "adaptive"})
 """Samplers that are deterministic with default options (and accept increasing grids)."""
 
 
