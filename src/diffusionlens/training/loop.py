@@ -197,6 +197,8 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, progress: bool = T
         progress: show a tqdm bar (rank 0) with loss and throughput.
         callback: ``callback(step, state: TrainState) -> dict | None`` called on rank 0 every
             ``cfg.eval_every`` steps and at the end; a returned dict is logged as an eval entry.
+            A returned dict whose ``"stop"`` is true ends training after that step
+            (``stopped_by="callback"``; e.g. a CPU-time budget); the key is not logged.
 
     Launched under torchrun, every rank calls this function with the same arguments.
     """
@@ -307,6 +309,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
         stopped_by = "steps"
         t_session = time.perf_counter()
         elapsed0 = elapsed
+        stop_requested = False
         while step < total:
             if cfg.minutes is not None and broadcast_flag(elapsed >= budget, info):
                 stopped_by = "minutes"
@@ -358,15 +361,20 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
                 bar.update(1)
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                 last_ckpt = save(step) or last_ckpt
-            if callback is not None and info.is_main and cfg.eval_every and step % cfg.eval_every == 0:
-                _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed)
+            if callback is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                if info.is_main:
+                    stop_requested = _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed)
+                if broadcast_flag(stop_requested, info):  # every rank reaches this line at the same steps
+                    stopped_by = "callback"
+                    break
         if win_n:
             last_loss = float(all_mean(torch.tensor(win_loss / win_n, device=dev), info))
             last_ips = B * win_n / max(win_time, 1e-9)
         done = list_checkpoints(ckpt_dir)
         if not done or done[-1][0] != step:
             last_ckpt = save(step) or last_ckpt
-        if callback is not None and info.is_main and not (cfg.eval_every and step % cfg.eval_every == 0):
+        if (callback is not None and info.is_main and stopped_by != "callback"
+                and not (cfg.eval_every and step % cfg.eval_every == 0)):
             _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed)
     except BaseException:
         if info.is_main and created and run_dir.exists() and not list_checkpoints(ckpt_dir):
@@ -385,7 +393,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
     return result
 
 
-def _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed) -> None:
+def _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed) -> bool:
+    """Run the callback in eval mode and log its dict; returns whether it asked to stop."""
     was = (net.training, ema.training)
     net.eval()
     ema.eval()
@@ -394,8 +403,13 @@ def _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed) -> None:
     finally:
         net.train(was[0])
         ema.train(was[1])
+    stop = False
+    if out:
+        out = dict(out)
+        stop = bool(out.pop("stop", False))
     if out:
         log({"step": step, "eval": out, "elapsed_s": elapsed})
+    return stop
 
 
 def load_denoiser(path, *, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainConfig]:

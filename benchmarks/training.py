@@ -1,0 +1,368 @@
+"""Training benchmark: sample quality per CPU-minute on the digits, our default recipe vs diffusers' DDPM recipe.
+
+    python -m benchmarks.training                      # budgets 1, 2, 4 CPU-minutes, NFE 16 (~40 min)
+    python -m benchmarks.training --minutes 0.25 --samples 300 --out /tmp/t.md     # smoke test
+
+Both recipes train on the digits' train split (1,497 images) in this process, one after the other,
+with ``torch.set_num_threads(--threads)``. Budgets are **CPU time of the process**
+(``time.process_time()``), not wall time, because the machine's cores are shared with other jobs:
+a budget of M minutes means M CPU-minutes spent by this process from the start of the recipe's
+setup (data, network, optimizer) to its last update. Wall time is reported beside it.
+
+* **ours**: ``TrainConfig(dataset="digits")`` defaults, trained by :func:`diffusionlens.training.train`
+  (checkpoints, logging and all). Its learning rate is constant after warm-up and its EMA is EDM2's
+  horizon-free power EMA, so the run for the largest budget passes through exactly the states a shorter
+  run would end in: the EMA weights are snapshotted when each budget is spent, in one run.
+* **diffusers**: the recipe of diffusers' ``examples/unconditional_image_generation/train_unconditional.py``
+  (its argument defaults): ``UNet2DModel`` (scaled to 8x8 and to our parameter count; see
+  :func:`peer_unet`), ``DDPMScheduler(num_train_timesteps=1000)`` (linear betas), eps-prediction MSE with
+  uniform integer timesteps, AdamW(lr 1e-4, betas (0.95, 0.999), weight decay 1e-6, eps 1e-8), batch 16
+  shuffled without dropping the last partial batch, gradient-norm clipping at 1.0, ``get_scheduler("cosine")``
+  with 500 warm-up steps, ``EMAModel(decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3/4)``.
+  The cosine decay must know the run's length; with a CPU-time budget the progress variable after
+  warm-up is the fraction of the remaining budget spent, so the decay ends exactly at the budget.
+  That makes every budget a separate run.
+
+Scoring: ``--samples`` images (default 1,497 = the train split, so model and floor use equal sizes)
+from the EMA weights at ``--nfe`` denoiser evaluations, clamped to [-1, 1], scored by the Fréchet
+distance in the features of the project's digits classifier against the test split
+(:func:`diffusionlens.evaluate.image_frechet`); the floor is the train split against the test split.
+Samplers: ours with our default (:data:`diffusionlens.samplers.DEFAULT_SAMPLER`) and with DPM-Solver++(2M);
+theirs with diffusers' ``DPMSolverMultistepScheduler`` and ``DDIMScheduler`` (their pipelines' fast
+samplers) and with our default sampler through :func:`diffusionlens.model.from_timestep_model`, so both
+models are also compared under one sampler. All use the same initial noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from diffusionlens.data import load_dataset
+from diffusionlens.evaluate import image_frechet
+from diffusionlens.features import load_classifier
+from diffusionlens.model import Denoiser, from_timestep_model
+from diffusionlens.nets import build_net, count_params
+from diffusionlens.processes import Discrete
+from diffusionlens.samplers import DEFAULT_SAMPLER, sample
+from diffusionlens.training import TrainConfig, make_process, train
+
+# diffusers' train_unconditional.py argument defaults (see the module docstring and benchmarks/training.md)
+PEER = {"lr": 1e-4, "warmup_steps": 500, "adam_betas": (0.95, 0.999), "weight_decay": 1e-6, "adam_eps": 1e-8,
+        "batch_size": 16, "grad_clip": 1.0, "ema_max_decay": 0.9999, "ema_inv_gamma": 1.0, "ema_power": 0.75,
+        "num_train_timesteps": 1000}
+
+
+def peer_unet():
+    """diffusers' UNet2DModel for 8x8 digits with about our default UNet's parameter count (1.16M vs 1.17M).
+
+    train_unconditional.py builds six levels (128..512 channels, attention at the 5th) for 64x64+ images;
+    8x8 allows three levels (8, 4, 2), as ours: channels (32, 64, 64), one block per level as ours, self-
+    attention at 4x4 and 2x2 (and diffusers' attention mid-block), other options at diffusers' defaults.
+    """
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                       block_out_channels=(32, 64, 64),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+
+
+@dataclass
+class Snapshot:
+    """EMA weights when a budget was spent, with the training bookkeeping up to then."""
+
+    recipe: str
+    budget_min: float
+    step: int
+    images: int
+    cpu_s: float
+    wall_s: float
+    model: torch.nn.Module
+    fd: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_ours(budgets_min: list[float], seed: int, workdir: Path) -> tuple[list[Snapshot], dict]:
+    """One run of the default recipe; EMA snapshots when each CPU-time budget is spent."""
+    cfg = TrainConfig(dataset="digits", seed=seed, steps=10**8, eval_every=1)
+    marks = sorted(budgets_min)
+    snaps: list[Snapshot] = []
+    c0, w0 = time.process_time(), time.perf_counter()
+
+    def cb(step, state):
+        cpu = time.process_time() - c0
+        while len(snaps) < len(marks) and cpu >= 60 * marks[len(snaps)]:
+            net = build_net(state.config.net)
+            net.load_state_dict(state.ema.state_dict())
+            den = Denoiser(net.eval().requires_grad_(False), make_process(state.config.process), state.config.param,
+                           sigma_data=state.config.sigma_data)
+            snaps.append(Snapshot("ours", marks[len(snaps)], step, step * state.config.batch_size, cpu,
+                                  time.perf_counter() - w0, den))
+        return {"stop": True} if len(snaps) == len(marks) else None
+
+    res = train(cfg, workdir / "ours", progress=False, callback=cb)
+    info = {"num_params": res.num_params, "batch_size": cfg.batch_size, "steps": res.step,
+            "stopped_by": res.stopped_by}
+    return snaps, info
+
+
+def _cosine_lr(step: int, frac_after_warmup: float) -> float:
+    """diffusers' get_cosine_schedule_with_warmup multiplier (num_cycles 0.5), progress as a budget fraction."""
+    if step < PEER["warmup_steps"]:
+        return step / max(1, PEER["warmup_steps"])
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac_after_warmup))))
+
+
+def train_peer(budget_min: float, seed: int) -> tuple[Snapshot, dict]:
+    """diffusers' DDPM recipe for one CPU-time budget."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    c0, w0 = time.process_time(), time.perf_counter()
+    budget = 60.0 * budget_min
+    data = load_dataset("digits", "train").x
+    torch.manual_seed(seed)
+    model = peer_unet().train()
+    sched = DDPMScheduler(num_train_timesteps=PEER["num_train_timesteps"])
+    opt = torch.optim.AdamW(model.parameters(), lr=PEER["lr"], betas=PEER["adam_betas"],
+                            weight_decay=PEER["weight_decay"], eps=PEER["adam_eps"])
+    ema = EMAModel(model.parameters(), decay=PEER["ema_max_decay"], use_ema_warmup=True,
+                   inv_gamma=PEER["ema_inv_gamma"], power=PEER["ema_power"])
+    g = torch.Generator().manual_seed(seed)
+    B, N = PEER["batch_size"], data.shape[0]
+    step, images, c_warm, epoch = 0, 0, None, 0
+    done = False
+    while not done:
+        perm = torch.randperm(N, generator=g)
+        for i in range(0, N, B):  # DataLoader(shuffle=True, drop_last=False)
+            cpu = time.process_time() - c0
+            if cpu >= budget:
+                done = True
+                break
+            if step == PEER["warmup_steps"] and c_warm is None:
+                c_warm = cpu
+            frac = 0.0 if c_warm is None else (cpu - c_warm) / max(budget - c_warm, 1e-9)
+            for group in opt.param_groups:  # LambdaLR: update k uses the multiplier of step k
+                group["lr"] = PEER["lr"] * _cosine_lr(step, frac)
+            x0 = data[perm[i:i + B]]
+            noise = torch.randn(x0.shape, generator=g)
+            ts = torch.randint(0, PEER["num_train_timesteps"], (x0.shape[0],), generator=g).long()
+            noisy = sched.add_noise(x0, noise, ts)
+            loss = torch.nn.functional.mse_loss(model(noisy, ts).sample, noise)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), PEER["grad_clip"])
+            opt.step()
+            ema.step(model.parameters())
+            for p in model.parameters():
+                p.grad = None
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"diffusers recipe: non-finite loss at step {step}")
+            step += 1
+            images += x0.shape[0]
+        epoch += 1
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    ema_model = peer_unet()
+    ema.copy_to(ema_model.parameters())
+    ema_model.eval().requires_grad_(False)
+    info = {"num_params": count_params(model), "batch_size": B, "steps": step, "epochs": epoch,
+            "warmup_done_cpu_s": c_warm}
+    return Snapshot("diffusers", budget_min, step, images, cpu, wall, ema_model), info
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def sample_diffusers(unet, noise: torch.Tensor, nfe: int, scheduler: str, batch: int) -> torch.Tensor:
+    """Their pipelines' loop: scheduler.set_timesteps(nfe); x <- step(unet(x, t), t, x)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    base = DDPMScheduler(num_train_timesteps=PEER["num_train_timesteps"]).config
+    cls = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}[scheduler]
+    out = []
+    for i in range(0, noise.shape[0], batch):
+        s = cls.from_config(base)
+        s.set_timesteps(nfe)
+        x = noise[i:i + batch] * s.init_noise_sigma
+        for t in s.timesteps:
+            eps = unet(s.scale_model_input(x, t), t).sample
+            x = s.step(eps, t, x).prev_sample
+        out.append(x)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def sample_ours(den, noise: torch.Tensor, nfe: int, sampler: str, batch: int, **grid) -> torch.Tensor:
+    out = []
+    for i in range(0, noise.shape[0], batch):
+        x, info = sample(den, noise[i:i + batch], sampler=sampler, steps=nfe, return_info=True, **grid)
+        if abs(info.nfe - nfe) > 1e-9:
+            raise RuntimeError(f"sampler {sampler} used NFE {info.nfe}, expected {nfe}")
+        out.append(x)
+    return torch.cat(out)
+
+
+class _EpsNet(torch.nn.Module):
+    """UNet2DModel as net(x_t, timestep) -> eps, for from_timestep_model."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t):
+        return self.unet(x, t).sample
+
+
+def score(snap: Snapshot, samplers: list[str], noise, nfe, batch, test_x, clf, log) -> None:
+    for name in samplers:
+        c0, w0 = time.process_time(), time.perf_counter()
+        if snap.recipe == "ours":
+            x = sample_ours(snap.model, noise, nfe, name, batch)
+        elif name.startswith("diffusers-"):
+            x = sample_diffusers(snap.model, noise, nfe, name.removeprefix("diffusers-"), batch)
+        else:
+            proc = Discrete()
+            den = from_timestep_model(_EpsNet(snap.model), proc, "eps")
+            x = sample_ours(den, noise, nfe, name, batch, sigma_min=float(proc.sigmas[0]),
+                            sigma_max=float(proc.sigma_max))
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(f"{snap.recipe} / {name}: non-finite samples")
+        fd = image_frechet(x.clamp(-1, 1), test_x, dataset="digits", classifier=clf)["fd"]
+        snap.fd[name] = fd
+        log(f"  {snap.recipe:9s} {snap.budget_min:g} min  {name:22s} FD {fd:8.3f}   "
+            f"({time.process_time() - c0:.0f} CPU s, {time.perf_counter() - w0:.0f} s)")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(v, nd=2):
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def write_report(path: Path, args, snaps: list[Snapshot], infos: dict, floor: float, samplers: dict, env: dict,
+                 total_wall: float) -> None:
+    ours_s, peer_s = samplers["ours"], samplers["diffusers"]
+    cols = [("ours", s) for s in ours_s] + [("diffusers", s) for s in peer_s]
+    lines = ["# Training benchmark: digits, our default recipe vs diffusers' DDPM recipe", "",
+             f"Command: `{env['command']}`", "",
+             f"Machine: {env['machine']}; torch {env['torch']}, diffusers {env['diffusers']}; "
+             f"`torch.set_num_threads({args.threads})`; {env['date']}; total wall time {total_wall / 60:.1f} min.",
+             "",
+             f"Budgets are CPU time of the process (`time.process_time()`), wall time beside it (the cores were "
+             f"shared with other jobs). Fréchet distance (FD) in the features of the project's digits classifier "
+             f"(test accuracy {env['clf_acc']:.3f}), {args.samples} samples at NFE {args.nfe} against the test split "
+             f"(300 images); **floor (train split vs test split) = {floor:.3f}**. Lower is better.", "",
+             "| recipe | budget (CPU min) | steps | images | CPU s | wall s | "
+             + " | ".join(f"FD {r} {s}" for r, s in cols) + " | best FD / floor |",
+             "|" + "---|" * (7 + len(cols))]
+    for snap in sorted(snaps, key=lambda s: (s.budget_min, s.recipe != "ours")):
+        vals = [_fmt(snap.fd.get(s)) if r == snap.recipe else "" for r, s in cols]
+        best = min(snap.fd.values()) if snap.fd else None
+        lines.append(f"| {snap.recipe} | {snap.budget_min:g} | {snap.step} | {snap.images} | {snap.cpu_s:.0f} | "
+                     f"{snap.wall_s:.0f} | " + " | ".join(vals) + f" | {_fmt(best / floor if best else None)} |")
+    lines += ["", "Training throughput (images per CPU-second and per wall-second over the whole budget, setup "
+              "included):", "", "| recipe | params | batch | budget (CPU min) | images / CPU s | images / wall s |",
+              "|---|---|---|---|---|---|"]
+    for snap in sorted(snaps, key=lambda s: (s.recipe != "ours", s.budget_min)):
+        info = infos[snap.recipe]
+        lines.append(f"| {snap.recipe} | {info['num_params']:,} | {info['batch_size']} | {snap.budget_min:g} | "
+                     f"{snap.images / snap.cpu_s:.0f} | {snap.images / snap.wall_s:.0f} |")
+    lines += ["", "Head-to-head at equal CPU minutes (ours with its default sampler vs diffusers' best of its "
+              "samplers; and both under our default sampler):", "",
+              "| budget (CPU min) | ours (default sampler) | diffusers (best) | diffusers (our default sampler) "
+              "| ours better? |", "|---|---|---|---|---|"]
+    for b in sorted({s.budget_min for s in snaps}):
+        o = next((s for s in snaps if s.recipe == "ours" and s.budget_min == b), None)
+        p = next((s for s in snaps if s.recipe == "diffusers" and s.budget_min == b), None)
+        if o is None or p is None:
+            continue
+        fo, fp = o.fd.get(ours_s[0]), min(p.fd.values())
+        fsame = p.fd.get(ours_s[0])
+        lines.append(f"| {b:g} | {_fmt(fo)} | {_fmt(fp)} | {_fmt(fsame)} | "
+                     f"{'yes' if fo < fp else 'no'} ({fp / fo:.1f}x) |")
+    lines += ["", "Samplers: `" + "`, `".join(ours_s) + "` are this package's; `diffusers-dpmsolver++` is "
+              "`DPMSolverMultistepScheduler` (DPM-Solver++(2M), linspace timesteps), `diffusers-ddim` is "
+              "`DDIMScheduler` (leading timesteps, eta 0), both from the DDPMScheduler config as their pipelines "
+              "do; the diffusers model under `" + ours_s[0] + "` runs through `from_timestep_model` on its own "
+              "sigma range.", "", "See `benchmarks/training.md` for the method and the reading."]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0, 4.0],
+                    help="CPU-minute budgets (process time) per recipe (default: 1 2 4)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both recipes (default 1)")
+    ap.add_argument("--nfe", type=int, default=16, help="denoiser evaluations per sample (default 16)")
+    ap.add_argument("--samples", type=int, default=1497, help="samples per score (default 1497 = train split)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=500, help="sampling batch size")
+    ap.add_argument("--skip-peer", action="store_true", help="train and score only our recipe")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/training.md"))
+    args = ap.parse_args(argv)
+    if any(not (m > 0) for m in args.minutes):
+        ap.error(f"--minutes must be > 0, got {args.minutes}")
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    test_x = load_dataset("digits", "test").x
+    train_x = load_dataset("digits", "train").x
+    clf = load_classifier("digits")
+    floor = image_frechet(train_x, test_x, dataset="digits", classifier=clf)["fd"]
+    log(f"floor (train vs test) FD {floor:.3f}; classifier test accuracy {clf.test_accuracy:.3f}")
+    noise = torch.randn((args.samples, 1, 8, 8), generator=torch.Generator().manual_seed(args.seed + 12345))
+    samplers = {"ours": [DEFAULT_SAMPLER, "dpmpp_2m"] if DEFAULT_SAMPLER != "dpmpp_2m" else ["dpmpp_2m"],
+                "diffusers": ["diffusers-dpmsolver++", "diffusers-ddim", DEFAULT_SAMPLER]}
+    snaps, infos = [], {}
+    with tempfile.TemporaryDirectory(prefix="dl-trainbench-") as tmp:
+        log(f"ours: one run to {max(args.minutes):g} CPU-min, snapshots at {sorted(args.minutes)}")
+        s, infos["ours"] = train_ours(args.minutes, args.seed, Path(tmp))
+        for snap in s:
+            log(f"ours {snap.budget_min:g} CPU-min: step {snap.step}, {snap.images / snap.cpu_s:.0f} img/CPU-s, "
+                f"wall {snap.wall_s:.0f} s")
+            score(snap, samplers["ours"], noise, args.nfe, args.batch, test_x, clf, log)
+        snaps += s
+    if not args.skip_peer:
+        for b in sorted(args.minutes):
+            log(f"diffusers: run of {b:g} CPU-min")
+            snap, infos["diffusers"] = train_peer(b, args.seed)
+            log(f"diffusers {b:g} CPU-min: step {snap.step}, {snap.images / snap.cpu_s:.0f} img/CPU-s, "
+                f"wall {snap.wall_s:.0f} s")
+            score(snap, samplers["diffusers"], noise, args.nfe, args.batch, test_x, clf, log)
+            snaps.append(snap)
+    else:
+        samplers["diffusers"] = []
+    import diffusers
+
+    env = {"command": "python -m benchmarks.training " + " ".join(sys.argv[1:] if argv is None else argv),
+           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s) of "
+                      f"{__import__('os').cpu_count()} logical CPUs",
+           "torch": torch.__version__, "diffusers": diffusers.__version__,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clf_acc": clf.test_accuracy}
+    write_report(args.out, args, snaps, infos, floor, samplers, env, time.perf_counter() - t_start)
+    raw = [{k: v for k, v in s.__dict__.items() if k != "model"} for s in snaps]
+    args.out.with_suffix(".json").write_text(json.dumps({"floor": floor, "runs": raw, "infos": infos,
+                                                         "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                                  for k, v in vars(args).items()}}, indent=1))
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
