@@ -38,12 +38,12 @@ Divergence. ``exact``: tr(dD/dx_hat) from d vector-Jacobian products, one forwar
 passes batched by vmap (``is_grads_batched``), or one forward and one backward over d stacked
 copies of the batch (for d <= 4, where vmap's fixed cost dominates, and for a denoiser whose
 backward vmap cannot batch): about d backward passes, the default for d <= 64. Its cost grows
-like d times that of one probe; no exact method for a black-box denoiser does better.
+like d times that of one probe: a black-box Jacobian's exact trace needs d products.
 ``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchinson 1989;
-FFJORD); ``probes`` P probes per sample, batched the same way in one call, drawn once per sample
-and held fixed along the trajectory (so the integrand is smooth and the solver's error control
-works); each probe gets its own accumulator, so the P per-probe log-likelihoods are i.i.d. given x
-and their spread gives an honest standard error.
+FFJORD); ``probes`` P probes per sample, all P products in one call (stacked copies by default),
+drawn once per sample and held fixed along the trajectory (so the integrand is smooth and the
+solver's error control works); each probe gets its own accumulator, so the P per-probe
+log-likelihoods are i.i.d. given x and their spread gives an honest standard error.
 
 Variance reduction ("rotating" probes, the default). With a probe fixed along the path the errors
 e^T J(u) e - tr J(u) at different noise levels are strongly correlated and add up coherently. A
