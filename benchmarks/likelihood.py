@@ -177,7 +177,8 @@ def to_markdown(rows, command, batch, repeats):
         "nats per sample against `oracle.log_prob(x, 0.002)`; *ODE error* removes the prior-truncation error "
         "(shared by all methods, last column) so the solver and trace errors show alone. NFE = right-hand-side "
         "evaluations per sample (for the exact trace each is one forward and d vector-Jacobian products "
-        "batched by vmap; for P probes one forward and one backward over P stacked copies). Each repeat of a "
+        "batched by vmap, or for d <= 4 one forward and backward over d stacked copies; for P probes one "
+        "forward and one backward over P stacked copies). Each repeat of a "
         "randomized method draws new probes, so its error is the mean over batch x repeats independent draws; "
         "*s.e.* is the standard error of that mean.",
         "",
