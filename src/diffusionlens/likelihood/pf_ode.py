@@ -477,7 +477,11 @@ def log_likelihood(
     u0, u1 = math.log(sigma_min), math.log(sigma_max)
     s0, s1 = (1 + sigma_min**2) ** -0.5, (1 + sigma_max**2) ** -0.5
     y0 = torch.cat([s0 * x_hat.reshape(B, d).double(), torch.zeros(B, m, dtype=torch.float64, device=dev)], 1)
-    y1, sinfo = solve(rhs, y0, u0, u1, rtol=rtol, atol=atol, method=method, max_steps=max_steps)
+    # first step a quarter unit of log sigma: every feature of the flow has a width of order one in
+    # log sigma (tr J is a sum of logistic functions of 2 log sigma), while the generic heuristic scales
+    # the step by |dy/du|, which is nearly zero below the data's scales, and creeps out of that region
+    y1, sinfo = solve(rhs, y0, u0, u1, rtol=rtol, atol=atol, method=method, h0=min(0.25, u1 - u0),
+                      max_steps=max_steps)
     nfe = sinfo.nfe
     latent = (y1[:, :d] / s1).reshape((B,) + shape)
     acc = y1[:, d:] / c  # (B, m): -int tr J du, per probe
