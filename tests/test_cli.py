@@ -151,7 +151,7 @@ def test_resume_extends_a_run(in_toy, capsys):
 
 def test_main_job_end_to_end_and_rerun(in_toy, capsys):
     args = ["main", "--dataset", "ring8", "--steps", "20", "--name", "m", "--n-samples", "300", "--nfe", "2",
-            "--bpd-n", "5", "--sampler-steps", "4", "--quiet", "--device", "cpu"]
+            "--bpd-n", "0", "--sampler-steps", "4", "--quiet", "--device", "cpu"]
     rc, out, err = run_cli(args, capsys)
     assert rc == 0, err
     assert "[3/3]" in out and "runs/m/report.html" in out

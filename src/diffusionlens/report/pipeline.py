@@ -363,7 +363,10 @@ next to their <em>noise floor</em>: the same metric between independent exact sa
 <table>{rows}</table>
 {body}
 <p style="color:#777;font-size:.85em">Numbers: <code>evaluation.json</code>; configuration: <code>config.json</code>;
-training log: <code>metrics.jsonl</code>.</p>
+training log: <code>metrics.jsonl</code>. Re-create this page: <code>diffusionlens evaluate {html.escape(str(run_dir))}
+--sampler {html.escape(ev['sampler'])} --steps {ev['steps']}</code> then <code>diffusionlens report
+{html.escape(str(run_dir))}</code>; other samplers: <code>diffusionlens sample {html.escape(str(run_dir))} --sampler
+dpmpp_2m --steps 10</code>.</p>
 </body></html>
 """
     atomic_write(run_dir / "report.html", page.encode())
