@@ -3,9 +3,10 @@
 Conventions: samples and reference data are (N, *data_shape) tensors; metrics are computed in float64
 on the flattened (N, d) points. Every distance is reported next to its **noise floor**: the value the
 same metric takes between two independent exact samples of the same sizes (for generated toy and
-oracle data: a fresh draw of the data generator against the held-out test set; for images: the
-train split against the test split). A model is as good as the metric can tell once it reaches the
-floor.
+oracle data: fresh draws of the data generator against the held-out test set; for images: a
+random subset of the train split, as large as the sample, against the test split — the Fréchet
+distance is biased by O(tr Cov / n), so a floor at another size would mislead). A model is as good
+as the metric can tell once it reaches the floor.
 
 Metrics
 * :func:`frechet_distance` — ||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr (S1^1/2 S2 S1^1/2)^1/2, the W2
@@ -14,11 +15,14 @@ Metrics
   product, clamped at 0. No non-symmetric sqrtm, no complex round-off to discard.
 * :func:`sliced_wasserstein` — SW2 (Rabin et al. 2011; Bonneel et al. 2015):
   (E_theta W2^2(theta#mu, theta#nu))^1/2 over uniform directions theta on the sphere, each 1-D W2
-  computed exactly between the two empirical measures (any sizes) from their quantile functions.
+  computed exactly between the two empirical measures (any sizes) from their quantile functions:
+  W2^2 = E a^2 + E b^2 - 2 sum_i a_(i) (G((i+1)/n) - G(i/n)) with G the integrated quantile function of
+  the sorted reference. :class:`SW2` keeps the reference's sorted projections for many comparisons.
 * :func:`mmd2` — the unbiased U-statistic MMD^2 (Gretton et al. 2012, eq. 3) with the RBF kernel
   exp(-||x - y||^2 / (2 h^2)); h is the median pairwise distance of the *reference* set (the median
   heuristic), fixed before the comparison so the model and the floor are measured with one kernel.
-  Its expectation is exactly 0 for identical distributions; the floor is its spread.
+  Its expectation is exactly 0 for identical distributions; the floor is its spread. :class:`MMD`
+  keeps the reference's kernel sum for many comparisons.
 * :func:`log_likelihood_true` — the mean exact log-density of samples under the true data density,
   where it is known in closed form: the oracle mixtures (``oracle.log_prob``) and ``ring8`` (an
   8-component Gaussian mixture); for ``checkerboard`` the fraction of samples on the support
@@ -26,13 +30,14 @@ Metrics
 * :func:`image_frechet` — the Fréchet distance in the feature space of the project's own classifier
   (:mod:`diffusionlens.features`), with its test accuracy.
 * :func:`expectation_gap` — the estimator-of-expectations perspective: at each noise level sigma,
-  the MSE of the model's D(x_hat, sigma) against x0 splits exactly into the irreducible part
+  the MSE of the model's D(x_hat, sigma) against x0 splits, in expectation, into the irreducible part
   E tr Cov[x0 | x_hat] / d (the oracle's ``posterior_cov_trace``) and the gap E||D - D*||^2 / d to the
   exact posterior mean D* = E[x0 | x_hat]. The gap is what MSE training can still remove.
 * :func:`dataset_bits_per_dim` — test-set bits/dim of image data through :mod:`diffusionlens.likelihood`
   (PF-ODE log-likelihood of uniformly dequantized data).
 
-:func:`evaluate_samples` bundles what applies to a data set into one JSON-able dict.
+:func:`evaluate_samples` bundles what applies to a data set into one JSON-able dict;
+:func:`headline_scorer` gives its headline number (FD or SW2) as a cached function for sweeps.
 """
 
 from __future__ import annotations
