@@ -302,57 +302,99 @@ def write_report(path: Path, args, snaps: list[Snapshot], infos: dict, floor: fl
     path.write_text("\n".join(lines) + "\n")
 
 
+def _log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_part(part: str, args) -> dict:
+    """Train and score one piece: ``ours`` (one run, all budgets) or ``diffusers:<budget>``; JSON-able result."""
+    torch.set_num_threads(args.threads)
+    test_x = load_dataset("digits", "test").x
+    clf = load_classifier("digits")
+    noise = torch.randn((args.samples, 1, 8, 8), generator=torch.Generator().manual_seed(args.seed + 12345))
+    if part == "ours":
+        _log(f"ours: one run to {max(args.minutes):g} CPU-min, snapshots at {sorted(args.minutes)}")
+        with tempfile.TemporaryDirectory(prefix="dl-trainbench-") as tmp:
+            snaps, info = train_ours(args.minutes, args.seed, Path(tmp))
+    else:
+        b = float(part.split(":")[1])
+        _log(f"diffusers: run of {b:g} CPU-min")
+        snap, info = train_peer(b, args.seed)
+        snaps = [snap]
+    for snap in snaps:
+        _log(f"{snap.recipe} {snap.budget_min:g} CPU-min: step {snap.step}, {snap.images / snap.cpu_s:.0f} img/CPU-s, "
+             f"wall {snap.wall_s:.0f} s")
+        score(snap, SAMPLERS[snap.recipe], noise, args.nfe, args.batch, test_x, clf, _log)
+    return {"runs": [{k: v for k, v in s.__dict__.items() if k != "model"} for s in snaps], "info": info}
+
+
+SAMPLERS = {"ours": [DEFAULT_SAMPLER, "dpmpp_2m"] if DEFAULT_SAMPLER != "dpmpp_2m" else ["dpmpp_2m"],
+            "diffusers": ["diffusers-dpmsolver++", "diffusers-ddim", DEFAULT_SAMPLER]}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0, 4.0],
                     help="CPU-minute budgets (process time) per recipe (default: 1 2 4)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both recipes (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every training process (default 1)")
+    ap.add_argument("--jobs", type=int, default=4,
+                    help="pieces run as parallel processes (ours: one; diffusers: one per budget). Budgets are\n"
+                         "CPU time per process, so this changes the wall time, not the budgets (default 4)")
     ap.add_argument("--nfe", type=int, default=16, help="denoiser evaluations per sample (default 16)")
     ap.add_argument("--samples", type=int, default=1497, help="samples per score (default 1497 = train split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=500, help="sampling batch size")
     ap.add_argument("--skip-peer", action="store_true", help="train and score only our recipe")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/training.md"))
-    args = ap.parse_args(argv)
+    ap.add_argument("--part", help=argparse.SUPPRESS)
+    ap.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(raw_argv)
     if any(not (m > 0) for m in args.minutes):
         ap.error(f"--minutes must be > 0, got {args.minutes}")
-    torch.set_num_threads(args.threads)
+    if args.jobs < 1 or args.threads < 1:
+        ap.error("--jobs and --threads must be >= 1")
+    if args.part:
+        args.part_out.write_text(json.dumps(run_part(args.part, args)))
+        return
+    import subprocess
+
     t_start = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-    test_x = load_dataset("digits", "test").x
-    train_x = load_dataset("digits", "train").x
+    torch.set_num_threads(args.threads)
+    test_x, train_x = load_dataset("digits", "test").x, load_dataset("digits", "train").x
     clf = load_classifier("digits")
     floor = image_frechet(train_x, test_x, dataset="digits", classifier=clf)["fd"]
-    log(f"floor (train vs test) FD {floor:.3f}; classifier test accuracy {clf.test_accuracy:.3f}")
-    noise = torch.randn((args.samples, 1, 8, 8), generator=torch.Generator().manual_seed(args.seed + 12345))
-    samplers = {"ours": [DEFAULT_SAMPLER, "dpmpp_2m"] if DEFAULT_SAMPLER != "dpmpp_2m" else ["dpmpp_2m"],
-                "diffusers": ["diffusers-dpmsolver++", "diffusers-ddim", DEFAULT_SAMPLER]}
-    snaps, infos = [], {}
+    _log(f"floor (train vs test) FD {floor:.3f}; classifier test accuracy {clf.test_accuracy:.3f}")
+    parts = ["ours"] + ([] if args.skip_peer else [f"diffusers:{b:g}" for b in sorted(args.minutes, reverse=True)])
+    results = {}
     with tempfile.TemporaryDirectory(prefix="dl-trainbench-") as tmp:
-        log(f"ours: one run to {max(args.minutes):g} CPU-min, snapshots at {sorted(args.minutes)}")
-        s, infos["ours"] = train_ours(args.minutes, args.seed, Path(tmp))
-        for snap in s:
-            log(f"ours {snap.budget_min:g} CPU-min: step {snap.step}, {snap.images / snap.cpu_s:.0f} img/CPU-s, "
-                f"wall {snap.wall_s:.0f} s")
-            score(snap, samplers["ours"], noise, args.nfe, args.batch, test_x, clf, log)
-        snaps += s
-    if not args.skip_peer:
-        for b in sorted(args.minutes):
-            log(f"diffusers: run of {b:g} CPU-min")
-            snap, infos["diffusers"] = train_peer(b, args.seed)
-            log(f"diffusers {b:g} CPU-min: step {snap.step}, {snap.images / snap.cpu_s:.0f} img/CPU-s, "
-                f"wall {snap.wall_s:.0f} s")
-            score(snap, samplers["diffusers"], noise, args.nfe, args.batch, test_x, clf, log)
-            snaps.append(snap)
-    else:
-        samplers["diffusers"] = []
+        pending, running = list(parts), []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                part = pending.pop(0)
+                out = Path(tmp) / f"{part.replace(':', '-')}.json"
+                cmd = [sys.executable, "-m", "benchmarks.training", *raw_argv, "--part", part, "--part-out", str(out)]
+                running.append((part, out, subprocess.Popen(cmd)))
+            time.sleep(1.0)
+            for item in list(running):
+                part, out, proc = item
+                if proc.poll() is not None:
+                    running.remove(item)
+                    if proc.returncode != 0:
+                        for _, _, other in running:
+                            other.kill()
+                        raise RuntimeError(f"benchmark part {part} failed (exit code {proc.returncode})")
+                    results[part] = json.loads(out.read_text())
+    snaps, infos = [], {}
+    for part in parts:
+        r = results[part]
+        infos[part.split(":")[0]] = r["info"]
+        snaps += [Snapshot(model=None, **run) for run in r["runs"]]
+    samplers = {"ours": SAMPLERS["ours"], "diffusers": [] if args.skip_peer else SAMPLERS["diffusers"]}
     import diffusers
 
-    env = {"command": "python -m benchmarks.training " + " ".join(sys.argv[1:] if argv is None else argv),
-           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s) of "
+    env = {"command": "python -m benchmarks.training " + " ".join(raw_argv),
+           "machine": f"{platform.machine()}, {args.jobs} parallel processes of {args.threads} torch thread(s) on "
                       f"{__import__('os').cpu_count()} logical CPUs",
            "torch": torch.__version__, "diffusers": diffusers.__version__,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clf_acc": clf.test_accuracy}
@@ -361,7 +403,7 @@ def main(argv=None) -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"floor": floor, "runs": raw, "infos": infos,
                                                          "args": {k: (str(v) if isinstance(v, Path) else v)
                                                                   for k, v in vars(args).items()}}, indent=1))
-    log(f"wrote {args.out}")
+    _log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
