@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .losses import Density, Weighting
     from .parameterization import Param
-    from .samplers import SAMPLERS
+    from .samplers import DETERMINISTIC, SAMPLERS
     from .training import PROCESSES, TrainConfig
 
     D = TrainConfig()  # the defaults shown in --help are the library's own
@@ -682,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test", choices=["test", "train"], help="data split (default test)")
     q.add_argument("--rtol", type=_positive_float, default=1e-5, help="adaptive solver tolerance (default 1e-5)")
     q.add_argument("--steps", type=_positive_int, help="use a fixed grid of this many steps instead")
-    q.add_argument("--sampler", default="heun", choices=["euler", "heun", "ddim", "lms", "dpmpp_2m", "dpmpp_3m",
-                                                         "unipc"], help="deterministic sampler for --steps")
+    q.add_argument("--sampler", default="heun", choices=sorted(DETERMINISTIC - {"adaptive"}),
+                   help="deterministic sampler for --steps (default heun)")
     common(q)
     q.set_defaults(func=cmd_encode)
 
