@@ -125,7 +125,7 @@ def _run_case(K, name, o, hutch_probes, batch, repeats, seed):
         add("k-diffusion", "Rademacher x1", tol, kdiff(tol))
     add("score_sde", "RK45, Rademacher x1", 1e-5, sde(1e-5))
     if d <= 64:
-        for tol in (1e-4, 3e-5, 1e-5, 1e-6):
+        for tol in (1e-4, 3e-5, 1e-5, 3e-6, 1e-6):
             add("diffusionlens", "exact trace", tol, ours(tol, divergence="exact"))
     add("diffusionlens", "Rademacher x1", 1e-4, ours(1e-4, divergence="hutchinson", probes=1, probe="rademacher"))
     for p in hutch_probes:
