@@ -370,6 +370,20 @@ def test_every_sampler_runs_with_defaults_at_few_steps(name):
             assert info.nfe >= 1 and info.calls >= 1
 
 
+def test_default_sampler_and_grids():
+    gm = SMOOTH
+    noise = torch.randn(4, gm.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, info = sample(gm, noise, return_info=True)  # deis on the Karras grid, 16 steps
+    assert info.nfe == 16 and torch.equal(info.sigmas, karras_grid(16))
+    for name in ("unipc", "dpmpp_2m", "dpmpp_3m_sde"):  # exponential integrators: log-SNR grid
+        _, info = sample(gm, noise, sampler=name, steps=7, generator=torch.Generator(), return_info=True)
+        assert torch.equal(info.sigmas, logsnr_grid(7)), name
+    _, info = sample(gm, noise, sampler=SAMPLERS["unipc"], steps=7, return_info=True)  # by function too
+    assert torch.equal(info.sigmas, logsnr_grid(7))
+    _, info = sample(gm, noise, sampler="unipc", steps=7, grid="karras", return_info=True)  # explicit wins
+    assert torch.equal(info.sigmas, karras_grid(7))
+
+
 def test_nfe_counts():
     gm = ring()
     noise = torch.randn(10, 2)

@@ -54,6 +54,7 @@ __all__ = [
     "DETERMINISTIC",
     "DEFAULT_SAMPLER",
     "DEFAULT_GRID",
+    "RECOMMENDED_GRID",
     "Grid",
     "SampleInfo",
     "make_grid",
@@ -146,6 +147,14 @@ benchmarks/samplers.md."""
 DEFAULT_GRID = Grid.KARRAS
 """The recommended grid: Karras et al. 2022 (rho = 7) from sigma_max to sigma_min, then 0."""
 
+RECOMMENDED_GRID: dict[str, Grid] = {
+    name: Grid.LOGSNR for name in ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc")
+}
+"""Samplers whose recommended grid is not :data:`DEFAULT_GRID`: the exponential integrators, built in
+log-SNR time (their local error depends only on the log-SNR step), take the uniform log-SNR grid; on
+the Karras grid their RMSE at NFE <= 16 is 2-4x higher on every benchmark mixture. ``sample(grid=None)``
+(the default) uses this table, then :data:`DEFAULT_GRID`."""
+
 
 @dataclass(frozen=True)
 class SampleInfo:
@@ -205,7 +214,7 @@ def sample(
     steps: int = 16,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
-    grid: Grid | str | Tensor = DEFAULT_GRID,
+    grid: Grid | str | Tensor | None = None,
     generator: torch.Generator | Tensor | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = False,
@@ -222,7 +231,9 @@ def sample(
         sampler: a name in :data:`SAMPLERS` or a sampler function.
         steps: number of grid intervals (the NFE of single-evaluation samplers).
         sigma_min, sigma_max: noise-level range of the grid (ignored by ``grid="timesteps"``).
-        grid: ``"karras"`` (default, rho = ``rho``), ``"logsnr"``, ``"time"`` (the model's process time),
+        grid: None (default: the sampler's recommended grid, :data:`RECOMMENDED_GRID`, else
+            :data:`DEFAULT_GRID` = ``"karras"``), ``"karras"`` (rho = ``rho``), ``"logsnr"``,
+            ``"time"`` (the model's process time),
             ``"timesteps"`` (a Discrete model's integer timesteps, with ``spacing``), or an explicit
             decreasing (steps + 1,) tensor ending at 0.
         generator: torch.Generator (or (batch,) int64 per-sample seeds) for stochastic samplers.
@@ -244,7 +255,7 @@ def sample(
                 f"sample() returns data, so an explicit grid must end at 0; got sigmas[-1] = {sigmas[-1].item()}"
             )
     else:
-        g = Grid.parse(grid)
+        g = Grid.parse(grid) if grid is not None else RECOMMENDED_GRID.get(name, DEFAULT_GRID)
         if process is not None and g is not Grid.TIMESTEPS and sigma_max > process.sigma_max:
             raise ValueError(
                 f"sigma_max={sigma_max} exceeds the model's process range (sigma_max={process.sigma_max:.6g}); "
