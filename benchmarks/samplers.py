@@ -72,6 +72,7 @@ def ours(name: str, grid: str, **opts):
 
 def kdiff(fn_name: str, grid: str, **opts):
     K = k_sampling()
+    grid_name = grid
 
     def run(gm, noise, nfe):
         steps = steps_for("k:" + fn_name, nfe)
@@ -83,6 +84,13 @@ def kdiff(fn_name: str, grid: str, **opts):
         x = getattr(K, "sample_" + fn_name)(c, noise * sig[0], sig, disable=True, **opts)
         return x, c.rows / noise.shape[0], sig[0].item()
 
+    def grid_of(nfe):
+        steps = steps_for("k:" + fn_name, nfe)
+        if grid_name == "karras":
+            return K.get_sigmas_karras(steps, 0.002, 80.0, rho=7.0).double()
+        return K.get_sigmas_exponential(steps, 0.002, 80.0).double()
+
+    run.grid = grid_of
     return run
 
 
@@ -91,7 +99,7 @@ def diffusers_run(cls_name: str, label: str, **kw):
 
     cls = getattr(diffusers, cls_name)
 
-    def run(gm, noise, nfe):
+    def schedule(nfe):
         sched = cls(num_train_timesteps=1000, trained_betas=Discrete().betas.numpy(), prediction_type="epsilon", **kw)
         sched.set_timesteps(steps_for("d:" + label, nfe))
         if getattr(sched, "sigmas", None) is not None and len(sched.sigmas) > 1:
@@ -99,6 +107,10 @@ def diffusers_run(cls_name: str, label: str, **kw):
         else:  # DDIM: sigma at each integer timestep from the scheduler's own table, then 0
             abar = sched.alphas_cumprod.double()[sched.timesteps]
             sig = torch.cat([torch.sqrt((1 - abar) / abar), torch.zeros(1, dtype=torch.float64)])
+        return sched, sig
+
+    def run(gm, noise, nfe):
+        sched, sig = schedule(nfe)
         c = Counted(gm)
         k = {"i": 0}
 
@@ -116,6 +128,11 @@ def diffusers_run(cls_name: str, label: str, **kw):
             k["i"] += 1
         return x, c.rows / noise.shape[0], s0
 
+    def grid_of(nfe):  # the scheduler's sigmas with repeated entries dropped (strictly decreasing)
+        sig = schedule(nfe)[1]
+        return sig[torch.cat([torch.ones(1, dtype=torch.bool), sig[1:] < sig[:-1]])]
+
+    run.grid = grid_of
     return run
 
 
@@ -128,6 +145,7 @@ def configs(with_peers: bool = True) -> dict:
             "euler" + g: ours("euler", grid),
             "heun" + g: ours("heun", grid),
             "lms" + g: ours("lms", grid),
+            "deis" + g: ours("deis", grid),
             "dpmpp_2m" + g: ours("dpmpp_2m", grid),
             "dpmpp_3m" + g: ours("dpmpp_3m", grid),
             "unipc" + g: ours("unipc", grid),
@@ -216,7 +234,8 @@ def metric_distribution(cases: dict, n: int, nfes: list[int]):
         floor = sliced_w2(exact_a, exact_b)
         noise = torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         rows = {}
-        names = ["unipc", "dpmpp_3m", "lms", "ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde", "euler_maruyama", "pc", "langevin"]
+        names = ["unipc", "dpmpp_3m", "lms", "deis", "ddpm", "dpmpp_2m_sde", "dpmpp_3m_sde", "euler_maruyama", "pc",
+                 "langevin"]
         for name in names:
             rows[name] = {}
             for nfe in nfes:
@@ -370,6 +389,17 @@ def write_report(path: Path, cmd: str, rm: dict, dist: dict, ada: dict, ovh: dic
         for (case, nfe), vals in extra["rows"].items():
             L.append(f"| {case} | {nfe} | " + " | ".join(fmt(v) for v in vals) + " |")
         L.append("")
+    if extra and extra.get("same_grid"):
+        L += ["## 1c. The same grid as the best peer (separates the solver from the grid)", "",
+              "Our samplers on the sigma grid of the best peer configuration of table 1 at that NFE (its",
+              "first sigma and its last positive sigma, from which the last step jumps to 0).", "",
+              "| mixture | NFE | best peer | sigma_0 | last sigma > 0 | steps | peer RMSE | "
+              + " | ".join(f"ours {o}" for o in SAME_GRID) + " |",
+              "|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(SAME_GRID)]
+        for case, nfe, name, s0, last, steps, err, vals in extra["same_grid"]:
+            L.append(f"| {case} | {nfe} | {name} | {s0:.3g} | {last:.3g} | {steps} | {fmt(err)} | "
+                     + " | ".join(fmt(v) for v in vals) + " |")
+        L.append("")
     L += ["## 2. Distribution distance to exact samples (sliced W2, 256 directions)", ""]
     for case, (floor, rows) in dist.items():
         nf = list(next(iter(rows.values())).keys())
@@ -401,7 +431,7 @@ def default_check(n: int):
     held_out = {"mix8_seed101": random_mixture(8, 6, seed=101), "mix32_seed202": random_mixture(32, 12, seed=202),
                 "mix16_wide_seed303": random_mixture(16, 10, seed=303, std_range=(0.02, 1.0))}
     names = ["unipc [logsnr]", "unipc [karras]", "dpmpp_3m [logsnr]", "dpmpp_3m [karras]", "dpmpp_2m [logsnr]",
-             "k:lms [karras]", "d:UniPC3 karras"]
+             "deis [logsnr]", "deis [karras]", "k:lms [karras]", "d:UniPC3 karras", "d:DEIS3 exp"]
     cf = configs(True)
     flat = {k: v for lib in cf.values() for k, v in lib.items()}
     rows = {}
@@ -415,6 +445,31 @@ def default_check(n: int):
             rows[(case, nfe)] = vals
         print(f"{case}: default check done", flush=True)
     return {"names": names, "rows": rows}
+
+
+SAME_GRID = ["unipc", "dpmpp_3m", "lms", "deis"]
+
+
+def same_grid(rm: dict, cases: dict, n: int, nfes=(6, 10, 16)):
+    """Our single-evaluation samplers on the grid of the best peer configuration at each NFE (the
+    peer's sigmas, its start and its last positive sigma), against that peer: separates the solver
+    from the grid."""
+    flat = {k: v for lib, cf in configs(True).items() if lib != "ours" for k, v in cf.items()}
+    rows = []
+    for case, gm in cases.items():
+        noise = torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        for nfe in nfes:
+            peers = {**rm[case]["k-diffusion"], **rm[case]["diffusers"]}
+            err, name = best(peers, nfe)
+            if name == "-":
+                continue
+            sig = flat[name].grid(nfe)
+            ref = reference(case, gm, noise, float(sig[0]))
+            vals = [rmse(SAMPLERS[o](gm, noise * sig[0], sig), ref) for o in SAME_GRID]
+            last = float(sig[-2]) if float(sig[-1]) == 0 else float(sig[-1])
+            rows.append((case, nfe, name, float(sig[0]), last, len(sig) - 1, err, vals))
+        print(f"{case}: same-grid done", flush=True)
+    return rows
 
 
 def main():
@@ -431,6 +486,7 @@ def main():
     cases = standard_cases()
     rm = metric_rmse(cases, n, NFES)
     extra = default_check(n)
+    extra["same_grid"] = same_grid(rm, cases, n)
     dist = metric_distribution(cases, 300 if args.quick else 1000, [8, 16, 32])
     ada = metric_adaptive(cases, n, [1e-2, 3e-3, 1e-3, 1e-4])
     ovh = metric_overhead(repeats=3 if args.quick else 7)
