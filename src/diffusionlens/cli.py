@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .losses import Density, Weighting
     from .parameterization import Param
-    from .samplers import DETERMINISTIC, SAMPLERS
+    from .report.pipeline import DEFAULT_NFE, DEFAULT_SWEEP
+    from .samplers import DEFAULT_SAMPLER, DETERMINISTIC, SAMPLERS
     from .training import PROCESSES, TrainConfig
 
     D = TrainConfig()  # the defaults shown in --help are the library's own
@@ -601,11 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "  diffusionlens sample runs/cond --guidance 2 --label 3\n"
                               f"samplers: {', '.join(samplers)}")
     run_arg(q)
-    q.add_argument("--sampler", default="unipc", choices=samplers, metavar="NAME",
-                   help="sampler (default unipc; list below)")
+    q.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=samplers, metavar="NAME",
+                   help=f"sampler (default {DEFAULT_SAMPLER}; list below)")
     q.add_argument("--steps", type=_positive_int, default=16, help="grid intervals (default 16)")
-    q.add_argument("--grid", default="logsnr", choices=["logsnr", "karras", "time"],
-                   help="noise-level grid (default logsnr: uniform in log sigma)")
+    q.add_argument("--grid", default=None, choices=["logsnr", "karras", "time"],
+                   help="noise-level grid: logsnr (uniform in log sigma), karras (rho = 7) or time (uniform in the "
+                        "process time); default: the sampler's recommended grid")
     q.add_argument("--n", type=_positive_int, default=100, help="number of samples (default 100)")
     q.add_argument("--guidance", type=_nonneg_float, default=1.0,
                    help="classifier-free guidance weight for conditional runs (1 = conditional, 0 = unconditional)")
@@ -630,15 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "  diffusionlens evaluate runs/moons --samplers euler,heun --nfe 4,8,16\n"
                               "  diffusionlens evaluate main --no-sweep --bpd-n 0      # quick: headline only")
     run_arg(q)
-    q.add_argument("--sampler", default="unipc", choices=samplers, metavar="NAME", help="headline sampler "
-                                                                                     "(default unipc)")
+    q.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=samplers, metavar="NAME",
+                   help=f"headline sampler (default {DEFAULT_SAMPLER})")
     q.add_argument("--steps", type=_positive_int, default=16, help="headline sampler's steps (default 16)")
     q.add_argument("--n", type=_positive_int, help="samples to score (default: the train split's size for images, "
                                                    "5000 otherwise)")
-    q.add_argument("--samplers", type=_sampler_list, default=("euler", "heun", "dpmpp_2m", "unipc"),
-                   help="comma-separated samplers of the quality-vs-NFE sweep (default euler,heun,dpmpp_2m,unipc)")
-    q.add_argument("--nfe", type=_int_list, default=(4, 8, 16, 32), help="NFE budgets of the sweep "
-                                                                          "(default 4,8,16,32)")
+    q.add_argument("--samplers", type=_sampler_list, default=DEFAULT_SWEEP,
+                   help=f"comma-separated samplers of the quality-vs-NFE sweep (default {','.join(DEFAULT_SWEEP)})")
+    q.add_argument("--nfe", type=_int_list, default=DEFAULT_NFE,
+                   help=f"NFE budgets of the sweep (default {','.join(map(str, DEFAULT_NFE))})")
     q.add_argument("--no-sweep", action="store_true", help="skip the quality-vs-NFE sweep")
     q.add_argument("--bpd-n", type=_nonneg_int, default=100, help="test points for bits/dim or log-likelihood "
                                                                    "(0 skips; default 100)")
@@ -717,9 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--name", default="main", help="run name: runs/<name> (default main)")
     q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
     q.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    q.add_argument("--sampler", default="unipc", choices=samplers, metavar="NAME", help="headline sampler")
+    q.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=samplers, metavar="NAME",
+                   help=f"headline sampler (default {DEFAULT_SAMPLER})")
     q.add_argument("--sampler-steps", type=_positive_int, default=16, help="headline sampler steps (default 16)")
-    q.add_argument("--nfe", type=_int_list, default=(4, 8, 16, 32), help="NFE budgets of the sweep")
+    q.add_argument("--nfe", type=_int_list, default=DEFAULT_NFE,
+                   help=f"NFE budgets of the sweep (default {','.join(map(str, DEFAULT_NFE))})")
     q.add_argument("--n-samples", type=_positive_int, help="samples per evaluation (default: the train split's "
                                                            "size, 1497 for the digits)")
     q.add_argument("--bpd-n", type=_nonneg_int, default=100, help="test images for bits/dim (default 100)")

@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..samplers import DEFAULT_SAMPLER
 from ..training.checkpoint import atomic_write as _atomic_write
 
 __all__ = ["sampling_range", "generate", "evaluate_run", "write_report", "DEFAULT_SWEEP", "DEFAULT_NFE"]
 
-DEFAULT_SWEEP = ("euler", "heun", "dpmpp_2m", "unipc")
+DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis")
 DEFAULT_NFE = (4, 8, 16, 32)
 LEVELS = {"digits": 17, "mnist": 256}  # values per pixel: digits are 0..16, MNIST 0..255
 
@@ -59,8 +60,8 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 
 
 @torch.no_grad()
-def generate(denoiser, cfg, n: int, *, sampler: str = "unipc", steps: int = 16, seed: int = 0, batch_size: int = 1000,
-             guidance: float = 1.0, grid: str = "logsnr", label: int | None = None,
+def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = 16, seed: int = 0,
+             batch_size: int = 1000, guidance: float = 1.0, grid: str | None = None, label: int | None = None,
              progress: bool = False) -> tuple[Tensor, Tensor | None, float]:
     """n samples (n, *data_shape) of a trained denoiser, their labels (conditional runs) and the NFE per sample.
 
@@ -110,9 +111,9 @@ def _score(samples: Tensor, cfg, *, seed: int) -> tuple[float, dict]:
     return (ev["fd"] if "fd" in ev else ev["sw2"]), ev
 
 
-def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = "unipc", steps: int = 16, seed: int = 0,
-                 sweep: tuple[str, ...] = DEFAULT_SWEEP, nfes: tuple[int, ...] = DEFAULT_NFE, bpd_n: int = 100,
-                 guidance: float = 1.0, device: str = "cpu", progress: bool = True) -> dict:
+def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = DEFAULT_SAMPLER, steps: int = 16,
+                 seed: int = 0, sweep: tuple[str, ...] = DEFAULT_SWEEP, nfes: tuple[int, ...] = DEFAULT_NFE,
+                 bpd_n: int = 100, guidance: float = 1.0, device: str = "cpu", progress: bool = True) -> dict:
     """Evaluate a trained run and write ``run_dir/evaluation.json`` and ``samples.safetensors``.
 
     Args:
