@@ -266,3 +266,18 @@ def test_class_conditional_training_and_guidance(tmp_path):
     x, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 5, 9])
     d_c, d_u = den(x, 1.0, y=y), den(x, 1.0, y=torch.full((3,), 10))
     torch.testing.assert_close(guided(x, 1.0, y=y), d_u + 2.0 * (d_c - d_u), rtol=1e-5, atol=1e-6)
+
+
+def test_atomic_write_leaves_no_temporary_and_uses_the_umask(tmp_path):
+    import os
+
+    from diffusionlens.training.checkpoint import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").read_bytes() == b"{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640

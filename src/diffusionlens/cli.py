@@ -153,7 +153,7 @@ def _progress(args) -> bool:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    from .report.pipeline import atomic_write
+    from .training.checkpoint import atomic_write
 
     atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -24,26 +23,13 @@ import torch
 from torch import Tensor
 
 from ..samplers import DEFAULT_SAMPLER
-from ..training.checkpoint import atomic_write as _atomic_write
+from ..training.checkpoint import atomic_write
 
 __all__ = ["sampling_range", "generate", "evaluate_run", "write_report", "DEFAULT_SWEEP", "DEFAULT_NFE"]
 
 DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis")
 DEFAULT_NFE = (4, 8, 16, 32)
 LEVELS = {"digits": 17, "mnist": 256}  # values per pixel: digits are 0..16, MNIST 0..255
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write atomically (temporary file + rename), readable like any file the user creates (umask),
-    not only by its owner: a report is meant to be opened, served and shared."""
-    _atomic_write(path, data)
-    os.chmod(path, 0o666 & ~_umask())
 
 
 def sampling_range(cfg) -> tuple[float, float]:

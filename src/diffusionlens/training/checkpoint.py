@@ -34,8 +34,17 @@ VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})\.json$")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace.
+
+    The file gets the permissions of any file the user creates (0o666 less the umask), not the
+    owner-only mode of the temporary file: runs and reports are meant to be shared."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -43,6 +52,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
