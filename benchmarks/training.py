@@ -393,7 +393,7 @@ def main(argv=None) -> None:
     samplers = {"ours": SAMPLERS["ours"], "diffusers": [] if args.skip_peer else SAMPLERS["diffusers"]}
     import diffusers
 
-    env = {"command": "python -m benchmarks.training " + " ".join(raw_argv),
+    env = {"command": " ".join(["python -m benchmarks.training", *raw_argv]),
            "machine": f"{platform.machine()}, {args.jobs} parallel processes of {args.threads} torch thread(s) on "
                       f"{__import__('os').cpu_count()} logical CPUs",
            "torch": torch.__version__, "diffusers": diffusers.__version__,
