@@ -49,6 +49,7 @@ from .adaptive import AdaptiveMethod, adaptive
 from .ddim import Variance, ddim, ddim_update, ddpm
 from .dpmpp import SecondOrder, dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, dpmpp_update
 from .euler import HeunForm, churn, euler, euler_update, heun, heun_update
+from .fitted import ORDER, ErrorDensity, error_density, fitted_grid
 from .lms import Basis, deis, lms, lms_coefficients, lms_coefficients_log, lms_update
 from .sde import LangevinStep, em_update, euler_maruyama, langevin, langevin_update, pc
 from .unipc import unic_update, unip_update, unipc
@@ -62,6 +63,10 @@ __all__ = [
     "Grid",
     "SampleInfo",
     "make_grid",
+    "fitted_grid",
+    "error_density",
+    "ErrorDensity",
+    "ORDER",
     "sample",
     "randn",
     "noise_seeds",
@@ -134,6 +139,7 @@ class Grid(str, enum.Enum):
     LOGSNR = "logsnr"  # uniform in log sigma (log-SNR)
     TIME = "time"  # uniform in the model's process time t (needs a Denoiser)
     TIMESTEPS = "timesteps"  # integer timesteps of a Discrete model (exact table entries)
+    FITTED = "fitted"  # equidistributes the local error measured by a pilot solve (fitted_grid)
 
     @classmethod
     def parse(cls, value) -> Grid:
@@ -189,6 +195,8 @@ def make_grid(
 ) -> Tensor:
     """The (steps + 1,) float64 decreasing grid ending at 0 named by ``grid``."""
     grid = Grid.parse(grid)
+    if grid is Grid.FITTED:
+        raise ValueError("grid 'fitted' needs the denoiser: use fitted_grid(denoiser, shape, steps, ...)")
     if grid is Grid.KARRAS:
         return karras_grid(steps, sigma_min, sigma_max, rho)
     if grid is Grid.LOGSNR:
@@ -238,8 +246,10 @@ def sample(
         grid: None (default: the sampler's recommended grid, :data:`RECOMMENDED_GRID`, else
             :data:`DEFAULT_GRID` = ``"karras"``), ``"karras"`` (rho = ``rho``), ``"logsnr"``,
             ``"time"`` (the model's process time),
-            ``"timesteps"`` (a Discrete model's integer timesteps, with ``spacing``), or an explicit
-            decreasing (steps + 1,) tensor ending at 0.
+            ``"timesteps"`` (a Discrete model's integer timesteps, with ``spacing``), ``"fitted"``
+            (:func:`fitted_grid` for this sampler's order: a pilot solve of 64 samples, not counted
+            in the NFE; to sample many batches, call :func:`fitted_grid` once and pass its result),
+            or an explicit decreasing (steps + 1,) tensor ending at 0.
         generator: torch.Generator (or (batch,) int64 per-sample seeds) for stochastic samplers.
         callback: called after every step with a dict (i, x, sigma, sigma_next, denoised).
         progress: show a tqdm progress bar.
@@ -265,7 +275,10 @@ def sample(
                 f"sigma_max={sigma_max} exceeds the model's process range (sigma_max={process.sigma_max:.6g}); "
                 f"pass sigma_max <= {process.sigma_max:.6g}"
             )
-        if fn is adaptive and g is not Grid.TIMESTEPS:
+        if g is Grid.FITTED and fn is not adaptive:
+            sigmas = fitted_grid(denoiser, noise.shape[1:], steps, sigma_min, sigma_max, order=ORDER.get(name, 3),
+                                 device=noise.device, dtype=noise.dtype)
+        elif fn is adaptive and g is not Grid.TIMESTEPS:
             # the adaptive solver chooses its own steps between the ends; `steps` does not apply
             sigmas = torch.tensor([sigma_max, sigma_min, 0.0], dtype=torch.float64)
         else:

@@ -99,12 +99,16 @@ def solve_exp_rk32(
     rtol: float,
     atol: float,
     max_steps: int = 10_000,
+    trace: list | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Integrate the PF-ODE from sigma_start to sigma_end (> 0) with the exponential RK 3(2) pair.
 
     Per-sample step control (see the module docstring). The first trial step is h0 = tol^(1/3) in
     lambda (capped by the span), where tol = max(rtol, atol): the step whose local error is tol for a
     denoiser varying at unit rate in log sigma; the controller corrects it from the first estimate.
+    ``trace``, if a list, receives one ``(lambda_start, lambda_end, err)`` triple of (accepted,) float64
+    tensors per solver iteration: the accepted steps and their error estimates in the tolerance norm
+    (used by :func:`diffusionlens.samplers.fitted_grid`).
     Returns ``(x, nfe)`` with nfe (batch,) int64. Raises FloatingPointError naming the sigma of a
     non-finite denoiser output and RuntimeError past ``max_steps`` steps for a sample.
     """
@@ -161,6 +165,8 @@ def solve_exp_rk32(
         fac = torch.clamp(0.9 * err.clamp_min(1e-10) ** (-1.0 / 3.0), 0.2, 10.0)
         fac = torch.where(ok, fac, fac.clamp(max=1.0))
         ia = run[ok]
+        if trace is not None:
+            trace.append((lr[ok].clone(), lr[ok] + hs[ok], err[ok]))
         x[ia] = x_high[ok]
         lam[ia] = torch.where(last[ok], torch.full_like(lr[ok], lam1), lr[ok] + hs[ok])
         fresh[ia] = False

@@ -1,0 +1,177 @@
+"""Noise-level grids fitted to a model: equidistribute the local error measured by a pilot solve.
+
+A fixed-step sampler of order p on a grid with local step h(lambda) (lambda = -log sigma) makes a
+local error of about C(lambda) h^(p+1), where C measures how fast the denoiser output changes along
+the flow. For a fixed number of steps, the total error is smallest when every step makes the same
+error (de Boor's equidistribution principle), i.e. when the step density n(lambda) = 1/h is
+proportional to C(lambda)^(1/(p+1)). The Karras and log-SNR grids fix that density in advance, from
+images (EDM) or from the exponential integrators' variable; the data decide where D changes fast — a
+mixture of narrow modes needs steps at small sigma, a mixture of broad overlapping components at
+intermediate sigma.
+
+:func:`fitted_grid` measures C on the model itself (:func:`error_density`): it solves the PF-ODE for
+a small pilot batch with the adaptive exponential Runge–Kutta 3(2) pair (:mod:`.adaptive`), whose
+embedded error estimate of an accepted step of length h is err = C_b h^3 for pilot sample b. So
+C_b^(1/3) = err^(1/3) / h is the step density that the pair would use for that sample at unit
+tolerance, and the fitted density for an order-p sampler is
+
+    n(lambda)  proportional to  ( mean_b C_b(lambda)^(1/3) )^(3 / (p + 1))    ... (*)
+
+The mean is taken over the pilot's step densities rather than over the error constants C_b (which
+the equidistribution of a summed error would suggest) because C_b has sharp, sample-specific peaks
+where a trajectory crosses between mixture components; a grid shared by all samples cannot resolve
+those, and a mean of C_b spends steps on them (with DEIS at NFE 8-32 on six oracle mixtures it was
+the less accurate of the two at 21 of 24 points). Using the error estimate instead of the controller's step sizes keeps
+the controller's start-up steps (chosen before any error was measured) out of the density.
+
+The grid places ``steps`` noise levels at equal quantiles of the integral of (*) from sigma_max to
+sigma_min, then appends 0 (the final Tweedie step of every sampler). The pilot's cost is a one-off
+per model and sigma range (64 pilot samples; 62-70 NFE each on the oracle mixtures at tol 1e-3):
+compute the grid once and pass it to :func:`diffusionlens.sample` as ``grid=`` for every batch.
+
+Equidistribution is an asymptotic (small-step) criterion: at NFE <= 6 the fixed Karras grid is often
+the better one. The samplers benchmark (benchmarks/samplers.md) reports both. The idea of adapting the
+schedule to the model is that of "Align Your Steps" (Sabour et al. 2024), which optimises the grid
+against a KL bound; here the classical error-equidistribution criterion is used, with the error
+measured by the embedded pair.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .adaptive import solve_exp_rk32
+
+__all__ = ["ErrorDensity", "ORDER", "error_density", "fitted_grid"]
+
+ORDER: dict[str, int] = {
+    "euler": 1,
+    "ddim": 1,
+    "ddpm": 1,
+    "euler_maruyama": 1,
+    "heun": 2,
+    "dpmpp_2m": 2,
+    "dpmpp_2m_sde": 2,
+    "deis": 3,
+    "dpmpp_3m": 3,
+    "dpmpp_3m_sde": 3,
+    "unipc": 4,
+    "lms": 4,
+}
+"""Order used by :func:`fitted_grid` for each sampler (its local truncation error is O(h^(p+1));
+unlisted samplers use 3). UniPC is UniP-3 with the UniC corrector, order 4."""
+
+
+@dataclass(frozen=True)
+class ErrorDensity:
+    """The local-error density measured by a pilot solve, from which grids of any length are cut.
+
+    Attributes:
+        sigma_min, sigma_max: the range the pilot covered.
+        mesh: (cells + 1,) float64 cell edges in lambda = -log sigma, from -log sigma_max to -log sigma_min.
+        n: (cells,) float64 mean over the pilot samples of C_b^(1/3), C_b = err / h^3 of their accepted steps.
+        pilot_nfe: denoiser evaluations per pilot sample (mean).
+    """
+
+    sigma_min: float
+    sigma_max: float
+    mesh: Tensor
+    n: Tensor
+    pilot_nfe: float
+
+    def grid(self, steps: int, order: int = 3) -> Tensor:
+        """(steps + 1,) float64 decreasing grid sigma_max ... sigma_min, 0 for a sampler of order ``order``."""
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not (isinstance(order, int) and order >= 1):
+            raise ValueError(f"order must be an integer >= 1, got {order!r}")
+        if steps == 1:
+            return torch.tensor([self.sigma_max, 0.0], dtype=torch.float64)
+        density = self.n.clamp_min(self.n.max() * 1e-12).pow(3.0 / (order + 1))  # (mean C^(1/3))^(3/(p+1))
+        cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(density, 0)])
+        cum = cum / cum[-1]
+        q = torch.linspace(0, 1, steps, dtype=torch.float64)
+        j = torch.searchsorted(cum, q).clamp(1, len(density))
+        frac = (q - cum[j - 1]) / (cum[j] - cum[j - 1])
+        lam = self.mesh[j - 1] + frac * (self.mesh[j] - self.mesh[j - 1])
+        sig = torch.exp(-lam)
+        sig[0], sig[-1] = self.sigma_max, self.sigma_min
+        return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+
+
+def error_density(
+    denoiser,
+    shape,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    *,
+    pilot: int = 64,
+    tol: float = 1e-3,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    cells: int = 4096,
+) -> ErrorDensity:
+    """Solve the PF-ODE for ``pilot`` samples of shape ``shape`` with the adaptive exponential RK 3(2)
+    pair at rtol = atol = ``tol`` and return the measured local-error density (see the module docstring).
+
+    generator: CPU generator of the pilot noise (default: seed 0); device, dtype: of the pilot batch;
+    cells: resolution of the density in log sigma.
+    """
+    if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not (isinstance(pilot, int) and pilot >= 1):
+        raise ValueError(f"pilot must be an integer >= 1, got {pilot!r}")
+    if not (0 < tol < 1):
+        raise ValueError(f"tol must be in (0, 1), got {tol}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    noise = torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    trace: list = []
+    with torch.no_grad():
+        _, nfe = solve_exp_rk32(denoiser, noise * sigma_max, sigma_max, sigma_min, rtol=tol, atol=tol, trace=trace)
+    lam_a, lam_b, err = (torch.cat([t[k] for t in trace]).cpu() for k in range(3))
+    # each accepted step adds C^(1/3) = err^(1/3) / h on the cells it covers: a difference array over
+    # the cells, then a cumulative sum; the pilot samples tile the range, so this is their mean density
+    mesh = torch.linspace(-math.log(sigma_max), -math.log(sigma_min), cells + 1, dtype=torch.float64)
+    mid = 0.5 * (mesh[1:] + mesh[:-1])
+    w = err.double().pow(1.0 / 3.0) / (lam_b - lam_a).abs()
+    diff = torch.zeros(cells + 1, dtype=torch.float64)
+    diff.index_add_(0, torch.searchsorted(mid, lam_a), w)
+    diff.index_add_(0, torch.searchsorted(mid, lam_b), -w)
+    n = torch.cumsum(diff, 0)[:cells].clamp_min(0.0) / pilot
+    return ErrorDensity(sigma_min, sigma_max, mesh, n, float(nfe.double().mean()))
+
+
+def fitted_grid(
+    denoiser,
+    shape,
+    steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    *,
+    order: int = 3,
+    **pilot_options,
+) -> Tensor:
+    """A (steps + 1,) float64 decreasing grid, sigma_max ... sigma_min, 0, fitted to ``denoiser``.
+
+    Args:
+        denoiser: canonical D(x_hat, sigma), sigma a (batch,) tensor (a :class:`diffusionlens.Denoiser` works).
+        shape: the shape of one sample (without the batch dimension).
+        steps: number of grid intervals (as for the Karras grid: ``steps`` positive levels, then 0).
+        sigma_min, sigma_max: the ends of the positive part of the grid.
+        order: order p of the sampler the grid is for (:data:`ORDER`); density exponent 3 / (p + 1).
+        **pilot_options: ``pilot`` (64), ``tol`` (1e-3), ``generator``, ``device``, ``dtype``, ``cells``
+            of :func:`error_density`. For grids of several lengths, call :func:`error_density` once and
+            its ``.grid(steps, order)`` for each.
+    """
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (isinstance(order, int) and order >= 1):
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    if steps == 1:
+        return torch.tensor([sigma_max, 0.0], dtype=torch.float64)
+    return error_density(denoiser, shape, sigma_min, sigma_max, **pilot_options).grid(steps, order)
