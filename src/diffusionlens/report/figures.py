@@ -110,15 +110,16 @@ def loss_curve(metrics_path, path) -> Path:
 
 
 def quality_vs_nfe(curves: dict[str, list[tuple[float, float]]], path, *, metric: str, floor: float | None = None,
-                   floor_std: float | None = None) -> Path:
-    """One line per sampler: metric against NFE (log x), with the exact-sample floor as a band."""
+                   floor_std: float | None = None, floor_label: str = "floor (exact vs exact)") -> Path:
+    """One line per sampler: metric against NFE (log x), with the metric's floor (real against real
+    data) as a dashed line and, given ``floor_std``, a band."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, pts in curves.items():
         pts = sorted(pts)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     if floor is not None:
-        ax.axhline(floor, color="k", ls="--", lw=1, label="floor (exact vs exact)")
+        ax.axhline(floor, color="k", ls="--", lw=1, label=floor_label)
         if floor_std:
             ax.axhspan(floor - floor_std, floor + floor_std, color="k", alpha=0.08)
     ax.set_xscale("log", base=2)

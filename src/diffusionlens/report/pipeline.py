@@ -310,13 +310,15 @@ def write_report(run_dir, *, progress: bool = True) -> Path:
         m = ev["metrics"]
         if "fd" in m:
             floor, std, name = m["fd_floor"], None, "Fréchet distance (classifier features)"
+            label, between = "floor (train vs test split)", "the training and the test split (real against real)"
         else:
             floor, std, name = m["sw2_floor"]["mean"], m["sw2_floor"]["std"], "sliced W2"
+            label, between = "floor (exact vs exact)", "two sets of exact samples"
         figures.quality_vs_nfe(ev["quality_vs_nfe"], run_dir / "fig_quality_vs_nfe.png", metric=name, floor=floor,
-                               floor_std=std)
+                               floor_std=std, floor_label=label)
         figs.append(("fig_quality_vs_nfe.png", "Sample quality against the number of denoiser evaluations for "
                      "several samplers (same initial noise, same metric); the dashed line is the metric between "
-                     "exact samples, below which no model can be told apart from the data."))
+                     f"{between}, below which no model can be told apart from the data."))
     g = torch.Generator().manual_seed(0)
     k = 6 if test.is_image else 1000
     gm = true_density(cfg.dataset)
