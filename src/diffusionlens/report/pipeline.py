@@ -354,7 +354,8 @@ th{{font-weight:600;color:#444}}figure{{margin:2em 0}}img{{max-width:100%}}figca
 code{{background:#f4f4f4;padding:1px 4px}}</style></head><body>
 <h1>diffusionlens report — <code>{html.escape(run_dir.name)}</code></h1>
 <p>One denoiser D(x_t/s, σ) ≈ E[x0|x_t], trained once and read through several perspectives. Metrics are shown
-next to their <em>noise floor</em>: the same metric between independent exact samples of the same sizes.</p>
+next to their <em>noise floor</em>: the same metric between two independent sets of real data of the same sizes
+(exact samples for oracle and toy data, the training against the test split for images).</p>
 <table>{rows}</table>
 {body}
 <p style="color:#777;font-size:.85em">Numbers: <code>evaluation.json</code>; configuration: <code>config.json</code>;
