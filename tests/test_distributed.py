@@ -1,8 +1,10 @@
-"""DistributedDataParallel: 2 gloo ranks on localhost reproduce the single-process run with the
-same global batch, and only rank 0 writes."""
+"""Distributed runs on 2 gloo ranks on localhost: DistributedDataParallel training reproduces the
+single-process run with the same global batch (only rank 0 writes), and dataset-scale likelihood
+evaluation with uneven shards finishes and merges to the single-process statistics."""
 
 import os
 import socket
+import time
 
 import torch
 import torch.multiprocessing as mp
@@ -46,3 +48,52 @@ def test_two_ranks_equal_one_process(tmp_path):
     lb = [json.loads(line)["loss"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert len(la) == len(lb) and all(abs(x - y) < 1e-4 * abs(x) for x, y in zip(la, lb))
     assert single.step == 12
+
+
+# ------------------------------------------------------------------ dataset-scale likelihood under torchrun
+
+
+def _ll_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from diffusionlens.likelihood import evaluate, log_likelihood
+    from diffusionlens.oracle import ring
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        gm = ring()
+        x = gm.sample(12, torch.Generator().manual_seed(5))
+        shard = x[:9] if rank == 0 else x[9:]  # 3 batches on rank 0, 1 on rank 1; different step counts
+        s = evaluate(lambda b: log_likelihood(gm, b, sigma_min=0.002, sigma_max=80.0, rtol=1e-4, atol=1e-4),
+                     shard, batch_size=3, progress=False)
+        torch.save({"n": s.n, "mean": s.mean, "stderr": s.stderr}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_likelihood_streaming_does_not_hang_with_uneven_ranks(tmp_path):
+    """Two gloo ranks with different numbers of batches (and so different adaptive step counts) finish,
+    and both report the mean and standard error of the whole dataset, as one process computes them:
+    the solver loop holds no collective; one all-reduce follows the last batch."""
+    from diffusionlens.likelihood import evaluate, log_likelihood
+    from diffusionlens.oracle import ring
+
+    ctx = mp.start_processes(_ll_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn",
+                             join=False)
+    limit = 240.0
+    deadline = time.monotonic() + limit
+    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):  # True once every rank has exited
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError(f"distributed likelihood evaluation did not finish within {limit} s")
+    torch.set_num_threads(1)
+    gm = ring()
+    x = gm.sample(12, torch.Generator().manual_seed(5))
+    ref = evaluate(lambda b: log_likelihood(gm, b, sigma_min=0.002, sigma_max=80.0, rtol=1e-4, atol=1e-4), x,
+                   batch_size=3, progress=False)
+    for rank in range(2):
+        r = torch.load(tmp_path / f"rank{rank}.pt")
+        assert r["n"] == 12
+        assert abs(r["mean"] - ref.mean) < 1e-9 * abs(ref.mean) + 1e-12, (rank, r, ref.mean)
+        assert abs(r["stderr"] - ref.stderr) < 1e-9 * ref.stderr, (rank, r, ref.stderr)
