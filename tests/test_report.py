@@ -103,6 +103,30 @@ def test_generate_is_seeded_and_labels(digits_run):
         generate(den, cfg, 0)
 
 
+def test_generate_with_a_fitted_grid_on_a_conditional_model(digits_run, monkeypatch):
+    """The pilot of a conditional model runs one class at a time (the adaptive solver calls the denoiser
+    on subsets of its batch, so labels cannot be bound by position); the pilot is not in the NFE."""
+    from diffusionlens.guidance import ClassifierFree
+
+    den, cfg = load_denoiser(digits_run)
+    call = ClassifierFree.__call__
+    pilot_labels = []
+
+    def spy(self, x, sigma, y=None, **kw):
+        if x.shape[0] != 12:  # pilot batches (8 per class) and their subsets; the samples come in 12
+            pilot_labels.append(torch.unique(y).tolist())
+        return call(self, x, sigma, y=y, **kw)
+
+    monkeypatch.setattr(ClassifierFree, "__call__", spy)
+    x, y, nfe = generate(den, cfg, 12, sampler="deis", steps=4, grid="fitted", guidance=1.5)
+    assert x.shape == (12, 1, 8, 8) and bool(torch.isfinite(x).all()) and nfe == 4
+    assert pilot_labels and all(len(u) == 1 for u in pilot_labels)
+    assert {u[0] for u in pilot_labels} == set(range(10))
+    pilot_labels.clear()
+    generate(den, cfg, 12, sampler="deis", steps=4, grid="fitted", label=3)
+    assert pilot_labels and all(u == [3] for u in pilot_labels)
+
+
 # ----------------------------------------------------------------------------- evaluate_run and write_report
 
 

@@ -57,7 +57,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     """
     from ..data import load_dataset
     from ..guidance import ClassifierFree
-    from ..samplers import ORDER, fitted_grid, sample
+    from ..samplers import ORDER, ErrorDensity, error_density, sample
 
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
@@ -71,12 +71,19 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     guided = ClassifierFree(denoiser, guidance) if cfg.conditional else None
     out, nfe = [], 0.0
     dev = next(denoiser.parameters()).device if hasattr(denoiser, "parameters") else torch.device("cpu")
-    if grid == "fitted":  # one pilot for all batches (classes cycling, as in the samples)
-        pilot_den = denoiser
-        if guided is not None:
-            def pilot_den(x, s):
-                return guided(x, s, y=torch.arange(x.shape[0], device=x.device) % data.num_classes)
-        grid = fitted_grid(pilot_den, shape, steps, smin, smax, order=ORDER.get(sampler, 3), device=dev)
+    if grid == "fitted" and sampler != "adaptive":  # one pilot for all batches
+        if guided is None:
+            dens = error_density(denoiser, shape, smin, smax, device=dev)
+        else:  # one pilot per class sampled (the solver calls the denoiser on subsets of the pilot batch)
+            classes = [int(label)] if label is not None else list(range(data.num_classes))
+            parts = []
+            for c in classes:
+                def den_c(x, s, _c=c):
+                    return guided(x, s, y=torch.full((x.shape[0],), _c, dtype=torch.long, device=x.device))
+                parts.append(error_density(den_c, shape, smin, smax, pilot=max(8, 64 // len(classes)), device=dev,
+                                           generator=torch.Generator().manual_seed(c)))
+            dens = ErrorDensity.average(parts)
+        grid = dens.grid(steps, ORDER.get(sampler, 3))
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
         noise = torch.randn((b,) + shape, generator=g).to(dev)

@@ -248,8 +248,10 @@ def sample(
             ``"time"`` (the model's process time),
             ``"timesteps"`` (a Discrete model's integer timesteps, with ``spacing``), ``"fitted"``
             (:func:`fitted_grid` for this sampler's order: a pilot solve of 64 samples, not counted
-            in the NFE; to sample many batches, call :func:`fitted_grid` once and pass its result),
-            or an explicit decreasing (steps + 1,) tensor ending at 0.
+            in the NFE, which calls ``denoiser`` on batches other than ``noise``'s — for conditioning
+            bound to a batch, build the grid with :func:`error_density` per condition; to sample many
+            batches, call :func:`fitted_grid` once and pass its result), or an explicit decreasing
+            (steps + 1,) tensor ending at 0.
         generator: torch.Generator (or (batch,) int64 per-sample seeds) for stochastic samplers.
         callback: called after every step with a dict (i, x, sigma, sigma_next, denoised).
         progress: show a tqdm progress bar.

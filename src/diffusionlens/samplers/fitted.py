@@ -13,15 +13,18 @@ intermediate sigma.
 a small pilot batch with the adaptive exponential Runge–Kutta 3(2) pair (:mod:`.adaptive`), whose
 embedded error estimate of an accepted step of length h is err = C_b h^3 for pilot sample b. So
 C_b^(1/3) = err^(1/3) / h is the step density that the pair would use for that sample at unit
-tolerance, and the fitted density for an order-p sampler is
+tolerance. C_b is the error constant of the pair's second-order estimate, not of the order-p sampler
+the grid is for; using it for every p (only the exponent changes) is the approximation that the
+variation of D which drives one drives the other. The fitted density for an order-p sampler is
 
     n(lambda)  proportional to  ( mean_b C_b(lambda)^(1/3) )^(3 / (p + 1))    ... (*)
 
 The mean is taken over the pilot's step densities rather than over the error constants C_b (which
 the equidistribution of a summed error would suggest) because C_b has sharp, sample-specific peaks
 where a trajectory crosses between mixture components; a grid shared by all samples cannot resolve
-those, and a mean of C_b spends steps on them (with DEIS at NFE 8-32 on six oracle mixtures it was
-the less accurate of the two at 21 of 24 points). Using the error estimate instead of the controller's step sizes keeps
+those, and a mean of C_b spends steps on them (in the exploration that chose the form, with DEIS at
+NFE 8-32 on six oracle mixtures, it was the less accurate of the two at most points; the committed
+benchmark runs only the chosen form). Using the error estimate instead of the controller's step sizes keeps
 the controller's start-up steps (chosen before any error was measured) out of the density.
 
 The grid places ``steps`` noise levels at equal quantiles of the integral of (*) from sigma_max to
@@ -42,6 +45,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .adaptive import solve_exp_rk32
@@ -62,8 +66,8 @@ ORDER: dict[str, int] = {
     "unipc": 4,
     "lms": 4,
 }
-"""Order used by :func:`fitted_grid` for each sampler (its local truncation error is O(h^(p+1));
-unlisted samplers use 3). UniPC is UniP-3 with the UniC corrector, order 4."""
+"""Order used for each sampler's fitted grid (its local truncation error is O(h^(p+1))) with the
+sampler's default options; unlisted samplers use 3. UniPC is UniP-3 with the UniC corrector, order 4."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class ErrorDensity:
     Attributes:
         sigma_min, sigma_max: the range the pilot covered.
         mesh: (cells + 1,) float64 cell edges in lambda = -log sigma, from -log sigma_max to -log sigma_min.
-        n: (cells,) float64 mean over the pilot samples of C_b^(1/3), C_b = err / h^3 of their accepted steps.
+        n: (cells,) float64 mean over the pilot samples of C_b^(1/3), C_b = err / h^3 of their accepted
+            steps, smoothed in lambda (see :func:`error_density`).
         pilot_nfe: denoiser evaluations per pilot sample (mean).
     """
 
@@ -91,7 +96,11 @@ class ErrorDensity:
             raise ValueError(f"order must be an integer >= 1, got {order!r}")
         if steps == 1:
             return torch.tensor([self.sigma_max, 0.0], dtype=torch.float64)
-        density = self.n.clamp_min(self.n.max() * 1e-12).pow(3.0 / (order + 1))  # (mean C^(1/3))^(3/(p+1))
+        top = float(self.n.max())
+        if not (math.isfinite(top) and top > 0):  # no measurable error anywhere (e.g. a constant denoiser)
+            density = torch.ones_like(self.n)  # -> uniform in log sigma, the log-SNR grid
+        else:
+            density = self.n.clamp_min(top * 1e-12).pow(3.0 / (order + 1))  # (mean C^(1/3))^(3/(p+1))
         cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(density, 0)])
         cum = cum / cum[-1]
         q = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -101,6 +110,39 @@ class ErrorDensity:
         sig = torch.exp(-lam)
         sig[0], sig[-1] = self.sigma_max, self.sigma_min
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+
+    @staticmethod
+    def average(parts: list[ErrorDensity]) -> ErrorDensity:
+        """The mean density of several pilots over the same range and cells (e.g. one pilot per class
+        of a conditional model)."""
+        if not parts:
+            raise ValueError("need at least one ErrorDensity to average")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.sigma_min, p.sigma_max) != (first.sigma_min, first.sigma_max) or not torch.equal(p.mesh, first.mesh):
+                raise ValueError("densities to average must share sigma_min, sigma_max and cells")
+        n = torch.stack([p.n for p in parts]).mean(0)
+        return ErrorDensity(first.sigma_min, first.sigma_max, first.mesh, n,
+                            sum(p.pilot_nfe for p in parts) / len(parts))
+
+
+def _smooth(n: Tensor, cell: float, width: float) -> Tensor:
+    """Gaussian smoothing of a cell density (std ``width`` in lambda), reflected at the ends."""
+    s = width / cell
+    if not s >= 0.5:
+        return n
+    half = min(int(4 * s) + 1, n.shape[0] - 1)
+    k = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=torch.float64) / s) ** 2)
+    padded = F.pad(n[None, None], (half, half), mode="reflect")
+    return F.conv1d(padded, (k / k.sum())[None, None])[0, 0]
+
+
+def _device_of(denoiser):
+    params = getattr(denoiser, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return None
 
 
 def error_density(
@@ -119,7 +161,16 @@ def error_density(
     """Solve the PF-ODE for ``pilot`` samples of shape ``shape`` with the adaptive exponential RK 3(2)
     pair at rtol = atol = ``tol`` and return the measured local-error density (see the module docstring).
 
-    generator: CPU generator of the pilot noise (default: seed 0); device, dtype: of the pilot batch;
+    The denoiser is called on the pilot batch and on subsets of it (the samples still running), so it
+    must not hold conditioning bound to another batch; for a conditional model, run one pilot per
+    condition and combine them with :meth:`ErrorDensity.average`.
+
+    The pilot's density is piecewise constant between its samples' step ends; it is smoothed with a
+    Gaussian in lambda whose width is the pilot's median step, the resolution at which it was measured
+    (a density with jumps would give grids whose step ratios jump, which costs multistep samplers order).
+
+    generator: CPU generator of the pilot noise (default: seed 0); device: of the pilot batch (default:
+    the denoiser's parameters' device, else CPU); dtype: of the pilot batch (at least float32);
     cells: resolution of the density in log sigma.
     """
     if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
@@ -129,6 +180,8 @@ def error_density(
     if not (0 < tol < 1):
         raise ValueError(f"tol must be in (0, 1), got {tol}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
+    device = device if device is not None else _device_of(denoiser)
+    dtype = torch.promote_types(dtype, torch.float32)  # half-precision error estimates are rounding noise
     noise = torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     trace: list = []
     with torch.no_grad():
@@ -143,6 +196,7 @@ def error_density(
     diff.index_add_(0, torch.searchsorted(mid, lam_a), w)
     diff.index_add_(0, torch.searchsorted(mid, lam_b), -w)
     n = torch.cumsum(diff, 0)[:cells].clamp_min(0.0) / pilot
+    n = _smooth(n, float(mesh[1] - mesh[0]), float((lam_b - lam_a).abs().median()))
     return ErrorDensity(sigma_min, sigma_max, mesh, n, float(nfe.double().mean()))
 
 
@@ -172,6 +226,8 @@ def fitted_grid(
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (isinstance(order, int) and order >= 1):
         raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if steps == 1:
         return torch.tensor([sigma_max, 0.0], dtype=torch.float64)
     return error_density(denoiser, shape, sigma_min, sigma_max, **pilot_options).grid(steps, order)
