@@ -281,3 +281,30 @@ def test_atomic_write_leaves_no_temporary_and_uses_the_umask(tmp_path):
     assert (tmp_path / "a.json").read_bytes() == b"{}"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_learning_rate_schedule_warmup_stable_cooldown(tmp_path):
+    cfg = _cfg(steps=100, warmup_steps=10, cooldown=0.4, lr=1e-3)
+    lr = [loop_mod.lr_at(cfg, s) for s in range(100)]
+    assert lr[0] == pytest.approx(1e-4) and lr[9] == pytest.approx(1e-3)  # (step + 1) / warmup
+    assert all(v == pytest.approx(1e-3) for v in lr[10:61])  # constant until 60 % of the budget
+    for s in range(60, 100):  # then linear to 0 over the last 40 %: lr (1 - s / steps) / 0.4
+        assert lr[s] == pytest.approx(1e-3 * (1 - s / 100) / 0.4)
+    assert lr[99] > 0
+    assert loop_mod.lr_at(cfg.replace(cooldown=0.0), 99) == pytest.approx(1e-3)
+    # a time budget: the fraction of the minutes spent drives the cool-down when it is ahead of the steps
+    assert loop_mod.lr_at(cfg, 20, progress=0.8) == pytest.approx(1e-3 * 0.2 / 0.4)
+    # the loop logs the rate it used: the last logged step of a step budget is in the cool-down
+    train(_cfg(steps=20, warmup_steps=2, log_every=5, ckpt_every=0), tmp_path / "r", progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in logged if "lr" in r][-1]
+    assert last["step"] == 20 and last["lr"] == pytest.approx(2e-3 * (1 - 19 / 20) / 0.4)
+
+
+def test_process_clock_budget_and_schedule_validation(tmp_path):
+    res = train(_cfg(steps=None, minutes=0.002, clock="process", ckpt_every=0), tmp_path / "p", progress=False)
+    assert res.stopped_by == "minutes" and res.step >= 1
+    for kw, msg in (({"cooldown": 1.0}, "cooldown must be in"), ({"cooldown": -0.1}, "cooldown"),
+                    ({"clock": "cpu"}, "clock must be 'wall' or 'process', got 'cpu'")):
+        with pytest.raises(ValueError, match=msg):
+            _cfg(**kw)

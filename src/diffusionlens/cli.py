@@ -183,7 +183,8 @@ def _is_main_rank() -> bool:
 TRAIN_FLAGS = {  # CLI flag -> TrainConfig field, for flags that override the config file
     "dataset": "dataset", "seed": "seed", "process": "process", "param": "param", "density": "density",
     "weighting": "weighting", "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps",
-    "ema": "ema", "label_dropout": "label_dropout", "log_every": "log_every", "ckpt_every": "ckpt_every",
+    "cooldown": "cooldown", "clock": "clock", "ema": "ema", "label_dropout": "label_dropout",
+    "log_every": "log_every", "ckpt_every": "ckpt_every",
     "n_train": "n_train",
 }
 
@@ -561,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--name", help="run name: the run directory is runs/<name> (default: the data set's name)")
     q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
     q.add_argument("--steps", type=_positive_int, help=f"step budget (default {D.steps} unless --minutes is given)")
-    q.add_argument("--minutes", type=_positive_float, help="wall-clock budget in minutes")
+    q.add_argument("--minutes", type=_positive_float, help="time budget in minutes (wall clock unless --clock process)")
+    q.add_argument("--clock", choices=["wall", "process"],
+                   help=f"what --minutes measures: wall time or this process's CPU time (default {D.clock})")
     q.add_argument("--process", choices=list(PROCESSES), help=f"noise process (default {D.process})")
     q.add_argument("--param", choices=[v.value for v in Param],
                    help=f"what the network predicts (default {D.param}; edm = preconditioned)")
@@ -573,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=_positive_float, help=f"AdamW learning rate (default {D.lr:g})")
     q.add_argument("--warmup-steps", type=_nonneg_int,
                    help=f"linear learning-rate warm-up steps (default {D.warmup_steps})")
+    q.add_argument("--cooldown", type=_nonneg_float,
+                   help=f"fraction of the budget at the end over which the learning rate falls linearly to 0 "
+                        f"(default {D.cooldown:g}; 0 = constant)")
     q.add_argument("--ema", choices=["power", "exp", "none"],
                    help=f"EMA of the weights (default {D.ema}; power = EDM2's)")
     q.add_argument("--conditional", action="store_true", help="class-conditional (digits, mnist) with label "

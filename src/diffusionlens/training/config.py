@@ -56,13 +56,18 @@ class TrainConfig:
     ``label_dropout`` (classifier-free guidance needs > 0).
 
     Optimisation: AdamW (``lr``, ``adam_betas``, ``weight_decay``), linear warm-up over
-    ``warmup_steps`` then constant, gradient-norm clipping at ``grad_clip`` (0 disables),
+    ``warmup_steps``, then constant, then a linear cool-down to 0 over the last ``cooldown`` fraction
+    of the budget (warmup-stable-decay; Hägele et al. 2024 find a linear cool-down matches a cosine
+    schedule without fixing the length in advance; 0 keeps the rate constant to the end), gradient-norm
+    clipping at ``grad_clip`` (0 disables),
     ``batch_size`` = the global batch (split across ranks). EMA of the weights: ``power`` (Karras
     et al. 2024, EDM2, relative std ``ema_std``), ``exp`` (decay ``ema_decay``, warmed up as
     min(decay, (1 + k) / (10 + k))) or ``none``.
 
-    Budget: ``steps`` and/or ``minutes`` of wall-clock (training stops at whichever comes first;
-    at least one must be set). ``log_every``, ``ckpt_every``, ``eval_every`` (0 = never) in steps.
+    Budget: ``steps`` and/or ``minutes`` (training stops at whichever comes first; at least one must
+    be set); ``clock`` says what ``minutes`` measures: ``wall`` time or the ``process``'s CPU time (for
+    machines shared with other jobs). The cool-down follows whichever budget is nearer its end.
+    ``log_every``, ``ckpt_every``, ``eval_every`` (0 = never) in steps.
     """
 
     dataset: str = "digits"
@@ -89,12 +94,14 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 200
+    cooldown: float = 0.4
     grad_clip: float = 1.0
     ema: str = "power"
     ema_std: float = 0.05
     ema_decay: float = 0.999
     steps: int | None = 4000
     minutes: float | None = None
+    clock: str = "wall"
     log_every: int = 25
     ckpt_every: int = 500
     eval_every: int = 0
@@ -132,6 +139,8 @@ class TrainConfig:
         need("adam_betas", len(self.adam_betas) == 2 and all(is_num(b) and 0 <= b < 1 for b in self.adam_betas),
              "two numbers in [0, 1)")
         need("warmup_steps", is_int(self.warmup_steps) and self.warmup_steps >= 0, "an integer >= 0")
+        need("cooldown", is_num(self.cooldown) and 0 <= self.cooldown < 1, "in [0, 1) (0 = constant rate)")
+        need("clock", self.clock in ("wall", "process"), "'wall' or 'process'")
         need("grad_clip", is_num(self.grad_clip) and self.grad_clip >= 0, ">= 0 (0 disables clipping)")
         need("label_dropout", is_num(self.label_dropout) and 0 <= self.label_dropout < 1, "in [0, 1)")
         need("ema_std", is_num(self.ema_std) and 0 < self.ema_std < 0.28, "in (0, 0.28) (EDM2's sigma_rel)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "teardown", "all_mean", "broadcast_flag"]
+__all__ = ["DistInfo", "setup", "teardown", "all_mean", "broadcast_float", "broadcast_flag"]
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,16 @@ def all_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return v / info.world
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's boolean, on every rank (used to stop all ranks together on a wall-clock budget)."""
+def broadcast_float(value: float, info: DistInfo) -> float:
+    """Rank 0's number, on every rank (the elapsed budget, so that all ranks stop together and use the
+    same learning rate)."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.broadcast(t, 0)
-    return bool(t.item())
+    return float(t.item())
+
+
+def broadcast_flag(flag: bool, info: DistInfo) -> bool:
+    """Rank 0's boolean, on every rank."""
+    return broadcast_float(1.0 if flag else 0.0, info) == 1.0

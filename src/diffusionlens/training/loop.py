@@ -10,8 +10,9 @@ of ints), the optimizer moments and step counts, the EMA and the weights, so res
 replays the remaining steps exactly: a run killed at any moment (even by SIGKILL, even while a
 checkpoint is being written) and resumed ends at the same weights as an uninterrupted run with the
 same seed. Steps after the last complete checkpoint are recomputed, and ``metrics.jsonl`` is cut
-back to that step on resume. A ``minutes`` budget counts the elapsed time of earlier sessions,
-so the step count at which it stops is, of course, not deterministic.
+back to that step on resume. A ``minutes`` budget counts the elapsed time of earlier sessions
+(wall or process CPU time, ``clock``), so the step count at which it stops, and the learning rate
+of its cool-down, are of course not deterministic; a ``steps`` budget is.
 
 Distributed: see :mod:`diffusionlens.training` for torchrun usage. Every rank draws the global
 batch's indices, noise levels, noise and label drops and keeps its contiguous slice; DDP averages
@@ -23,6 +24,7 @@ Run directory (written by rank 0)::
     run_dir/config.json          the resolved TrainConfig (sigma_data and net filled in)
     run_dir/metrics.jsonl        {"step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s"} per
                                  logged step; {"step", "eval": {...}, "elapsed_s"} per evaluation
+                                 (elapsed_s on the budget's clock)
     run_dir/checkpoints/         step-XXXXXXXX.safetensors + .json (see checkpoint.py)
     run_dir/result.json          written when training finishes (TrainResult)
 
@@ -48,7 +50,7 @@ from ..model import Denoiser
 from ..nets import build_net, count_params
 from .checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, prune, save_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, default_net, make_loss, make_process
-from .distributed import DistInfo, all_mean, broadcast_flag, setup, teardown
+from .distributed import DistInfo, all_mean, broadcast_flag, broadcast_float, setup, teardown
 from .ema import ema_beta, update_ema
 
 __all__ = ["TrainResult", "TrainState", "train", "load_denoiser", "lr_at"]
@@ -84,11 +86,18 @@ class TrainState:
         return Denoiser(self.ema if ema else self.net, make_process(cfg.process), cfg.param, sigma_data=cfg.sigma_data)
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of update ``step`` (0-based): linear warm-up, then constant."""
-    if cfg.warmup_steps == 0:
-        return cfg.lr
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+def lr_at(cfg: TrainConfig, step: int, progress: float | None = None) -> float:
+    """Learning rate of update ``step`` (0-based): linear warm-up over ``warmup_steps``, constant, and a
+    linear cool-down to 0 over the last ``cooldown`` fraction of the budget.
+
+    ``progress`` is the fraction of the budget spent before this update (default: ``step / steps``;
+    the loop passes the larger of that and the fraction of ``minutes`` spent).
+    """
+    if progress is None:
+        progress = step / cfg.steps if cfg.steps is not None else 0.0
+    warm = 1.0 if cfg.warmup_steps == 0 else min(1.0, (step + 1) / cfg.warmup_steps)
+    cool = 1.0 if cfg.cooldown == 0 else min(1.0, max(0.0, (1.0 - progress) / cfg.cooldown))
+    return cfg.lr * warm * cool
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -311,15 +320,20 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
         step, last_ckpt = start, (ckpt if ckpt is not None else None)
         win_loss, win_n, win_time, last_loss, last_ips = 0.0, 0, 0.0, math.nan, math.nan
         stopped_by = "steps"
-        t_session = time.perf_counter()
+        clock = time.perf_counter if cfg.clock == "wall" else time.process_time
+        t_session = clock()
         elapsed0 = elapsed
         stop_requested = False
         while step < total:
-            if cfg.minutes is not None and broadcast_flag(elapsed >= budget, info):
-                stopped_by = "minutes"
-                break
+            progress = step / total
+            if cfg.minutes is not None:
+                spent = broadcast_float(elapsed, info)  # rank 0's clock: all ranks stop and anneal together
+                if spent >= budget:
+                    stopped_by = "minutes"
+                    break
+                progress = max(progress, spent / budget)
             t0 = time.perf_counter()
-            lr = lr_at(cfg, step)
+            lr = lr_at(cfg, step, progress)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = order.indices(step, B).to(dev)
@@ -351,7 +365,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
             win_loss += float(loss.detach())
             win_n += 1
             win_time += time.perf_counter() - t0
-            elapsed = elapsed0 + time.perf_counter() - t_session
+            elapsed = elapsed0 + clock() - t_session
 
             if step % cfg.log_every == 0 or step == total:
                 mean_loss = float(all_mean(torch.tensor(win_loss / win_n, device=dev), info))
