@@ -27,6 +27,8 @@ from diffusionlens.report.pipeline import generate
 from diffusionlens.samplers import DEFAULT_SAMPLER
 from diffusionlens.training import TrainConfig, load_denoiser, train
 
+from ._write import write_results
+
 
 def run_one(steps: int, cooldown: float) -> dict:
     torch.set_num_threads(1)
@@ -80,9 +82,8 @@ def main():
         a, b = r["fd"]
         L.append(f"| {r['steps']} | {r['cooldown']:g} | {a:.3f} | {b:.3f} | {(a + b) / 2:.3f} |")
     L.append("")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(L))
-    print(Path(args.out).read_text())
+    write_results(args.out, "\n".join(L))
+    print("\n".join(L))
 
 
 if __name__ == "__main__":

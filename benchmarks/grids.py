@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from diffusionlens.evaluate import evaluate_samples
 from diffusionlens.report.pipeline import generate
 from diffusionlens.training import load_denoiser
+
+from ._write import write_results
 
 
 def main():
@@ -67,9 +68,8 @@ def main():
     for s, n, a, b, f in rows:
         L.append(f"| {s} | {n} | {a:.3f} | {b:.3f} | {f:.3f} | {f / a:.2f} |")
     L.append("")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(L))
-    print(Path(args.out).read_text())
+    write_results(args.out, "\n".join(L))
+    print("\n".join(L))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import math
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ from scipy.integrate import solve_ivp
 from diffusionlens.likelihood import log_likelihood, prior_gap
 from diffusionlens.oracle import random_mixture, standard_cases
 
+from ._write import write_results
 from .peers import k_sampling
 
 SMIN, SMAX = 0.002, 80.0
@@ -242,8 +242,7 @@ def main(argv=None):
     if args.repeats != 3 and not args.quick:
         command += f" --repeats {args.repeats}"
     md = to_markdown(rows, command, batch, repeats)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(md)
+    write_results(args.out, md)
     print(md)
 
 

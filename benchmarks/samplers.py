@@ -22,6 +22,7 @@ from diffusionlens.oracle import random_mixture, standard_cases
 from diffusionlens.processes import Discrete, karras_grid, logsnr_grid
 from diffusionlens.samplers import ORDER, SAMPLERS, Counted, error_density, sample
 
+from ._write import write_results
 from .peers import k_sampling
 
 NFES = [4, 5, 6, 8, 10, 12, 16, 24, 32]
@@ -62,17 +63,14 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 _DENSITY: dict = {}
 
 
-def _key(gm) -> tuple:
-    return gm.dim, gm.n_components, float(gm._means.sum()), float(gm._evals.sum())
-
-
 def pilot_density(gm):
     """The fitted grids' pilot (64 samples, tol 1e-3) on noise independent of the evaluation noise
-    (seed 1; the evaluation uses seed 0), once per mixture."""
-    if _key(gm) not in _DENSITY:
-        _DENSITY[_key(gm)] = error_density(gm, (gm.dim,), generator=torch.Generator().manual_seed(1),
-                                           dtype=torch.float64)
-    return _DENSITY[_key(gm)]
+    (seed 1; the evaluation uses seed 0), once per mixture object (kept alive beside its density, so
+    its id is not reused)."""
+    if id(gm) not in _DENSITY:
+        _DENSITY[id(gm)] = (gm, error_density(gm, (gm.dim,), generator=torch.Generator().manual_seed(1),
+                                              dtype=torch.float64))
+    return _DENSITY[id(gm)][1]
 
 
 def ours(name: str, grid: str, **opts):
@@ -396,12 +394,11 @@ def write_report(path: Path, cmd: str, rm: dict, dist: dict, ada: dict, ovh: dic
             peer = min(k[0], d[0]) if math.isfinite(min(k[0], d[0])) else float("nan")
             L.append(f"| {nfe} | {fmt(o[0])} {o[1]} | {fmt(k[0])} {k[1]} | {fmt(d[0])} {d[1]} | {o[0] / peer:.2f} |")
         L.append("")
-    if _DENSITY:
+    if extra and extra.get("pilot_nfe"):
         L += ["`[fitted]`: the grid of `diffusionlens.samplers.fitted_grid`, cut from one pilot solve per mixture",
               "(64 samples of independent noise, adaptive exponential RK 3(2) at tol 1e-3, once for all NFE); its",
               "evaluations are not in the NFE columns. Pilot NFE per pilot sample: "
-              + ", ".join(f"{c} {_DENSITY[_key(g)].pilot_nfe:.0f}" for c, g in standard_cases().items()
-                          if _key(g) in _DENSITY) + ".", ""]
+              + ", ".join(f"{c} {v:.0f}" for c, v in extra["pilot_nfe"].items()) + ".", ""]
     L += ["### All configurations (RMSE; NFE actually used in the column header budget)", ""]
     for case, res in rm.items():
         L += [f"<details><summary>{case}</summary>", "", "| config | " + " | ".join(map(str, NFES)) + " |",
@@ -448,8 +445,7 @@ def write_report(path: Path, cmd: str, rm: dict, dist: dict, ada: dict, ovh: dic
     for name, v in ovh.items():
         L.append(f"| {name} | {v * 1e3:.3f} |")
     L.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(L))
+    write_results(path, "\n".join(L))
 
 
 def default_check(n: int):
@@ -515,6 +511,7 @@ def main():
     rm = metric_rmse(cases, n, NFES)
     extra = default_check(n)
     extra["same_grid"] = same_grid(rm, cases, n)
+    extra["pilot_nfe"] = {case: pilot_density(gm).pilot_nfe for case, gm in cases.items()}
     dist = metric_distribution(cases, 300 if args.quick else 1000, [8, 16, 32])
     ada = metric_adaptive(cases, n, [1e-2, 3e-3, 1e-3, 1e-4])
     ovh = metric_overhead(repeats=3 if args.quick else 7)

@@ -58,6 +58,8 @@ from diffusionlens.processes import Discrete
 from diffusionlens.samplers import DEFAULT_SAMPLER, sample
 from diffusionlens.training import TrainConfig, load_denoiser, train
 
+from ._write import write_results
+
 # diffusers' train_unconditional.py argument defaults (see the module docstring and benchmarks/training.md)
 PEER = {"lr": 1e-4, "warmup_steps": 500, "adam_betas": (0.95, 0.999), "weight_decay": 1e-6, "adam_eps": 1e-8,
         "batch_size": 16, "grad_clip": 1.0, "ema_max_decay": 0.9999, "ema_inv_gamma": 1.0, "ema_power": 0.75,
@@ -289,8 +291,7 @@ def write_report(path: Path, args, snaps: list[Snapshot], infos: dict, floor: fl
               "`DDIMScheduler` (leading timesteps, eta 0), both from the DDPMScheduler config as their pipelines "
               "do; the diffusers model under `" + ours_s[0] + "` runs through `from_timestep_model` on its own "
               "sigma range.", "", "See `benchmarks/training.md` for the method and the reading."]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_results(path, "\n".join(lines) + "\n")
 
 
 def _log(msg):
@@ -399,9 +400,9 @@ def main(argv=None) -> None:
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clf_acc": clf.test_accuracy}
     write_report(args.out, args, snaps, infos, floor, samplers, env, time.perf_counter() - t_start)
     raw = [{k: v for k, v in s.__dict__.items() if k != "model"} for s in snaps]
-    args.out.with_suffix(".json").write_text(json.dumps({"floor": floor, "runs": raw, "infos": infos,
-                                                         "args": {k: (str(v) if isinstance(v, Path) else v)
-                                                                  for k, v in vars(args).items()}}, indent=1))
+    write_results(args.out.with_suffix(".json"), json.dumps({"floor": floor, "runs": raw, "infos": infos,
+                                                             "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                                      for k, v in vars(args).items()}}, indent=1))
     _log(f"wrote {args.out}")
 
 

@@ -62,3 +62,13 @@ def check_unit_interval(t: Tensor, name: str = "t") -> None:
     bad = ~((t >= 0) & (t <= 1))
     if bool(bad.any()):
         raise ValueError(f"{name} must lie in [0, 1], got {t[bad].flatten()[0].item()}")
+
+
+def device_of(module) -> torch.device:
+    """Where a denoiser's (or any module's) parameters live; CPU for parameter-free callables such as
+    an oracle."""
+    params = getattr(module, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")

@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from ._util import device_of
+
 __all__ = [
     "frechet_distance",
     "gaussian_stats",
@@ -79,15 +81,6 @@ def _flat(x: Tensor, name: str = "x") -> Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains a non-finite value")
     return x
-
-
-def _device_of(denoiser) -> torch.device:
-    """Where a denoiser's parameters live (CPU for parameter-free callables such as an oracle)."""
-    params = getattr(denoiser, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
@@ -385,7 +378,7 @@ def expectation_gap(denoiser, oracle, x0: Tensor, *, sigmas=None, generator: tor
     """
     x0 = x0.detach().cpu().to(torch.float64)
     _flat(x0, "x0")
-    dev = _device_of(denoiser)
+    dev = device_of(denoiser)
     if sigmas is None:
         sigmas = torch.logspace(-2, 1, 13, dtype=torch.float64).tolist()
     sigmas = [float(s) for s in sigmas]
@@ -436,7 +429,7 @@ def dataset_bits_per_dim(denoiser, x: Tensor, *, levels: int, sigma_min: float =
                          f"(bits/dim is defined for discrete data)")
     k = k.long().reshape(x.shape)
     dim = x[0].numel()
-    dev = _device_of(denoiser)
+    dev = device_of(denoiser)
 
     def per_batch(kb: Tensor) -> Tensor:
         xd = dequantize(kb, generator, levels=levels)

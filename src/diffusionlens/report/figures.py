@@ -141,10 +141,10 @@ def denoising_figure(denoiser, x0: Tensor, sigmas: list[float], path, *, generat
     Points: per sigma a panel with the noisy points, the model's estimates and (if ``exact`` is an
     oracle) the exact posterior means.
     """
-    from ..evaluate import _device_of
+    from .._util import device_of
 
     plt = _plt()
-    dev = _device_of(denoiser)
+    dev = device_of(denoiser)
     x0 = x0.float().cpu()
     noise = torch.randn(x0.shape, generator=generator)
     if x0.ndim == 4:

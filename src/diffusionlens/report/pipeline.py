@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._util import device_of
 from ..samplers import DEFAULT_SAMPLER
 from ..training.checkpoint import atomic_write
 
@@ -70,7 +71,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
         labels = torch.full((n,), int(label)) if label is not None else torch.arange(n) % data.num_classes
     guided = ClassifierFree(denoiser, guidance) if cfg.conditional else None
     out, nfe = [], 0.0
-    dev = next(denoiser.parameters()).device if hasattr(denoiser, "parameters") else torch.device("cpu")
+    dev = device_of(denoiser)
     if grid == "fitted" and sampler != "adaptive":  # one pilot for all batches
         if guided is None:
             dens = error_density(denoiser, shape, smin, smax, device=dev)
@@ -125,7 +126,7 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = DEFAUL
     from safetensors.torch import save_file
 
     from ..data import load_dataset
-    from ..evaluate import _device_of, dataset_bits_per_dim, expectation_gap, headline_scorer, true_density
+    from ..evaluate import dataset_bits_per_dim, expectation_gap, headline_scorer, true_density
     from ..samplers import SAMPLERS
     from ..training import load_denoiser
 
@@ -180,7 +181,7 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = DEFAUL
         from ..likelihood import log_likelihood
 
         xt = test.x[:bpd_n]
-        ll = log_likelihood(den, xt.to(_device_of(den)), sigma_min=smin, sigma_max=smax, generator=gen, rtol=1e-4,
+        ll = log_likelihood(den, xt.to(device_of(den)), sigma_min=smin, sigma_max=smax, generator=gen, rtol=1e-4,
                             atol=1e-4, divergence="exact" if xt[0].numel() <= 16 else "hutchinson").cpu().double()
         rec = {"mean": float(ll.mean()), "stderr": float(ll.std() / math.sqrt(len(ll))), "n": len(ll),
                "sigma_min": smin}

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._util import device_of
 from .adaptive import solve_exp_rk32
 
 __all__ = ["ErrorDensity", "ORDER", "error_density", "fitted_grid"]
@@ -70,6 +71,20 @@ ORDER: dict[str, int] = {
 sampler's default options; unlisted samplers use 3. UniPC is UniP-3 with the UniC corrector, order 4."""
 
 
+def _one_step(steps: int, order: int) -> bool:
+    """Validate a grid request; True when it is the one-step grid (sigma_max, 0), which needs no pilot."""
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (isinstance(order, int) and order >= 1):
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    return steps == 1
+
+
+def _check_range(sigma_min: float, sigma_max: float) -> None:
+    if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
 @dataclass(frozen=True)
 class ErrorDensity:
     """The local-error density measured by a pilot solve, from which grids of any length are cut.
@@ -90,11 +105,7 @@ class ErrorDensity:
 
     def grid(self, steps: int, order: int = 3) -> Tensor:
         """(steps + 1,) float64 decreasing grid sigma_max ... sigma_min, 0 for a sampler of order ``order``."""
-        if not (isinstance(steps, int) and steps >= 1):
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if not (isinstance(order, int) and order >= 1):
-            raise ValueError(f"order must be an integer >= 1, got {order!r}")
-        if steps == 1:
+        if _one_step(steps, order):
             return torch.tensor([self.sigma_max, 0.0], dtype=torch.float64)
         top = float(self.n.max())
         if not (math.isfinite(top) and top > 0):  # no measurable error anywhere (e.g. a constant denoiser)
@@ -137,14 +148,6 @@ def _smooth(n: Tensor, cell: float, width: float) -> Tensor:
     return F.conv1d(padded, (k / k.sum())[None, None])[0, 0]
 
 
-def _device_of(denoiser):
-    params = getattr(denoiser, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return None
-
-
 def error_density(
     denoiser,
     shape,
@@ -173,14 +176,13 @@ def error_density(
     the denoiser's parameters' device, else CPU); dtype: of the pilot batch (at least float32);
     cells: resolution of the density in log sigma.
     """
-    if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    _check_range(sigma_min, sigma_max)
     if not (isinstance(pilot, int) and pilot >= 1):
         raise ValueError(f"pilot must be an integer >= 1, got {pilot!r}")
     if not (0 < tol < 1):
         raise ValueError(f"tol must be in (0, 1), got {tol}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    device = device if device is not None else _device_of(denoiser)
+    device = device if device is not None else device_of(denoiser)
     dtype = torch.promote_types(dtype, torch.float32)  # half-precision error estimates are rounding noise
     noise = torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     trace: list = []
@@ -222,12 +224,7 @@ def fitted_grid(
             of :func:`error_density`. For grids of several lengths, call :func:`error_density` once and
             its ``.grid(steps, order)`` for each.
     """
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not (isinstance(order, int) and order >= 1):
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
-    if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if steps == 1:
+    _check_range(sigma_min, sigma_max)
+    if _one_step(steps, order):
         return torch.tensor([sigma_max, 0.0], dtype=torch.float64)
     return error_density(denoiser, shape, sigma_min, sigma_max, **pilot_options).grid(steps, order)
