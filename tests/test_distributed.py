@@ -93,7 +93,7 @@ def test_likelihood_streaming_does_not_hang_with_uneven_ranks(tmp_path):
     ref = evaluate(lambda b: log_likelihood(gm, b, sigma_min=0.002, sigma_max=80.0, rtol=1e-4, atol=1e-4), x,
                    batch_size=3, progress=False)
     for rank in range(2):
-        r = torch.load(tmp_path / f"rank{rank}.pt")
+        r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert r["n"] == 12
         assert abs(r["mean"] - ref.mean) < 1e-9 * abs(ref.mean) + 1e-12, (rank, r, ref.mean)
         assert abs(r["stderr"] - ref.stderr) < 1e-9 * ref.stderr, (rank, r, ref.stderr)

@@ -597,6 +597,7 @@ def test_noise_is_identical_on_cpu_and_cuda():
     seeds = NoiseStream.make(torch.Generator().manual_seed(0), torch.empty(64, 3)).seeds
     like = torch.empty(64, 3, 16, 16)
     cpu = NoiseStream(seeds).normal(5, like, sub=2)
-    gpu = NoiseStream(seeds.cuda()).normal(5, like.cuda(), sub=2).cpu()
+    dev = torch.device("cuda")
+    gpu = NoiseStream(seeds.to(dev)).normal(5, like.to(dev), sub=2).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-6)
     assert (gpu == cpu).float().mean().item() > 0.999

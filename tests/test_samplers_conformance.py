@@ -4,13 +4,15 @@ diffusers' schedulers run in a VP model's own coordinates (x_t = alpha x_hat, al
 sigma^2)) with an eps-prediction model and their timestep convention; the oracle is wrapped as such
 a model, and the scheduler's own sigma table (from ``Discrete()``'s betas) is handed to our
 sampler. k-diffusion's samplers take the canonical denoiser directly. Both libraries are test-only
-dependencies; the tests skip without them. Tolerances: k-diffusion computes in the data's float64
+dependencies, installed by the README's test command (``scripts/test.sh``: ``setup.sh --test --peers``);
+without them these tests fail rather than pass silently. Tolerances: k-diffusion computes in the data's float64
 (1e-10); diffusers keeps its alpha-bar table and several step coefficients in float32, so its result
 carries float32 rounding (relative 1e-6 per coefficient, amplified mildly over ~10 steps: 1e-4).
 """
 
 import math
 
+import diffusers
 import pytest
 import torch
 
@@ -18,17 +20,13 @@ from diffusionlens.oracle import random_mixture, ring
 from diffusionlens.processes import Discrete, timestep_grid
 from diffusionlens.samplers import ddim, deis, dpmpp_2m, dpmpp_3m, euler, heun, lms, lms_coefficients_log, unipc
 
-diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _k():
     from benchmarks.peers import k_sampling
 
-    try:
-        return k_sampling()
-    except ImportError:
-        pytest.skip("k-diffusion not installed")
+    return k_sampling()
 
 
 def _noise(gm, n=64, seed=0):
