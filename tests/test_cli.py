@@ -114,6 +114,15 @@ def test_sample_prints_nfe_and_writes_files(in_toy, capsys):
     assert (in_toy / "runs/toy/samples-heun-4.png").stat().st_size > 1000
 
 
+def test_sample_on_the_fitted_stop_grid(in_toy, capsys):
+    rc, out, err = run_cli(["sample", "toy", "--sampler", "deis", "--steps", "5", "--grid", "fitted-stop", "--n", "20",
+                            "--quiet", "--device", "cpu", "--out", "stop"], capsys)
+    assert rc == 0, err
+    assert "NFE 5 per sample" in out  # the pilot and the stop search are not the samples' evaluations
+    x = load_file(str(in_toy / "stop.safetensors"))["x"]
+    assert x.shape == (20, 2) and bool(torch.isfinite(x).all())
+
+
 def test_evaluate_report_likelihood_encode(in_toy, capsys):
     rc, out, err = run_cli(["evaluate", "toy", "--n", "300", "--steps", "4", "--samplers", "euler,dpmpp_2m",
                             "--nfe", "2,4", "--bpd-n", "8", "--quiet", "--device", "cpu"], capsys)

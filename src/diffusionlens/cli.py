@@ -611,10 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=samplers, metavar="NAME",
                    help=f"sampler (default {DEFAULT_SAMPLER}; list below)")
     q.add_argument("--steps", type=_positive_int, default=16, help="grid intervals (default 16)")
-    q.add_argument("--grid", default=None, choices=["logsnr", "karras", "time", "fitted"],
+    q.add_argument("--grid", default=None, choices=["logsnr", "karras", "time", "fitted", "fitted-stop"],
                    help="noise-level grid: logsnr (uniform in log sigma), karras (rho = 7), time (uniform in the "
-                        "process time) or fitted (steps placed where a pilot solve of 64 samples measures the "
-                        "error; see diffusionlens.samplers.fitted_grid); default: the sampler's recommended grid")
+                        "process time), fitted (steps placed where a pilot solve of 64 samples measures the "
+                        "error; see diffusionlens.samplers.fitted_grid) or fitted-stop (the fitted grid ending at "
+                        "the last noise level that brings this sampler closest to the pilot's exact-flow end "
+                        "points; unconditional runs; see diffusionlens.samplers.stop_grid); default: the "
+                        "sampler's recommended grid")
     q.add_argument("--n", type=_positive_int, default=100, help="number of samples (default 100)")
     q.add_argument("--guidance", type=_nonneg_float, default=1.0,
                    help="classifier-free guidance weight for conditional runs (1 = conditional, 0 = unconditional)")

@@ -58,7 +58,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     """
     from ..data import load_dataset
     from ..guidance import ClassifierFree
-    from ..samplers import ORDER, ErrorDensity, error_density, sample
+    from ..samplers import ORDER, ErrorDensity, error_density, sample, stop_grid
 
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
@@ -72,7 +72,10 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     guided = ClassifierFree(denoiser, guidance) if cfg.conditional else None
     out, nfe = [], 0.0
     dev = device_of(denoiser)
-    if grid == "fitted" and sampler != "adaptive":  # one pilot for all batches
+    if grid == "fitted-stop" and guided is not None:
+        raise ValueError("grid 'fitted-stop' needs one pilot for every sample, so it is not available for "
+                         "conditional runs; use grid 'fitted'")
+    if grid in ("fitted", "fitted-stop") and sampler != "adaptive":  # one pilot for all batches
         if guided is None:
             dens = error_density(denoiser, shape, smin, smax, device=dev)
         else:  # one pilot per class sampled (the solver calls the denoiser on subsets of the pilot batch)
@@ -84,7 +87,8 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
                 parts.append(error_density(den_c, shape, smin, smax, pilot=max(8, 64 // len(classes)), device=dev,
                                            generator=torch.Generator().manual_seed(c)))
             dens = ErrorDensity.average(parts)
-        grid = dens.grid(steps, ORDER.get(sampler, 3))
+        grid = (dens.grid(steps, ORDER.get(sampler, 3)) if grid == "fitted"
+                else stop_grid(denoiser, dens, sampler, steps))
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
         noise = torch.randn((b,) + shape, generator=g).to(dev)

@@ -49,7 +49,7 @@ from .adaptive import AdaptiveMethod, adaptive
 from .ddim import Variance, ddim, ddim_update, ddpm
 from .dpmpp import SecondOrder, dpmpp, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde, dpmpp_update
 from .euler import HeunForm, churn, euler, euler_update, heun, heun_update
-from .fitted import ORDER, ErrorDensity, error_density, fitted_grid
+from .fitted import ORDER, ErrorDensity, StopBase, error_density, fitted_grid, stop_candidates, stop_grid
 from .lms import Basis, deis, lms, lms_coefficients, lms_coefficients_log, lms_update
 from .sde import LangevinStep, em_update, euler_maruyama, langevin, langevin_update, pc
 from .unipc import unic_update, unip_update, unipc
@@ -66,6 +66,9 @@ __all__ = [
     "fitted_grid",
     "error_density",
     "ErrorDensity",
+    "stop_grid",
+    "stop_candidates",
+    "StopBase",
     "ORDER",
     "sample",
     "randn",
@@ -140,6 +143,7 @@ class Grid(str, enum.Enum):
     TIME = "time"  # uniform in the model's process time t (needs a Denoiser)
     TIMESTEPS = "timesteps"  # integer timesteps of a Discrete model (exact table entries)
     FITTED = "fitted"  # equidistributes the local error measured by a pilot solve (fitted_grid)
+    FITTED_STOP = "fitted-stop"  # the fitted grid, its last level chosen on the pilot for the sampler (stop_grid)
 
     @classmethod
     def parse(cls, value) -> Grid:
@@ -195,8 +199,8 @@ def make_grid(
 ) -> Tensor:
     """The (steps + 1,) float64 decreasing grid ending at 0 named by ``grid``."""
     grid = Grid.parse(grid)
-    if grid is Grid.FITTED:
-        raise ValueError("grid 'fitted' needs the denoiser: use fitted_grid(denoiser, shape, steps, ...)")
+    if grid in (Grid.FITTED, Grid.FITTED_STOP):
+        raise ValueError(f"grid {grid.value!r} needs the denoiser: use fitted_grid or stop_grid")
     if grid is Grid.KARRAS:
         return karras_grid(steps, sigma_min, sigma_max, rho)
     if grid is Grid.LOGSNR:
@@ -250,8 +254,10 @@ def sample(
             (:func:`fitted_grid` for this sampler's order: a pilot solve of 64 samples, not counted
             in the NFE, which calls ``denoiser`` on batches other than ``noise``'s — for conditioning
             bound to a batch, build the grid with :func:`error_density` per condition; to sample many
-            batches, call :func:`fitted_grid` once and pass its result), or an explicit decreasing
-            (steps + 1,) tensor ending at 0.
+            batches, call :func:`fitted_grid` once and pass its result), ``"fitted-stop"`` (the
+            fitted grid with its last positive level chosen by running this sampler on the pilot,
+            :func:`stop_grid`: about 19 more sampler runs on the pilot batch, not counted either), or
+            an explicit decreasing (steps + 1,) tensor ending at 0.
         generator: torch.Generator (or (batch,) int64 per-sample seeds) for stochastic samplers.
         callback: called after every step with a dict (i, x, sigma, sigma_next, denoised).
         progress: show a tqdm progress bar.
@@ -280,6 +286,10 @@ def sample(
         if g is Grid.FITTED and fn is not adaptive:
             sigmas = fitted_grid(denoiser, noise.shape[1:], steps, sigma_min, sigma_max, order=ORDER.get(name, 3),
                                  device=noise.device, dtype=noise.dtype)
+        elif g is Grid.FITTED_STOP and fn is not adaptive:
+            dens = error_density(denoiser, noise.shape[1:], sigma_min, sigma_max, device=noise.device,
+                                 dtype=noise.dtype)
+            sigmas = stop_grid(denoiser, dens, fn, steps, order=ORDER.get(name, 3), **options)
         elif fn is adaptive and g is not Grid.TIMESTEPS:
             # the adaptive solver chooses its own steps between the ends; `steps` does not apply
             sigmas = torch.tensor([sigma_max, sigma_min, 0.0], dtype=torch.float64)

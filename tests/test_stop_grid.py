@@ -1,0 +1,126 @@
+"""Where a grid stops: the last positive level chosen on the pilot (diffusionlens.samplers.stop_grid)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffusionlens.oracle import GaussianMixture, random_mixture
+from diffusionlens.processes import karras_grid, logsnr_grid
+from diffusionlens.samplers import (
+    ORDER,
+    SAMPLERS,
+    ErrorDensity,
+    error_density,
+    sample,
+    stop_candidates,
+    stop_grid,
+)
+from diffusionlens.samplers.adaptive import solve_exp_rk32
+
+
+def _gaussian(s: float, d: int = 4) -> GaussianMixture:
+    return GaussianMixture(torch.zeros(1, d, dtype=torch.float64), torch.full((1,), s**2, dtype=torch.float64),
+                           torch.ones(1, dtype=torch.float64))
+
+
+def test_candidates_and_grid_structure():
+    c = stop_candidates(0.002, 80.0)
+    assert c[0] == 0.002 and len(c) == 19 and c[-1] < 80.0
+    r = [b / a for a, b in zip(c, c[1:])]
+    assert max(r) / min(r) < 1 + 1e-12  # log-uniform
+    gm = random_mixture(4, 3, seed=5)
+    dens = error_density(gm, (4,), 0.01, 50.0, dtype=torch.float64)
+    assert dens.pilot_noise.shape == (64, 4) and dens.pilot_x0.shape == (64, 4)
+    # the pilot's reference is its own solve followed by the Tweedie step
+    x_end, _ = solve_exp_rk32(gm, dens.pilot_noise * 50.0, 50.0, 0.01, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(dens.pilot_x0, gm(x_end, 0.01), rtol=0, atol=0)
+    g, errs = stop_grid(gm, dens, "deis", 8, return_errors=True)
+    assert g.shape == (9,) and g[0].item() == 50.0 and g[-1].item() == 0.0 and bool((g[1:] < g[:-1]).all())
+    last = g[-2].item()
+    assert last in errs and errs[last] == min(errs.values()) and len(errs) == len(stop_candidates(0.01, 50.0))
+    # the fitted family cut at sigma_last: its density's grid over [sigma_last, sigma_max]
+    torch.testing.assert_close(g, dens.grid(8, ORDER["deis"], sigma_last=last), rtol=0, atol=0)
+    # only sigma_min as a candidate: the plain fitted grid
+    only = stop_grid(gm, dens, "deis", 8, candidates=[0.01])
+    torch.testing.assert_close(only, dens.grid(8, ORDER["deis"]), rtol=0, atol=0)
+    for base, fn in (("karras", karras_grid), ("logsnr", logsnr_grid)):
+        gb = stop_grid(gm, dens, "unipc", 6, base=base)
+        torch.testing.assert_close(gb, fn(6, gb[-2].item(), 50.0), rtol=0, atol=0)
+    assert torch.equal(stop_grid(gm, dens, "euler", 1), torch.tensor([50.0, 0.0], dtype=torch.float64))
+
+
+def test_cut_density_grid_matches_the_restricted_integral():
+    """grid(sigma_last=c) places the levels at equal quantiles of the density integrated over
+    [-log sigma_max, -log c] only: with a flat density that is the log-SNR grid from sigma_max to c."""
+    dens = error_density(lambda x, s: torch.zeros_like(x), (3,), 0.01, 50.0, dtype=torch.float64)
+    for c in (0.01, 0.0377, 1.3):
+        torch.testing.assert_close(dens.grid(7, sigma_last=c), logsnr_grid(7, c, 50.0), rtol=1e-12, atol=0)
+
+
+def test_chooses_the_closed_form_optimum_on_a_gaussian():
+    """N(0, s^2 I) with one Euler step sigma_max -> c, then the jump D(., c) to 0: everything is linear in
+    the noise z, out = a(c) z with a(c) = (sigma_max - (sigma_max - c) sigma_max^2/(s^2 + sigma_max^2)) s^2/(s^2 + c^2),
+    while the pilot's reference (the exact flow to sigma_min, then D(., sigma_min)) is
+    a* z = s sigma_max / sqrt(s^2 + sigma_max^2) * s / sqrt(s^2 + sigma_min^2) z. The pilot error is
+    |a(c) - a*| rms(z) for every candidate, so the chosen c is the closed-form argmin whatever the pilot noise."""
+    s, smax = 1.0, 80.0
+    gm = _gaussian(s)
+    dens = error_density(gm, (4,), 0.002, smax, tol=1e-9, dtype=torch.float64)
+    smin = 0.002
+    exact = s * smax / math.sqrt(s * s + smax * smax) * s / math.sqrt(s * s + smin * smin)
+
+    def a(c: float) -> float:
+        return (smax - (smax - c) * smax**2 / (s * s + smax**2)) * s * s / (s * s + c * c)
+
+    cands = stop_candidates(smin, smax)
+    want = min(cands, key=lambda c: abs(a(c) - exact))
+    g, errs = stop_grid(gm, dens, "euler", 2, return_errors=True)
+    assert g[-2].item() == want and 0.1 < want < 10  # an interior optimum, near the data's scale s
+    rms_z = dens.pilot_noise.pow(2).mean().sqrt().item()
+    for c, e in errs.items():  # the reference is exact to the pilot's tolerance
+        assert abs(e - abs(a(c) - exact) * rms_z) < 1e-7
+
+
+def test_stopping_early_helps_at_few_steps_on_held_out_noise():
+    """On a d = 16 mixture at 8 steps, the chosen last level (measured on the pilot) lowers the error against
+    the exact flow on independent noise, against the same sampler on the fitted grid to sigma_min."""
+    gm = random_mixture(16, 10, seed=16)
+    dens = error_density(gm, (16,), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noise = torch.randn(128, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_ref, _ = solve_exp_rk32(gm, noise * 80.0, 80.0, 1e-4, rtol=1e-8, atol=1e-8)
+    ref = gm(x_ref, 1e-4)
+    stop = stop_grid(gm, dens, "unipc", 8)
+    plain = dens.grid(8, ORDER["unipc"])
+    e_stop = (SAMPLERS["unipc"](gm, noise * 80.0, stop) - ref).pow(2).mean().sqrt().item()
+    e_plain = (SAMPLERS["unipc"](gm, noise * 80.0, plain) - ref).pow(2).mean().sqrt().item()
+    assert stop[-2].item() > 0.01 and e_stop < 0.7 * e_plain
+    # with many steps the optimum moves down towards sigma_min
+    assert stop_grid(gm, dens, "unipc", 32)[-2].item() < stop[-2].item()
+
+
+def test_sample_with_fitted_stop():
+    gm = random_mixture(4, 3, seed=5)
+    noise = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, info = sample(gm, noise, sampler="deis", steps=6, grid="fitted-stop", return_info=True)
+    assert info.nfe == 6
+    dens = error_density(gm, (4,), dtype=torch.float64)
+    torch.testing.assert_close(info.sigmas, stop_grid(gm, dens, "deis", 6), rtol=0, atol=0)
+    torch.testing.assert_close(x, sample(gm, noise, sampler="deis", grid=info.sigmas), rtol=0, atol=0)
+
+
+def test_bad_inputs_raise_naming_the_value():
+    gm = random_mixture(4, 3, seed=5)
+    dens = error_density(gm, (4,), 0.01, 50.0, pilot=8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="sigma_last"):
+        dens.grid(4, sigma_last=50.0)
+    with pytest.raises(ValueError, match="got 0.001"):
+        stop_grid(gm, dens, "deis", 4, candidates=[0.001])
+    with pytest.raises(ValueError, match="unknown stop base 'cosine'"):
+        stop_grid(gm, dens, "deis", 4, base="cosine")
+    with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+        stop_grid(gm, dens, "nope", 4)
+    with pytest.raises(ValueError, match="keeps no pilot"):
+        stop_grid(gm, ErrorDensity.average([dens, dens]), "deis", 4)
