@@ -66,3 +66,30 @@ def test_zero_span_is_identity():
     y, info = solve(lambda t, y, idx: y, y0, 1.0, 1.0)
     torch.testing.assert_close(y, y0)
     assert int(info.nfe.sum()) == 0
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_quadrature_components_are_skipped_only_where_unused(method):
+    """y' = -lam t y with the integral q' = y^2 (never feeding back): with quadrature=True the second
+    Dormand-Prince stage gets need_quadrature=False, and whatever f returns for q there (here 1e6), the
+    result is bit-identical to evaluating q at every stage; Bogacki-Shampine has no such stage."""
+    seen = []
+
+    def full(t, y, idx):
+        dy = -LAM[idx, None] * t[:, None] * y[:, :1]
+        return torch.cat([dy, y[:, :1] ** 2], 1)
+
+    def lazy(t, y, idx, need):
+        seen.append(need)
+        out = full(t, y, idx)
+        return out if need else torch.cat([out[:, :1], torch.full_like(out[:, 1:], 1e6)], 1)
+
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+    a, ia = solve(full, y0, 0.0, 2.0, rtol=1e-7, atol=1e-7, method=method)
+    b, ib = solve(lazy, y0, 0.0, 2.0, rtol=1e-7, atol=1e-7, method=method, quadrature=True)
+    assert torch.equal(a, b) and torch.equal(ia.nfe, ib.nfe)
+    skipped = seen.count(False)
+    if method is Method.DOPRI5:
+        assert skipped == int((ib.accepted + ib.rejected).max())  # one stage of six per step, batched
+    else:
+        assert skipped == 0

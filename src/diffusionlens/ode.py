@@ -14,6 +14,14 @@ and step-ratio limits [0.2, 10], and Hairer's initial step-size heuristic (one e
 Shapes: ``y0`` (batch, ...); ``t0``/``t1`` floats or (batch,) tensors; ``f`` receives ``t`` (b,),
 ``y`` (b, ...) and ``idx`` (b,), the indices into the batch of the b samples being evaluated (so
 per-sample data such as labels or probe vectors can be looked up), and returns (b, ...).
+
+Quadrature components. When part of the state is an integral whose derivative depends on the rest
+but never on itself (the log-density accumulator of a likelihood), its values at a stage whose
+propagation and error weights are both zero are never used: Dormand–Prince's second stage
+(c = 1/5, b_2 = e_2 = 0) only feeds the other stages of the components that drive the flow.
+With ``quadrature=True`` ``f`` is called with a fourth argument ``need_quadrature``, False at
+those stages, where it may return anything for the quadrature components (and skip their cost);
+the result is the same as with every component evaluated at every stage.
 """
 
 from __future__ import annotations
@@ -98,8 +106,11 @@ def solve(
     method: Method | str = Method.DOPRI5,
     h0=None,
     max_steps: int = 10_000,
+    quadrature: bool = False,
 ) -> tuple[Tensor, SolveInfo]:
     """Integrate dy/dt = f(t, y, idx) from t0 to t1 (either direction) for every sample.
+
+    ``quadrature``: call ``f(t, y, idx, need_quadrature)`` (module docstring, "Quadrature components").
 
     Returns ``(y1, info)``. Raises ``FloatingPointError`` naming the time where a NaN/inf appeared
     and ``RuntimeError`` if a sample needs more than ``max_steps`` steps.
@@ -122,8 +133,12 @@ def solve(
     rej = torch.zeros_like(nfe)
     all_idx = torch.arange(B, device=dev)
 
-    def call(tt: Tensor, yy: Tensor, idx: Tensor) -> Tensor:
-        out = f(tt.to(y0.dtype), yy, idx)
+    # stages whose values enter neither the propagated solution nor the error estimate, except through
+    # the other stages: a quadrature component's derivative is not needed there
+    free = {i for i in range(1, len(tab.c)) if tab.b[i] == 0.0 and tab.e[i] == 0.0} if quadrature else set()
+
+    def call(tt: Tensor, yy: Tensor, idx: Tensor, stage: int = 0) -> Tensor:
+        out = f(tt.to(y0.dtype), yy, idx, stage not in free) if quadrature else f(tt.to(y0.dtype), yy, idx)
         nfe[idx] += 1
         if not bool(torch.isfinite(out).all()):
             bad = (~torch.isfinite(out.flatten(1))).any(1)
@@ -175,7 +190,7 @@ def solve(
         for i in range(1, len(tab.c)):
             incr = sum(a * k for a, k in zip(tab.a[i], ks) if a != 0.0)
             yi = yr + expand(hs.to(y.dtype), yr) * incr
-            ks.append(call(tr + tab.c[i] * hs, yi, run))
+            ks.append(call(tr + tab.c[i] * hs, yi, run, i))
         y_new = yr + expand(hs.to(y.dtype), yr) * sum(b * k for b, k in zip(tab.b, ks) if b != 0.0)
         err = expand(hs.to(y.dtype), yr) * sum(e * k for e, k in zip(tab.e, ks) if e != 0.0)
         sc = atol + rtol * torch.maximum(yr.abs(), y_new.abs())
