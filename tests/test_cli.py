@@ -191,6 +191,7 @@ def _one_line_error(rc, err, *needles):
     (["train", "--steps", "ten"], ["--steps", "'ten'"]),
     (["sample", "toy", "--sampler", "magic"], ["--sampler", "'magic'"]),
     (["evaluate", "toy", "--samplers", "euler,magic"], ["'magic'"]),
+    (["evaluate", "toy", "--samplers", "unipc@cosine"], ["unknown grid 'cosine'", "'unipc@cosine'"]),
     (["evaluate", "toy", "--nfe", "4,x"], ["--nfe", "'4,x'"]),
     (["sample", "missing-run"], ["'missing-run'", "not found"]),
     (["report", "missing-run"], ["'missing-run'"]),

@@ -125,6 +125,11 @@ def test_generate_with_a_fitted_grid_on_a_conditional_model(digits_run, monkeypa
     pilot_labels.clear()
     generate(den, cfg, 12, sampler="deis", steps=4, grid="fitted", label=3)
     assert pilot_labels and all(u == [3] for u in pilot_labels)
+    # the measured stop runs the sampler on each class's pilot with that class's denoiser
+    pilot_labels.clear()
+    x, _, nfe = generate(den, cfg, 12, sampler="deis", steps=4, grid="fitted-stop", guidance=1.5)
+    assert bool(torch.isfinite(x).all()) and nfe == 4
+    assert all(len(u) == 1 for u in pilot_labels) and {u[0] for u in pilot_labels} == set(range(10))
 
 
 # ----------------------------------------------------------------------------- evaluate_run and write_report

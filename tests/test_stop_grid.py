@@ -122,5 +122,25 @@ def test_bad_inputs_raise_naming_the_value():
         stop_grid(gm, dens, "deis", 4, base="cosine")
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
         stop_grid(gm, dens, "nope", 4)
-    with pytest.raises(ValueError, match="keeps no pilot"):
+    with pytest.raises(ValueError, match="without pilot solutions"):
         stop_grid(gm, ErrorDensity.average([dens, dens]), "deis", 4)
+    other = error_density(gm, (4,), 0.02, 50.0, pilot=8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="differs"):
+        stop_grid(gm, dens, "deis", 4, pilots=[(gm, other)])
+
+
+def test_pooled_pilots_for_conditional_models():
+    """One pilot per condition, each run with its own denoiser, errors pooled over all of them; the grid
+    family comes from the averaged density."""
+    a, b = random_mixture(4, 3, seed=5), random_mixture(4, 3, seed=6)
+    da = error_density(a, (4,), pilot=16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    db = error_density(b, (4,), pilot=16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    avg = ErrorDensity.average([da, db])
+    _, errs = stop_grid(None, avg, "deis", 6, base="karras", pilots=[(a, da), (b, db)], return_errors=True)
+    _, ea = stop_grid(a, da, "deis", 6, base="karras", return_errors=True)
+    _, eb = stop_grid(b, db, "deis", 6, base="karras", return_errors=True)
+    for c in errs:  # equal pilot sizes: the pooled RMS is the root of the mean of the two mean squares
+        assert abs(errs[c] - math.sqrt((ea[c] ** 2 + eb[c] ** 2) / 2)) < 1e-12 * max(1.0, errs[c])
+    # the candidates' grids are the averaged density's
+    g = stop_grid(None, avg, "deis", 6, pilots=[(a, da), (b, db)])
+    torch.testing.assert_close(g, avg.grid(6, ORDER["deis"], sigma_last=g[-2].item()), rtol=0, atol=0)

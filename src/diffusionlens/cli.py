@@ -107,12 +107,14 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _sampler_list(text: str) -> tuple[str, ...]:
-    from .samplers import SAMPLERS
+    from .report.pipeline import sweep_entry
 
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     for n in names:
-        if n not in SAMPLERS:
-            raise argparse.ArgumentTypeError(f"unknown sampler {n!r}; choose from {', '.join(SAMPLERS)}")
+        try:
+            sweep_entry(n)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return names
 
 
@@ -616,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "process time), fitted (steps placed where a pilot solve of 64 samples measures the "
                         "error; see diffusionlens.samplers.fitted_grid) or fitted-stop (the fitted grid ending at "
                         "the last noise level that brings this sampler closest to the pilot's exact-flow end "
-                        "points; unconditional runs; see diffusionlens.samplers.stop_grid); default: the "
+                        "points; see diffusionlens.samplers.stop_grid); default: the "
                         "sampler's recommended grid")
     q.add_argument("--n", type=_positive_int, default=100, help="number of samples (default 100)")
     q.add_argument("--guidance", type=_nonneg_float, default=1.0,
@@ -648,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n", type=_positive_int, help="samples to score (default: the train split's size for images, "
                                                    "5000 otherwise)")
     q.add_argument("--samplers", type=_sampler_list, default=DEFAULT_SWEEP,
-                   help=f"comma-separated samplers of the quality-vs-NFE sweep (default {','.join(DEFAULT_SWEEP)})")
+                   help="comma-separated entries of the quality-vs-NFE sweep, each a sampler or sampler@grid "
+                        f"(default {','.join(DEFAULT_SWEEP)})")
     q.add_argument("--nfe", type=_int_list, default=DEFAULT_NFE,
                    help=f"NFE budgets of the sweep (default {','.join(map(str, DEFAULT_NFE))})")
     q.add_argument("--no-sweep", action="store_true", help="skip the quality-vs-NFE sweep")

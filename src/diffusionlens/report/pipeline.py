@@ -26,9 +26,13 @@ from .._util import device_of
 from ..samplers import DEFAULT_SAMPLER
 from ..training.checkpoint import atomic_write
 
-__all__ = ["sampling_range", "generate", "evaluate_run", "write_report", "DEFAULT_SWEEP", "DEFAULT_NFE"]
+__all__ = ["sampling_range", "generate", "evaluate_run", "write_report", "sweep_entry", "DEFAULT_SWEEP",
+           "DEFAULT_NFE"]
 
-DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis")
+DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis", "unipc@fitted-stop")
+"""Entries of the quality-vs-NFE sweep: samplers on their recommended grids, and UniPC on the fitted grid
+with its measured stop (benchmarks/grids.md: on the digits model it reaches at NFE 8 the FD that the
+recommended grids reach at NFE 32)."""
 DEFAULT_NFE = (4, 8, 16, 32)
 LEVELS = {"digits": 17, "mnist": 256}  # values per pixel: digits are 0..16, MNIST 0..255
 
@@ -39,6 +43,23 @@ def sampling_range(cfg) -> tuple[float, float]:
 
     lo, hi = make_loss(cfg).sigma_range
     return max(0.002, lo), min(80.0, hi)
+
+
+def sweep_entry(entry: str) -> tuple[str, str | None]:
+    """A sweep entry, ``"sampler"`` or ``"sampler@grid"`` (a :class:`diffusionlens.samplers.Grid` value), as
+    (sampler, grid or None for the sampler's recommended grid); raises ValueError naming a bad part."""
+    from ..samplers import SAMPLERS, Grid
+
+    name, _, grid = str(entry).partition("@")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} in sweep entry {entry!r}; choose one of: {', '.join(SAMPLERS)}")
+    if not grid:
+        return name, None
+    try:
+        return name, Grid(grid).value
+    except ValueError:
+        raise ValueError(f"unknown grid {grid!r} in sweep entry {entry!r}; choose one of: "
+                         f"{', '.join(g.value for g in Grid)}") from None
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:
@@ -72,23 +93,21 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     guided = ClassifierFree(denoiser, guidance) if cfg.conditional else None
     out, nfe = [], 0.0
     dev = device_of(denoiser)
-    if grid == "fitted-stop" and guided is not None:
-        raise ValueError("grid 'fitted-stop' needs one pilot for every sample, so it is not available for "
-                         "conditional runs; use grid 'fitted'")
     if grid in ("fitted", "fitted-stop") and sampler != "adaptive":  # one pilot for all batches
         if guided is None:
             dens = error_density(denoiser, shape, smin, smax, device=dev)
+            pilots = [(denoiser, dens)]
         else:  # one pilot per class sampled (the solver calls the denoiser on subsets of the pilot batch)
             classes = [int(label)] if label is not None else list(range(data.num_classes))
-            parts = []
+            pilots = []
             for c in classes:
                 def den_c(x, s, _c=c):
                     return guided(x, s, y=torch.full((x.shape[0],), _c, dtype=torch.long, device=x.device))
-                parts.append(error_density(den_c, shape, smin, smax, pilot=max(8, 64 // len(classes)), device=dev,
-                                           generator=torch.Generator().manual_seed(c)))
-            dens = ErrorDensity.average(parts)
+                pilots.append((den_c, error_density(den_c, shape, smin, smax, pilot=max(8, 64 // len(classes)),
+                                                    device=dev, generator=torch.Generator().manual_seed(c))))
+            dens = ErrorDensity.average([p for _, p in pilots])
         grid = (dens.grid(steps, ORDER.get(sampler, 3)) if grid == "fitted"
-                else stop_grid(denoiser, dens, sampler, steps))
+                else stop_grid(denoiser, dens, sampler, steps, pilots=pilots))
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
         noise = torch.randn((b,) + shape, generator=g).to(dev)
@@ -124,7 +143,8 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = DEFAUL
         n_samples: samples to score (default: the size of the train split for images — so the
             train-vs-test floor is measured at the same sample size — and 5,000 otherwise).
         sampler, steps: the headline sampler and its grid size.
-        sweep, nfes: samplers and NFE budgets of the quality-vs-NFE curve (empty ``sweep`` skips it).
+        sweep, nfes: entries (``"sampler"`` or ``"sampler@grid"``, :func:`sweep_entry`) and NFE budgets of
+            the quality-vs-NFE curve (empty ``sweep`` skips it).
         bpd_n: test images for bits/dim (0 skips); for points, test points for the model's PF-ODE log-likelihood.
     """
     from safetensors.torch import save_file
@@ -135,9 +155,9 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = DEFAUL
     from ..training import load_denoiser
 
     run_dir = Path(run_dir)
-    for name in (sampler, *sweep):
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    entries = {e: sweep_entry(e) for e in sweep}
     if any(not (isinstance(k, int) and k >= 1) for k in nfes):
         raise ValueError(f"NFE budgets must be integers >= 1, got {list(nfes)}")
     den, cfg = load_denoiser(run_dir, device=device)
@@ -165,7 +185,9 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = DEFAUL
     score = headline_scorer(cfg.dataset, seed=seed) if jobs else None
     t0 = time.perf_counter()
     for s, k in jobs:
-        xs, _, used = generate(den, cfg, n, sampler=s, steps=steps_for_nfe(s, k), seed=seed, guidance=guidance)
+        name, grid = entries[s]
+        xs, _, used = generate(den, cfg, n, sampler=name, steps=steps_for_nfe(name, k), seed=seed, guidance=guidance,
+                               grid=grid)
         curves.setdefault(s, []).append([used, score(xs)])
         if bar is not None:
             bar.update(1)
@@ -330,7 +352,10 @@ def write_report(run_dir, *, progress: bool = True) -> Path:
                                floor_std=std, floor_label=label)
         figs.append(("fig_quality_vs_nfe.png", "Sample quality against the number of denoiser evaluations for "
                      "several samplers (same initial noise, same metric); the dashed line is the metric between "
-                     f"{between}, below which no model can be told apart from the data."))
+                     f"{between}, below which no model can be told apart from the data. A name "
+                     "sampler@grid is that sampler on another grid: @fitted-stop is the grid fitted to this model "
+                     "by a pilot solve, ending at the last noise level that brings the sampler closest to the "
+                     "pilot's own solutions (the pilot's evaluations are not in the NFE)."))
     g = torch.Generator().manual_seed(0)
     k = 6 if test.is_image else 1000
     gm = true_density(cfg.dataset)

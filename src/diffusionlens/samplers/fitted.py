@@ -70,7 +70,7 @@ from .._util import device_of
 from ..processes import karras_grid, logsnr_grid
 from .adaptive import solve_exp_rk32
 
-__all__ = ["ErrorDensity", "ORDER", "StopBase", "error_density", "fitted_grid", "stop_grid"]
+__all__ = ["ErrorDensity", "ORDER", "StopBase", "error_density", "fitted_grid", "stop_candidates", "stop_grid"]
 
 ORDER: dict[str, int] = {
     "euler": 1,
@@ -305,6 +305,7 @@ def stop_grid(
     base: StopBase | str = StopBase.FITTED,
     order: int | None = None,
     candidates: list[float] | None = None,
+    pilots: list[tuple[Callable, ErrorDensity]] | None = None,
     return_errors: bool = False,
     **options,
 ):
@@ -325,14 +326,25 @@ def stop_grid(
         base: ``"fitted"`` (the density's own grid, for ``order``), ``"karras"`` or ``"logsnr"``.
         order: for ``base="fitted"``: the sampler's order (default :data:`ORDER` of its name, else 3).
         candidates: last levels to try, each in [sigma_min, sigma_max) (default :func:`stop_candidates`).
+        pilots: (denoiser, density) pairs whose pilots are pooled for the error instead of ``density``'s
+            own (e.g. one pilot per class of a conditional model, each with its class's denoiser, while
+            ``density`` is their :meth:`ErrorDensity.average`, which gives the grid family).
         return_errors: also return {sigma_L: pilot RMS error}.
     """
     from . import _resolve_sampler  # the registry lives in the package, which imports this module
 
     name, fn = _resolve_sampler(sampler)
     base = StopBase.parse(base)
-    if density.pilot_noise is None or density.pilot_x0 is None:
-        raise ValueError("this ErrorDensity keeps no pilot solutions (an averaged one?): build it with error_density")
+    pilots = [(denoiser, density)] if pilots is None else list(pilots)
+    if not pilots:
+        raise ValueError("pilots must not be empty")
+    for _, p in pilots:
+        if p.pilot_noise is None or p.pilot_x0 is None:
+            raise ValueError("an ErrorDensity without pilot solutions (an averaged one?): build it with "
+                             "error_density, or pass the parts it averages as pilots=[(denoiser, density), ...]")
+        if (p.sigma_min, p.sigma_max) != (density.sigma_min, density.sigma_max):
+            raise ValueError(f"pilot range [{p.sigma_min}, {p.sigma_max}] differs from the density's "
+                             f"[{density.sigma_min}, {density.sigma_max}]")
     order = order if order is not None else ORDER.get(name, 3)
     if _one_step(steps, order):
         grid = torch.tensor([density.sigma_max, 0.0], dtype=torch.float64)
@@ -344,7 +356,6 @@ def stop_grid(
         if not (density.sigma_min <= float(c) < density.sigma_max):
             raise ValueError(f"candidate sigma_last must be in [sigma_min, sigma_max) = [{density.sigma_min}, "
                              f"{density.sigma_max}), got {c}")
-    noise, ref = density.pilot_noise, density.pilot_x0
 
     def grid_for(last: float) -> Tensor:
         if base is StopBase.FITTED:
@@ -358,8 +369,13 @@ def stop_grid(
     with torch.no_grad():
         for c in cands:
             grid = grid_for(float(c))
-            x = fn(denoiser, noise * float(grid[0]), grid, generator=torch.Generator().manual_seed(0), **options)
-            err = float((x - ref).double().pow(2).mean().sqrt())
+            sq, count = 0.0, 0
+            for den, p in pilots:
+                x = fn(den, p.pilot_noise * float(grid[0]), grid, generator=torch.Generator().manual_seed(0),
+                       **options)
+                sq += float((x - p.pilot_x0).double().pow(2).sum())
+                count += x.numel()
+            err = math.sqrt(sq / count)
             errors[float(c)] = err
             if err < best_err:  # a non-finite error never wins
                 best, best_err = grid, err
