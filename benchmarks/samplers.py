@@ -20,7 +20,7 @@ import torch
 from diffusionlens.ode import solve
 from diffusionlens.oracle import random_mixture, standard_cases
 from diffusionlens.processes import Discrete, karras_grid, logsnr_grid
-from diffusionlens.samplers import ORDER, SAMPLERS, Counted, error_density, sample, stop_grid
+from diffusionlens.samplers import ORDER, SAMPLERS, AnalyticStart, Counted, error_density, sample, stop_grid
 
 from ._write import write_results
 from .peers import k_sampling
@@ -76,26 +76,32 @@ def pilot_density(gm):
 _STOPS: dict = {}
 
 
-def stopped(gm, name: str, steps: int, base: str):
+def stopped(gm, name: str, steps: int, base: str, analytic_start: bool = False):
     """``stop_grid`` of ``base`` for this sampler and step count, chosen on the pilot of ``pilot_density``
     (never on the evaluation noise)."""
-    key = (id(gm), name, steps, base)
+    key = (id(gm), name, steps, base, analytic_start)
     if key not in _STOPS:
-        _STOPS[key] = stop_grid(gm, pilot_density(gm), name, steps, base=base)
+        _STOPS[key] = stop_grid(gm, pilot_density(gm), name, steps, base=base, analytic_start=analytic_start)
     return _STOPS[key]
 
 
 def ours(name: str, grid: str, **opts):
+    """Our sampler ``name`` on ``grid``: karras, logsnr, fitted, <base>-stop, or <base>-stop+as (with the
+    analytic start: the first evaluation replaced by the pilot's data mean, one more step for the NFE)."""
+    afs = grid.endswith("+as")
+    family = grid[: -len("+as")] if afs else grid
+
     def run(gm, noise, nfe):
-        steps = steps_for(name, nfe)
-        if grid.endswith("-stop"):
-            sig = stopped(gm, name, steps, grid[: -len("-stop")])
-        elif grid == "fitted":
+        steps = steps_for(name, nfe + 1 if afs else nfe)
+        if family.endswith("-stop"):
+            sig = stopped(gm, name, steps, family[: -len("-stop")], afs)
+        elif family == "fitted":
             sig = pilot_density(gm).grid(steps, ORDER.get(name, 3))
         else:
-            sig = karras_grid(steps) if grid == "karras" else logsnr_grid(steps)
+            sig = karras_grid(steps) if family == "karras" else logsnr_grid(steps)
         c = Counted(gm)
-        x = SAMPLERS[name](c, noise * sig[0].item(), sig, **opts)
+        den = AnalyticStart(c, pilot_density(gm).data_mean, sig[0].item()) if afs else c
+        x = SAMPLERS[name](den, noise * sig[0].item(), sig, **opts)
         return x, c.rows / noise.shape[0], sig[0].item()
 
     return run
@@ -169,7 +175,8 @@ def diffusers_run(cls_name: str, label: str, **kw):
 
 def configs(with_peers: bool = True) -> dict:
     cf = {}
-    for grid in ("karras", "logsnr", "fitted", "fitted-stop", "karras-stop", "logsnr-stop"):
+    for grid in ("karras", "logsnr", "fitted", "fitted-stop", "karras-stop", "logsnr-stop", "fitted-stop+as",
+                 "karras-stop+as", "logsnr-stop+as"):
         g = f" [{grid}]"
         cf["ours"] = cf.get("ours", {})
         cf["ours"].update({
@@ -280,7 +287,8 @@ def metric_distribution(cases: dict, n: int, nfes: list[int]):
         for pname in PEER_DIST:
             lib = "diffusers" if pname.startswith("d:") else "k-diffusion"
             rows[pname] = {nfe: sliced_w2(peer_cf[lib][pname](gm, noise, nfe)[0], exact_a) for nfe in nfes}
-        for oname in ("deis [fitted]", "unipc [fitted]", "deis [fitted-stop]", "unipc [fitted-stop]"):
+        for oname in ("deis [fitted]", "unipc [fitted]", "deis [fitted-stop]", "unipc [fitted-stop]",
+                      "unipc [fitted-stop+as]", "dpmpp_3m [logsnr-stop+as]"):
             rows[oname] = {nfe: sliced_w2(peer_cf["ours"][oname](gm, noise, nfe)[0], exact_a) for nfe in nfes}
         for kname in ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"):
             rows["k:" + kname] = {}
@@ -416,7 +424,9 @@ def write_report(path: Path, cmd: str, rm: dict, dist: dict, ada: dict, ovh: dic
               "`[fitted-stop]`, `[karras-stop]`, `[logsnr-stop]`: that grid family with its last positive level",
               "chosen by `diffusionlens.samplers.stop_grid` — the sampler run on the same pilot's noise for each",
               "of 19 candidate levels, the one closest to the pilot's own solutions kept (not counted in the NFE",
-              "either; the evaluation noise is never seen).", ""]
+              "either; the evaluation noise is never seen). `+as`: with the analytic start",
+              "(`diffusionlens.samplers.AnalyticStart`): the first evaluation, at sigma_max, replaced by the data",
+              "mean measured on the same pilot, so the grid has one step more than the NFE.", ""]
     L += ["### All configurations (RMSE; NFE actually used in the column header budget)", ""]
     for case, res in rm.items():
         L += [f"<details><summary>{case}</summary>", "", "| config | " + " | ".join(map(str, NFES)) + " |",
@@ -473,7 +483,9 @@ def default_check(n: int):
                 "mix16_wide_seed303": random_mixture(16, 10, seed=303, std_range=(0.02, 1.0))}
     names = ["unipc [logsnr]", "unipc [karras]", "dpmpp_3m [logsnr]", "dpmpp_3m [karras]", "dpmpp_2m [logsnr]",
              "deis [logsnr]", "deis [karras]", "deis [fitted]", "unipc [fitted]", "deis [fitted-stop]",
-             "unipc [fitted-stop]", "unipc [logsnr-stop]", "deis [karras-stop]", "k:lms [karras]", "d:UniPC3 karras",
+             "unipc [fitted-stop]", "unipc [logsnr-stop]", "deis [karras-stop]", "unipc [fitted-stop+as]",
+             "unipc [logsnr-stop+as]", "dpmpp_3m [fitted-stop+as]", "deis [karras-stop+as]", "k:lms [karras]",
+             "d:UniPC3 karras",
              "d:UniPC3 trailing", "d:DEIS3 exp", "d:DPM++3M"]
     cf = configs(True)
     flat = {k: v for lib in cf.values() for k, v in lib.items()}

@@ -121,6 +121,10 @@ def test_sample_on_the_fitted_stop_grid(in_toy, capsys):
     assert "NFE 5 per sample" in out  # the pilot and the stop search are not the samples' evaluations
     x = load_file(str(in_toy / "stop.safetensors"))["x"]
     assert x.shape == (20, 2) and bool(torch.isfinite(x).all())
+    rc, out, err = run_cli(["sample", "toy", "--sampler", "deis", "--steps", "5", "--grid", "fitted-stop",
+                            "--analytic-start", "--n", "20", "--quiet", "--device", "cpu", "--out", "stop-as"], capsys)
+    assert rc == 0, err
+    assert "NFE 4 per sample" in out  # the first evaluation is the pilot's data mean
 
 
 def test_evaluate_report_likelihood_encode(in_toy, capsys):

@@ -130,6 +130,11 @@ def test_generate_with_a_fitted_grid_on_a_conditional_model(digits_run, monkeypa
     x, _, nfe = generate(den, cfg, 12, sampler="deis", steps=4, grid="fitted-stop", guidance=1.5)
     assert bool(torch.isfinite(x).all()) and nfe == 4
     assert all(len(u) == 1 for u in pilot_labels) and {u[0] for u in pilot_labels} == set(range(10))
+    # the analytic start: each sample's first evaluation is its class's pilot mean, one NFE fewer
+    x, y, nfe = generate(den, cfg, 12, sampler="deis", steps=4, grid="fitted-stop", guidance=1.5, analytic_start=True)
+    assert bool(torch.isfinite(x).all()) and nfe == 3
+    x, y, nfe = generate(den, cfg, 12, sampler="deis", steps=4, analytic_start=True)
+    assert bool(torch.isfinite(x).all()) and nfe == 3
 
 
 # ----------------------------------------------------------------------------- evaluate_run and write_report

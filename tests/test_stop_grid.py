@@ -12,7 +12,9 @@ from diffusionlens.processes import karras_grid, logsnr_grid
 from diffusionlens.samplers import (
     ORDER,
     SAMPLERS,
+    AnalyticStart,
     ErrorDensity,
+    data_mean,
     error_density,
     sample,
     stop_candidates,
@@ -144,3 +146,64 @@ def test_pooled_pilots_for_conditional_models():
     # the candidates' grids are the averaged density's
     g = stop_grid(None, avg, "deis", 6, pilots=[(a, da), (b, db)])
     torch.testing.assert_close(g, avg.grid(6, ORDER["deis"], sigma_last=g[-2].item()), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- analytic start
+
+
+def test_data_mean_is_the_mean_within_its_monte_carlo_error():
+    """N(m, s^2 I): D(x, sigma) - m = s^2 / (s^2 + sigma^2) (x - m) with x - m ~ N(0, (s^2 + sigma^2) I), so the
+    pilot mean of D is m with per-coordinate standard error s^2 / sqrt(s^2 + sigma^2) / sqrt(P)."""
+    s, d, P = 2.0, 6, 64
+    m = torch.linspace(-1.0, 1.5, d, dtype=torch.float64)
+    gm = GaussianMixture(m[None], torch.full((1,), s * s, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    est = data_mean(gm, (d,), 80.0, pilot=P, dtype=torch.float64)
+    se = s * s / math.sqrt(s * s + 80.0**2) / math.sqrt(P)
+    assert est.shape == (d,) and float((est - m).abs().max()) < 5 * se
+    dens = error_density(gm, (d,), dtype=torch.float64)
+    assert float((dens.data_mean - m).abs().max()) < 5 * se
+
+
+def test_analytic_start_saves_one_evaluation_and_changes_little():
+    """The first evaluation is replaced by the mean: NFE = steps - 1, and the result moves by no more than the
+    replaced error D(x, sigma_max) - mean itself (the first step weights it by 1 - sigma_1/sigma_max <= 1 and
+    the flow below contracts it); with one step more for the same NFE it is closer to the exact flow."""
+    gm = random_mixture(16, 10, seed=16)
+    noise = torch.randn(128, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean = data_mean(gm, (16,), dtype=torch.float64)
+    x_ref, _ = solve_exp_rk32(gm, noise * 80.0, 80.0, 1e-4, rtol=1e-8, atol=1e-8)
+    ref = gm(x_ref, 1e-4)
+
+    def rms(v):
+        return v.pow(2).mean().sqrt().item()
+
+    plain9, i9 = sample(gm, noise, sampler="deis", steps=9, return_info=True)
+    afs9, a9 = sample(gm, noise, sampler="deis", steps=9, analytic_start=True, data_mean=mean, return_info=True)
+    plain8 = sample(gm, noise, sampler="deis", steps=8)
+    assert i9.nfe == 9 and a9.nfe == 8
+    replaced = gm(noise * 80.0, torch.full((128,), 80.0, dtype=torch.float64)) - mean
+    assert rms(afs9 - plain9) <= rms(replaced)
+    assert rms(afs9 - ref) < rms(plain8 - ref)
+    # the same through a denoiser wrapper, and the mean from a one-call pilot by default
+    torch.testing.assert_close(SAMPLERS["deis"](AnalyticStart(gm, mean, 80.0), noise * 80.0, i9.sigmas), afs9,
+                               rtol=0, atol=0)
+    _, info = sample(gm, noise, sampler="unipc", steps=6, analytic_start=True, return_info=True)
+    assert info.nfe == 5
+
+
+def test_stop_chosen_for_the_analytic_start():
+    gm = random_mixture(4, 3, seed=5)
+    dens = error_density(gm, (4,), dtype=torch.float64)
+    g, errs = stop_grid(gm, dens, "unipc", 6, analytic_start=True, return_errors=True)
+    x = SAMPLERS["unipc"](AnalyticStart(gm, dens.data_mean, 80.0), dens.pilot_noise * 80.0, g)
+    assert abs((x - dens.pilot_x0).pow(2).mean().sqrt().item() - min(errs.values())) < 1e-12
+    noise = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, info = sample(gm, noise, sampler="unipc", steps=6, grid="fitted-stop", analytic_start=True, return_info=True)
+    assert info.nfe == 5 and torch.equal(info.sigmas, g)
+    with pytest.raises(ValueError, match="data_mean must have the shape"):
+        sample(gm, noise, analytic_start=True, data_mean=torch.zeros(3))
+    with pytest.raises(ValueError, match="adaptive"):
+        sample(gm, noise, sampler="adaptive", analytic_start=True)
+    with pytest.raises(ValueError, match="data_mean"):
+        stop_grid(gm, ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, 1.0, dens.pilot_noise,
+                                   dens.pilot_x0), "deis", 4, analytic_start=True)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AnalyticStart",
     "Counted",
     "NoiseStream",
     "noise_seeds",
@@ -152,6 +153,31 @@ class Counted:
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
         self.calls += 1
         self.rows += x.shape[0]
+        return self.denoiser(x, sigma, **cond)
+
+
+class AnalyticStart:
+    """A denoiser whose evaluation at the top of the grid is replaced by the data mean.
+
+    As sigma grows, D(x_hat, sigma) = E[x0 | x_hat] tends to E[x0]: for data of mean m and covariance
+    C, D = m + C (C + sigma^2 I)^-1 (x_hat - m) + O(higher moments / sigma^3), and with x_hat of size
+    sigma the deviation from m is about ||C|| / sigma (1e-2 for unit-scale data at sigma = 80, shrunk
+    further by the flow on the way down). So the first evaluation of a sampler, at sigma_max, can be
+    replaced by m at no cost — the "analytical first step" of Zhou et al. (2024, "Fast ODE-based
+    sampling for diffusion models in around 5 steps"), there with m = 0; here m is measured (the mean
+    of D over a pilot at sigma_max, :func:`data_mean`). Every sampler then gets one more step for the
+    same NFE. Calls with every sigma >= ``sigma_max`` return ``mean``; all others go to the denoiser.
+    """
+
+    def __init__(self, denoiser, mean: Tensor, sigma_max: float):
+        self.denoiser = denoiser
+        self.mean = mean
+        self.sigma_max = float(sigma_max)
+
+    def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
+        s = sigma if isinstance(sigma, Tensor) else torch.tensor(float(sigma))
+        if bool((s >= self.sigma_max * (1 - 1e-12)).all()):
+            return self.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
         return self.denoiser(x, sigma, **cond)
 
 

@@ -68,9 +68,11 @@ from torch import Tensor
 
 from .._util import device_of
 from ..processes import karras_grid, logsnr_grid
+from ._common import AnalyticStart
 from .adaptive import solve_exp_rk32
 
-__all__ = ["ErrorDensity", "ORDER", "StopBase", "error_density", "fitted_grid", "stop_candidates", "stop_grid"]
+__all__ = ["ErrorDensity", "ORDER", "StopBase", "data_mean", "error_density", "fitted_grid", "stop_candidates",
+           "stop_grid"]
 
 ORDER: dict[str, int] = {
     "euler": 1,
@@ -118,6 +120,8 @@ class ErrorDensity:
             or None (an averaged density keeps none).
         pilot_x0: (pilot, *shape) the pilot's solutions at sigma = 0 (the adaptive solve to sigma_min,
             then D(x, sigma_min)), the reference of :func:`stop_grid`; or None.
+        data_mean: (*shape) the mean of D(x, sigma_max) over the pilot's starting points, E[x0] in the
+            large-sigma limit (for :class:`AnalyticStart`); or None.
     """
 
     sigma_min: float
@@ -127,6 +131,7 @@ class ErrorDensity:
     pilot_nfe: float
     pilot_noise: Tensor | None = None
     pilot_x0: Tensor | None = None
+    data_mean: Tensor | None = None
 
     def grid(self, steps: int, order: int = 3, sigma_last: float | None = None) -> Tensor:
         """(steps + 1,) float64 decreasing grid sigma_max ... sigma_last, 0 for a sampler of order ``order``.
@@ -229,6 +234,7 @@ def error_density(
     noise = torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     trace: list = []
     with torch.no_grad():
+        mean = _mean_at(denoiser, noise * sigma_max, sigma_max)
         x_end, nfe = solve_exp_rk32(denoiser, noise * sigma_max, sigma_max, sigma_min, rtol=tol, atol=tol,
                                     trace=trace)
         x0 = denoiser(x_end, torch.full((pilot,), sigma_min, dtype=dtype, device=device))  # the final Tweedie step
@@ -243,7 +249,42 @@ def error_density(
     diff.index_add_(0, torch.searchsorted(mid, lam_b), -w)
     n = torch.cumsum(diff, 0)[:cells].clamp_min(0.0) / pilot
     n = _smooth(n, float(mesh[1] - mesh[0]), float((lam_b - lam_a).abs().median()))
-    return ErrorDensity(sigma_min, sigma_max, mesh, n, float(nfe.double().mean()) + 1.0, noise, x0.detach())
+    return ErrorDensity(sigma_min, sigma_max, mesh, n, float(nfe.double().mean()) + 2.0, noise, x0.detach(), mean)
+
+
+def _mean_at(denoiser, x: Tensor, sigma: float) -> Tensor:
+    """The mean over the batch of D(x, sigma), kept in float64."""
+    with torch.no_grad():
+        out = denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
+    return out.double().mean(0)
+
+
+def data_mean(
+    denoiser,
+    shape,
+    sigma_max: float = 80.0,
+    *,
+    pilot: int = 64,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """E[x0] measured on the denoiser: the mean of D(n sigma_max, sigma_max) over ``pilot`` standard normal n.
+
+    At large sigma D(x_hat, sigma) = E[x0] + Cov[x0] (x_hat - E[x0]) / sigma^2 + ..., and averaged over
+    x_hat ~ p_sigma the correction vanishes, so the mean is E[x0] up to the Monte Carlo error of the
+    O(||Cov|| / sigma) spread (one batched call). Used by :class:`AnalyticStart`; an
+    :func:`error_density` pilot measures it too (``ErrorDensity.data_mean``).
+    """
+    if not (isinstance(pilot, int) and pilot >= 1):
+        raise ValueError(f"pilot must be an integer >= 1, got {pilot!r}")
+    if not (0 < sigma_max < math.inf):
+        raise ValueError(f"sigma_max must be finite and > 0, got {sigma_max}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    device = device if device is not None else device_of(denoiser)
+    dtype = torch.promote_types(dtype, torch.float32)
+    noise = torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    return _mean_at(denoiser, noise * sigma_max, sigma_max)
 
 
 def fitted_grid(
@@ -306,6 +347,7 @@ def stop_grid(
     order: int | None = None,
     candidates: list[float] | None = None,
     pilots: list[tuple[Callable, ErrorDensity]] | None = None,
+    analytic_start: bool = False,
     return_errors: bool = False,
     **options,
 ):
@@ -329,6 +371,8 @@ def stop_grid(
         pilots: (denoiser, density) pairs whose pilots are pooled for the error instead of ``density``'s
             own (e.g. one pilot per class of a conditional model, each with its class's denoiser, while
             ``density`` is their :meth:`ErrorDensity.average`, which gives the grid family).
+        analytic_start: choose the stop for the sampler run with :class:`AnalyticStart` (each pilot's
+            ``data_mean`` in place of the first evaluation), as it will be sampled.
         return_errors: also return {sigma_L: pilot RMS error}.
     """
     from . import _resolve_sampler  # the registry lives in the package, which imports this module
@@ -342,6 +386,8 @@ def stop_grid(
         if p.pilot_noise is None or p.pilot_x0 is None:
             raise ValueError("an ErrorDensity without pilot solutions (an averaged one?): build it with "
                              "error_density, or pass the parts it averages as pilots=[(denoiser, density), ...]")
+        if analytic_start and p.data_mean is None:
+            raise ValueError("analytic_start needs the pilots' data_mean: build them with error_density")
         if (p.sigma_min, p.sigma_max) != (density.sigma_min, density.sigma_max):
             raise ValueError(f"pilot range [{p.sigma_min}, {p.sigma_max}] differs from the density's "
                              f"[{density.sigma_min}, {density.sigma_max}]")
@@ -371,6 +417,8 @@ def stop_grid(
             grid = grid_for(float(c))
             sq, count = 0.0, 0
             for den, p in pilots:
+                if analytic_start:
+                    den = AnalyticStart(den, p.data_mean, density.sigma_max)
                 x = fn(den, p.pilot_noise * float(grid[0]), grid, generator=torch.Generator().manual_seed(0),
                        **options)
                 sq += float((x - p.pilot_x0).double().pow(2).sum())
