@@ -207,3 +207,18 @@ def test_stop_chosen_for_the_analytic_start():
     with pytest.raises(ValueError, match="data_mean"):
         stop_grid(gm, ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, 1.0, dens.pilot_noise,
                                    dens.pilot_x0), "deis", 4, analytic_start=True)
+
+
+def test_a_candidate_on_which_the_sampler_diverges_is_skipped():
+    gm = random_mixture(4, 3, seed=5)
+    dens = error_density(gm, (4,), pilot=8, dtype=torch.float64)
+
+    def fragile(x, sigma):  # non-finite below sigma 0.05: a grid stopping lower makes the sampler raise
+        out = gm(x, sigma)
+        return out if float(torch.as_tensor(sigma).min()) >= 0.05 else out * float("nan")
+
+    g, errs = stop_grid(fragile, dens, "euler", 4, base="logsnr", candidates=[0.002, 0.01, 0.1, 0.5],
+                        return_errors=True)
+    assert errs[0.002] == errs[0.01] == math.inf and math.isfinite(errs[0.1]) and g[-2].item() in (0.1, 0.5)
+    with pytest.raises(FloatingPointError, match="every candidate"):
+        stop_grid(fragile, dens, "euler", 4, base="logsnr", candidates=[0.002, 0.01])

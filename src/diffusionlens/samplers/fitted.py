@@ -416,14 +416,17 @@ def stop_grid(
         for c in cands:
             grid = grid_for(float(c))
             sq, count = 0.0, 0
-            for den, p in pilots:
-                if analytic_start:
-                    den = AnalyticStart(den, p.data_mean, density.sigma_max)
-                x = fn(den, p.pilot_noise * float(grid[0]), grid, generator=torch.Generator().manual_seed(0),
-                       **options)
-                sq += float((x - p.pilot_x0).double().pow(2).sum())
-                count += x.numel()
-            err = math.sqrt(sq / count)
+            try:
+                for den, p in pilots:
+                    if analytic_start:
+                        den = AnalyticStart(den, p.data_mean, density.sigma_max)
+                    x = fn(den, p.pilot_noise * float(grid[0]), grid, generator=torch.Generator().manual_seed(0),
+                           **options)
+                    sq += float((x - p.pilot_x0).double().pow(2).sum())
+                    count += x.numel()
+                err = math.sqrt(sq / count)
+            except FloatingPointError:  # the sampler diverged on this grid (it names the step): not a candidate
+                err = math.inf
             errors[float(c)] = err
             if err < best_err:  # a non-finite error never wins
                 best, best_err = grid, err
