@@ -336,8 +336,10 @@ def _summary(ev: dict) -> str:
                      (f" (truth {t['true']:.4g})" if "true" in t else ""))
     if "expectation_gap" in ev:
         lines.append(f"expectation gap (mean relative to the irreducible MSE): {ev['expectation_gap']['summary']:.3g}")
-    for name, pts in ev.get("quality_vs_nfe", {}).items():
-        lines.append(f"  {name:>12}: " + "  ".join(f"NFE {k:g}: {v:.4g}" for k, v in sorted(pts)))
+    curves = ev.get("quality_vs_nfe", {})
+    width = max((len(name) for name in curves), default=0)
+    for name, pts in curves.items():
+        lines.append(f"  {name:>{width}}: " + "  ".join(f"NFE {k:g}: {v:.4g}" for k, v in sorted(pts)))
     return "\n".join(lines)
 
 
