@@ -4,6 +4,10 @@ Run from the repository root::
 
     .venv/bin/python -m benchmarks.likelihood            # full table -> benchmarks/results/likelihood.md
     .venv/bin/python -m benchmarks.likelihood --quick    # smaller batch, one repeat (smoke test)
+    .venv/bin/python -m benchmarks.likelihood --device cuda --out benchmarks/results/likelihood-cuda.md
+
+On a GPU the costs are wall times (synchronized; CPU time of the process means nothing there) and
+score_sde's NumPy/scipy peer is left out (it runs on the CPU only).
 
 Every method gets the same points (exact oracle samples), the same sigma range (0.002 -> 80, the
 N(0, 80^2 I) prior), the same batch and one intra-op thread. Reference: ``oracle.log_prob(x, 0.002)``.
@@ -72,22 +76,24 @@ def scoresde_log_likelihood(denoiser, x, sigma_min, sigma_max, *, rtol, atol, ge
     return prior + delta, nfe
 
 
-def _clock():
+def _clock(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter(), time.process_time()
 
 
-def run(cases, batch, repeats, seed=0):
+def run(cases, batch, repeats, seed=0, device="cpu"):
     K = k_sampling()
     rows = []
     for name, (o, hutch_probes) in cases.items():
-        rows += _run_case(K, name, o, hutch_probes, batch, repeats, seed)
+        rows += _run_case(K, name, o, hutch_probes, batch, repeats, seed, torch.device(device))
     return rows
 
 
-def _run_case(K, name, o, hutch_probes, batch, repeats, seed):
+def _run_case(K, name, o, hutch_probes, batch, repeats, seed, device):
     rows = []
     d = o.dim
-    x = o.sample(batch, torch.Generator().manual_seed(seed))
+    x = o.sample(batch, torch.Generator().manual_seed(seed)).to(device)  # the oracle follows its input's device
     exact = o.log_prob(x, SMIN)
     # the latent of a tight exact solve gives the prior-truncation error, which every method shares
     _, ref = log_likelihood(o.denoise, x, sigma_min=SMIN, sigma_max=SMAX, rtol=1e-8, atol=1e-8,
@@ -123,7 +129,8 @@ def _run_case(K, name, o, hutch_probes, batch, repeats, seed):
 
     for tol in (1e-4, 1e-5):
         add("k-diffusion", "Rademacher x1", tol, kdiff(tol))
-    add("score_sde", "RK45, Rademacher x1", 1e-5, sde(1e-5))
+    if device.type == "cpu":  # NumPy / scipy: CPU only
+        add("score_sde", "RK45, Rademacher x1", 1e-5, sde(1e-5))
     if d <= 64:
         for tol in (1e-4, 3e-5, 1e-5, 3e-6, 1e-6):
             add("diffusionlens", "exact trace", tol, ours(tol, divergence="exact"))
@@ -134,12 +141,12 @@ def _run_case(K, name, o, hutch_probes, batch, repeats, seed):
     results = {i: [] for i in range(len(methods))}
     for rep in range(repeats):
         for i, (_, _, _, fn) in enumerate(methods):
-            w0, c0 = _clock()
+            w0, c0 = _clock(device)
             out = fn(rep)
-            w1, c1 = _clock()
+            w1, c1 = _clock(device)
             results[i].append((out, w1 - w0, c1 - c0))
     for i, (method, setting, tol, _) in enumerate(methods):
-        ll = torch.stack([r[0][0] for r in results[i]])  # (repeats, batch)
+        ll = torch.stack([r[0][0].to(device) for r in results[i]])  # (repeats, batch)
         nfe = statistics.mean(float(r[0][1]) for r in results[i])
         wall = statistics.median(r[1] for r in results[i])
         cpu = statistics.median(r[2] for r in results[i])
@@ -154,17 +161,20 @@ def _run_case(K, name, o, hutch_probes, batch, repeats, seed):
         print(f"{name:7s} {method:13s} {setting:20s} tol={tol:.0e} nfe={float(nfe):6.0f} "
               f"ms={1e3 * wall / batch:9.2f} cpu_ms={1e3 * cpu / batch:9.2f} err={err.mean().item():.2e} "
               f"err_ode={err_ode.mean().item():.2e}", flush=True)
-    kd_ms = next(r["cpu"] for r in rows if r["method"] == "k-diffusion" and r["tol"] == 1e-4)
+    cost = "cpu" if device.type == "cpu" else "ms"  # the cost: CPU time on the CPU, wall time on a GPU
+    kd_ms = next(r[cost] for r in rows if r["method"] == "k-diffusion" and r["tol"] == 1e-4)
     kd_err = next(r["err_ode"] for r in rows if r["method"] == "k-diffusion" and r["tol"] == 1e-4)
     for r in rows:
+        r["cost"] = r[cost]
         # a randomized estimate averaged over n independent runs has error ~ 1/sqrt(n): the error it would
-        # have in k-diffusion's CPU time, and k-diffusion's error divided by it
-        r["err_eq"] = r["err_ode"] * math.sqrt(r["cpu"] / kd_ms) if "exact" not in r["setting"] else float("nan")
+        # have in k-diffusion's time, and k-diffusion's error divided by it
+        r["err_eq"] = r["err_ode"] * math.sqrt(r[cost] / kd_ms) if "exact" not in r["setting"] else float("nan")
         r["gain"] = kd_err / r["err_eq"] if "exact" not in r["setting"] else float("nan")
     return rows
 
 
-def to_markdown(rows, command, batch, repeats):
+def to_markdown(rows, command, batch, repeats, device="cpu"):
+    cost = "CPU time" if torch.device(device).type == "cpu" else "wall time"
     lines = [
         "# Likelihood benchmark: PF-ODE log-likelihood on the exact oracle",
         "",
@@ -198,7 +208,10 @@ def to_markdown(rows, command, batch, repeats):
             + ("" if math.isnan(r["gain"]) else f"{r['gain']:.1f}x") + " |"
         )
     lines += ["", "## Against the targets", "",
-              "Exact trace: the cheapest setting whose ODE error is <= 1e-3 nats per sample, its CPU time over "
+              f"Device: {device}" + (f" ({torch.cuda.get_device_name(torch.device(device))})"
+                               if torch.device(device).type == "cuda" else "") + ".",
+        "",
+        f"Exact trace: the cheapest setting whose ODE error is <= 1e-3 nats per sample, its {cost} over "
               "k-diffusion's single-probe run at rtol=atol=1e-4 (target: <= 1). Hutchinson (d >= 256): the best "
               "gain at equal time (target: >= 3x).", ""]
     for case in dict.fromkeys(r["case"] for r in rows):
@@ -206,9 +219,9 @@ def to_markdown(rows, command, batch, repeats):
         kd = next(r for r in rs if r["method"] == "k-diffusion" and r["tol"] == 1e-4)
         ok = [r for r in rs if r["setting"] == "exact trace" and r["err_ode"] <= 1e-3]
         if ok:
-            best = min(ok, key=lambda r: r["cpu"])
+            best = min(ok, key=lambda r: r["cost"])
             lines.append(f"- {case} (d={best['d']}): exact trace at rtol=atol={best['tol']:.0e}, ODE error "
-                         f"{best['err_ode']:.1e} nats, {best['cpu'] / kd['cpu']:.2f}x k-diffusion's CPU time "
+                         f"{best['err_ode']:.1e} nats, {best['cost'] / kd['cost']:.2f}x k-diffusion's {cost} "
                          f"(k-diffusion's error {kd['err_ode']:.2f} nats).")
         hs = [r for r in rs if not math.isnan(r["gain"]) and r["method"] == "diffusionlens"]
         if hs:
@@ -224,6 +237,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/likelihood.md")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where every method runs")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     batch, repeats = (4, 1) if args.quick else (args.batch, args.repeats)
@@ -235,13 +249,15 @@ def main(argv=None):
     }
     if not args.quick:
         cases["mix256"] = (random_mixture(256, 10, seed=256), (1, 4, 16))
-    rows = run(cases, batch, repeats)
+    rows = run(cases, batch, repeats, device=args.device)
     command = ".venv/bin/python -m benchmarks.likelihood" + (" --quick" if args.quick else "")
+    if args.device != "cpu":
+        command += f" --device {args.device}"
     if args.batch != 16 and not args.quick:
         command += f" --batch {args.batch}"
     if args.repeats != 3 and not args.quick:
         command += f" --repeats {args.repeats}"
-    md = to_markdown(rows, command, batch, repeats)
+    md = to_markdown(rows, command, batch, repeats, args.device)
     write_results(args.out, md)
     print(md)
 
