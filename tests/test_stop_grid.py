@@ -222,3 +222,30 @@ def test_a_candidate_on_which_the_sampler_diverges_is_skipped():
     assert errs[0.002] == errs[0.01] == math.inf and math.isfinite(errs[0.1]) and g[-2].item() in (0.1, 0.5)
     with pytest.raises(FloatingPointError, match="every candidate"):
         stop_grid(fragile, dens, "euler", 4, base="logsnr", candidates=[0.002, 0.01])
+
+
+def test_analytic_start_replaces_only_the_first_evaluation_and_needs_two_steps():
+    gm = random_mixture(4, 3, seed=5)
+    noise = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean = data_mean(gm, (4,), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    # annealed Langevin evaluates every level 10 times: only the very first evaluation is replaced
+    _, plain = sample(gm, noise, sampler="langevin", steps=6, generator=g, return_info=True)
+    _, afs = sample(gm, noise, sampler="langevin", steps=6, generator=torch.Generator().manual_seed(0),
+                    analytic_start=True, data_mean=mean, return_info=True)
+    assert afs.nfe == plain.nfe - 1
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        sample(gm, noise, steps=1, analytic_start=True, data_mean=mean)
+    with pytest.raises(ValueError, match="only used with analytic_start"):
+        sample(gm, noise, steps=4, data_mean=mean)
+
+
+def test_sampler_options_reach_the_stop_search():
+    """grid='fitted-stop' with a sampler option (DEIS of order 2): the stop is chosen for that sampler and the
+    option does not collide with the grid's own order."""
+    gm = random_mixture(4, 3, seed=5)
+    noise = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, info = sample(gm, noise, sampler="deis", steps=6, grid="fitted-stop", order=2, return_info=True)
+    dens = error_density(gm, (4,), dtype=torch.float64)
+    want = stop_grid(gm, dens, "deis", 6, sampler_options={"order": 2})
+    torch.testing.assert_close(info.sigmas, want, rtol=0, atol=0)

@@ -41,7 +41,9 @@ backward vmap cannot batch): about d backward passes, the default for d <= 64. I
 like d times that of one probe: a black-box Jacobian's exact trace needs d products. The trace is
 a quadrature along the path (no derivative depends on it), so at Dormand–Prince's second stage,
 whose weights in the step and in its error estimate are zero, only D is evaluated
-(:func:`diffusionlens.ode.solve`'s ``quadrature``): one trace in six saved, the result unchanged.
+(:func:`diffusionlens.ode.solve`'s ``quadrature``): one trace in six saved, the result unchanged up to
+rounding (bit-identical when D comes from the same batched forward; with stacked copies the forward over
+m x b rows may round differently from the one over b rows).
 ``hutchinson``: E[e^T J e] = tr J for probes with E[e e^T] = I (Hutchinson 1989;
 FFJORD); ``probes`` P probes per sample, all P products in one call (stacked copies by default),
 drawn once per sample and held fixed along the trajectory (so the integrand is smooth and the

@@ -293,6 +293,8 @@ def sample(
     process = denoiser.process if isinstance(denoiser, Denoiser) else None
     if analytic_start and fn is adaptive:
         raise ValueError("analytic_start applies to fixed grids; the adaptive sampler starts with its own evaluation")
+    if data_mean is not None and not analytic_start:
+        raise ValueError("data_mean is only used with analytic_start=True")
     if data_mean is not None and tuple(data_mean.shape) not in (tuple(noise.shape[1:]), tuple(noise.shape)):
         raise ValueError(f"data_mean must have the shape of one sample {tuple(noise.shape[1:])} or of the batch "
                          f"{tuple(noise.shape)}, got {tuple(data_mean.shape)}")
@@ -319,7 +321,7 @@ def sample(
                 sigmas = dens.grid(steps, ORDER.get(name, 3))
             else:
                 sigmas = stop_grid(denoiser, dens, fn, steps, order=ORDER.get(name, 3),
-                                   analytic_start=analytic_start, **options)
+                                   analytic_start=analytic_start, sampler_options=options)
         elif fn is adaptive and g is not Grid.TIMESTEPS:
             # the adaptive solver chooses its own steps between the ends; `steps` does not apply
             sigmas = torch.tensor([sigma_max, sigma_min, 0.0], dtype=torch.float64)
@@ -327,6 +329,8 @@ def sample(
             sigmas = make_grid(g, steps, sigma_min, sigma_max, process=process, rho=rho, spacing=spacing)
     counted = Counted(denoiser)
     model = counted
+    if analytic_start and len(sigmas) < 3:
+        raise ValueError("analytic_start needs at least 2 steps: with one, the sample would be the data mean")
     if analytic_start:
         if mean is None:
             mean = _fitted.data_mean(denoiser, noise.shape[1:], float(sigmas[0]), device=noise.device,

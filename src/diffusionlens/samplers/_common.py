@@ -166,18 +166,23 @@ class AnalyticStart:
     replaced by m at no cost — the "analytical first step" of Zhou et al. (2024, "Fast ODE-based
     sampling for diffusion models in around 5 steps"), there with m = 0; here m is measured (the mean
     of D over a pilot at sigma_max, :func:`data_mean`). Every sampler then gets one more step for the
-    same NFE. Calls with every sigma >= ``sigma_max`` return ``mean``; all others go to the denoiser.
+    same NFE. The first call, if every sigma in it is >= ``sigma_max``, returns ``mean``; every other call
+    goes to the denoiser (a sampler that evaluates the top level again, like annealed Langevin, pays for
+    those). One wrapper serves one sampling run.
     """
 
     def __init__(self, denoiser, mean: Tensor, sigma_max: float):
         self.denoiser = denoiser
         self.mean = mean
         self.sigma_max = float(sigma_max)
+        self.used = False
 
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
-        s = sigma if isinstance(sigma, Tensor) else torch.tensor(float(sigma))
-        if bool((s >= self.sigma_max * (1 - 1e-12)).all()):
-            return self.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+        if not self.used:
+            self.used = True
+            s = sigma if isinstance(sigma, Tensor) else torch.tensor(float(sigma))
+            if bool((s >= self.sigma_max * (1 - 1e-12)).all()):
+                return self.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
         return self.denoiser(x, sigma, **cond)
 
 

@@ -29,7 +29,8 @@ the controller's start-up steps (chosen before any error was measured) out of th
 
 The grid places ``steps`` noise levels at equal quantiles of the integral of (*) from sigma_max to
 sigma_min, then appends 0 (the final Tweedie step of every sampler). The pilot's cost is a one-off
-per model and sigma range (64 pilot samples; 62-70 NFE each on the oracle mixtures at tol 1e-3):
+per model and sigma range (64 pilot samples; 64-72 NFE each on the oracle mixtures at tol 1e-3, with the
+data mean's evaluation and the final one):
 compute the grid once and pass it to :func:`diffusionlens.sample` as ``grid=`` for every batch.
 
 Where to stop (:func:`stop_grid`, ``grid="fitted-stop"``). Every sampler's last step jumps from the
@@ -67,7 +68,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._util import device_of
-from ..processes import karras_grid, logsnr_grid
 from ._common import AnalyticStart
 from .adaptive import solve_exp_rk32
 
@@ -349,7 +349,7 @@ def stop_grid(
     pilots: list[tuple[Callable, ErrorDensity]] | None = None,
     analytic_start: bool = False,
     return_errors: bool = False,
-    **options,
+    sampler_options: dict | None = None,
 ):
     """The (steps + 1,) grid of family ``base`` whose last positive level minimises the sampler's
     measured error on the pilot of ``density`` (module docstring, "Where to stop").
@@ -363,7 +363,7 @@ def stop_grid(
     Args:
         denoiser: the canonical denoiser the pilot was measured on.
         density: from :func:`error_density` (it keeps the pilot's noise and solutions).
-        sampler: a name in ``SAMPLERS`` or a sampler function; ``options`` are passed to it.
+        sampler: a name in ``SAMPLERS`` or a sampler function; ``sampler_options`` are passed to it.
         steps: grid intervals (the last is the jump from sigma_L to 0).
         base: ``"fitted"`` (the density's own grid, for ``order``), ``"karras"`` or ``"logsnr"``.
         order: for ``base="fitted"``: the sampler's order (default :data:`ORDER` of its name, else 3).
@@ -374,8 +374,9 @@ def stop_grid(
         analytic_start: choose the stop for the sampler run with :class:`AnalyticStart` (each pilot's
             ``data_mean`` in place of the first evaluation), as it will be sampled.
         return_errors: also return {sigma_L: pilot RMS error}.
+        sampler_options: keyword options of the sampler (e.g. ``{"order": 2}``), as it will be sampled.
     """
-    from . import _resolve_sampler  # the registry lives in the package, which imports this module
+    from . import _resolve_sampler, make_grid  # they live in the package, which imports this module
 
     name, fn = _resolve_sampler(sampler)
     base = StopBase.parse(base)
@@ -403,12 +404,12 @@ def stop_grid(
             raise ValueError(f"candidate sigma_last must be in [sigma_min, sigma_max) = [{density.sigma_min}, "
                              f"{density.sigma_max}), got {c}")
 
+    options = dict(sampler_options or {})
+
     def grid_for(last: float) -> Tensor:
         if base is StopBase.FITTED:
             return density.grid(steps, order, sigma_last=last)
-        if base is StopBase.KARRAS:
-            return karras_grid(steps, last, density.sigma_max)
-        return logsnr_grid(steps, last, density.sigma_max)
+        return make_grid(base.value, steps, last, density.sigma_max)
 
     errors: dict[float, float] = {}
     best, best_err = None, math.inf
