@@ -47,9 +47,11 @@ def main():
     den, cfg = load_denoiser(args.run)
     t0 = time.time()
 
+    pilot_cache: dict = {}  # one pilot for every fitted grid below (they are deterministic)
+
     def fd(sampler, nfe, grid, seed, analytic_start=False):
         x, _, used = generate(den, cfg, args.samples, sampler=sampler, steps=nfe + analytic_start, seed=seed,
-                              grid=grid, analytic_start=analytic_start)
+                              grid=grid, analytic_start=analytic_start, pilot_cache=pilot_cache)
         assert abs(used - nfe) < 1e-9, (sampler, nfe, used)
         return evaluate_samples(x, cfg.dataset, seed=0)["fd"]
 

@@ -265,8 +265,6 @@ def cmd_sample(args) -> int:
         if args.label >= 10:
             raise UsageError(f"--label must be a class index in [0, 9], got {args.label}")
     t0 = time.perf_counter()
-    if args.analytic_start and args.sampler == "adaptive":
-        raise UsageError("--analytic-start applies to fixed grids, not to the adaptive sampler")
     x, y, nfe = generate(den, cfg, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                          guidance=args.guidance, grid=args.grid, label=args.label,
                          analytic_start=args.analytic_start, progress=_progress(args))

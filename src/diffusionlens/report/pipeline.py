@@ -70,7 +70,8 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 @torch.no_grad()
 def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = 16, seed: int = 0,
              batch_size: int = 1000, guidance: float = 1.0, grid: str | None = None, label: int | None = None,
-             analytic_start: bool = False, progress: bool = False) -> tuple[Tensor, Tensor | None, float]:
+             analytic_start: bool = False, progress: bool = False,
+             pilot_cache: dict | None = None) -> tuple[Tensor, Tensor | None, float]:
     """n samples (n, *data_shape) of a trained denoiser, their labels (conditional runs) and the NFE per sample.
 
     Conditional runs: labels cycle through the classes (or are all ``label``), guided with weight
@@ -79,6 +80,9 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     ``"fitted-stop"`` run one pilot for all batches (one per class for conditional runs);
     ``analytic_start`` replaces the first evaluation by the data mean measured on the pilot (per class
     for conditional runs), one NFE fewer.
+    ``pilot_cache``: a dict kept across calls on the same model, sampling range and conditions (e.g. the
+    NFE budgets of one sweep), so that the pilots are solved once; they are deterministic, so the samples
+    are the same with or without it.
     """
     from ..data import load_dataset
     from ..guidance import ClassifierFree
@@ -108,9 +112,14 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     if grid in ("fitted", "fitted-stop") and sampler != "adaptive":  # one pilot for all batches
         # (per class: the solver calls the denoiser on subsets of the pilot batch, so labels cannot be bound
         # by position)
-        pilots = [(den_of(c), error_density(den_of(c), shape, smin, smax, device=dev) if c is None else
-                   error_density(den_of(c), shape, smin, smax, pilot=max(8, 64 // len(classes)), device=dev,
-                                 generator=torch.Generator().manual_seed(c))) for c in classes]
+        key = ("pilots", tuple(classes), guidance)
+        pilots = None if pilot_cache is None else pilot_cache.get(key)
+        if pilots is None:
+            pilots = [(den_of(c), error_density(den_of(c), shape, smin, smax, device=dev) if c is None else
+                       error_density(den_of(c), shape, smin, smax, pilot=max(8, 64 // len(classes)), device=dev,
+                                     generator=torch.Generator().manual_seed(c))) for c in classes]
+            if pilot_cache is not None:
+                pilot_cache[key] = pilots
         dens = pilots[0][1] if guided is None else ErrorDensity.average([p for _, p in pilots])
         grid = (dens.grid(steps, ORDER.get(sampler, 3)) if grid == "fitted"
                 else stop_grid(denoiser, dens, sampler, steps, pilots=pilots, analytic_start=analytic_start))
@@ -199,10 +208,11 @@ def evaluate_run(run_dir, *, n_samples: int | None = None, sampler: str = DEFAUL
         bar = tqdm(total=len(jobs), desc="quality vs NFE", unit="run")
     score = headline_scorer(cfg.dataset, seed=seed) if jobs else None
     t0 = time.perf_counter()
+    pilot_cache: dict = {}  # one pilot for every fitted-grid entry and NFE of the sweep
     for s, k in jobs:
         name, grid = entries[s]
         xs, _, used = generate(den, cfg, n, sampler=name, steps=steps_for_nfe(name, k), seed=seed, guidance=guidance,
-                               grid=grid)
+                               grid=grid, pilot_cache=pilot_cache)
         curves.setdefault(s, []).append([used, score(xs)])
         if bar is not None:
             bar.update(1)

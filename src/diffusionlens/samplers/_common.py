@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._util import as_tensor
+
 __all__ = [
     "AnalyticStart",
     "Counted",
@@ -180,8 +182,7 @@ class AnalyticStart:
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
         if not self.used:
             self.used = True
-            s = sigma if isinstance(sigma, Tensor) else torch.tensor(float(sigma))
-            if bool((s >= self.sigma_max * (1 - 1e-12)).all()):
+            if bool((as_tensor(sigma) >= self.sigma_max * (1 - 1e-12)).all()):
                 return self.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
         return self.denoiser(x, sigma, **cond)
 

@@ -224,14 +224,10 @@ def error_density(
     cells: resolution of the density in log sigma.
     """
     _check_range(sigma_min, sigma_max)
-    if not (isinstance(pilot, int) and pilot >= 1):
-        raise ValueError(f"pilot must be an integer >= 1, got {pilot!r}")
     if not (0 < tol < 1):
         raise ValueError(f"tol must be in (0, 1), got {tol}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    device = device if device is not None else device_of(denoiser)
-    dtype = torch.promote_types(dtype, torch.float32)  # half-precision error estimates are rounding noise
-    noise = torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    noise = _pilot_noise(denoiser, shape, pilot, generator, device, dtype)
+    device, dtype = noise.device, noise.dtype
     trace: list = []
     with torch.no_grad():
         mean = _mean_at(denoiser, noise * sigma_max, sigma_max)
@@ -250,6 +246,18 @@ def error_density(
     n = torch.cumsum(diff, 0)[:cells].clamp_min(0.0) / pilot
     n = _smooth(n, float(mesh[1] - mesh[0]), float((lam_b - lam_a).abs().median()))
     return ErrorDensity(sigma_min, sigma_max, mesh, n, float(nfe.double().mean()) + 2.0, noise, x0.detach(), mean)
+
+
+def _pilot_noise(denoiser, shape, pilot: int, generator, device, dtype) -> Tensor:
+    """(pilot, *shape) standard normal pilot noise: drawn in float64 on the CPU from ``generator`` (default
+    seed 0), then moved to ``device`` (default: the denoiser's) in ``dtype`` (at least float32: half-precision
+    error estimates are rounding noise)."""
+    if not (isinstance(pilot, int) and pilot >= 1):
+        raise ValueError(f"pilot must be an integer >= 1, got {pilot!r}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    device = device if device is not None else device_of(denoiser)
+    dtype = torch.promote_types(dtype, torch.float32)
+    return torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def _mean_at(denoiser, x: Tensor, sigma: float) -> Tensor:
@@ -276,14 +284,9 @@ def data_mean(
     O(||Cov|| / sigma) spread (one batched call). Used by :class:`AnalyticStart`; an
     :func:`error_density` pilot measures it too (``ErrorDensity.data_mean``).
     """
-    if not (isinstance(pilot, int) and pilot >= 1):
-        raise ValueError(f"pilot must be an integer >= 1, got {pilot!r}")
     if not (0 < sigma_max < math.inf):
         raise ValueError(f"sigma_max must be finite and > 0, got {sigma_max}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    device = device if device is not None else device_of(denoiser)
-    dtype = torch.promote_types(dtype, torch.float32)
-    noise = torch.randn((pilot, *tuple(shape)), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    noise = _pilot_noise(denoiser, shape, pilot, generator, device, dtype)
     return _mean_at(denoiser, noise * sigma_max, sigma_max)
 
 
