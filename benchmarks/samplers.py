@@ -20,7 +20,16 @@ import torch
 from diffusionlens.ode import solve
 from diffusionlens.oracle import random_mixture, standard_cases
 from diffusionlens.processes import Discrete, karras_grid, logsnr_grid
-from diffusionlens.samplers import ORDER, SAMPLERS, AnalyticStart, Counted, error_density, sample, stop_grid
+from diffusionlens.samplers import (
+    ORDER,
+    SAMPLERS,
+    AnalyticStart,
+    Counted,
+    error_density,
+    gaussian_model,
+    sample,
+    stop_grid,
+)
 
 from ._write import write_results
 from .peers import k_sampling
@@ -28,6 +37,7 @@ from .peers import k_sampling
 NFES = [4, 5, 6, 8, 10, 12, 16, 24, 32]
 PEER_DIST = ["d:UniPC3 trailing", "d:DEIS3 exp", "d:DPM++3M", "k:lms [karras]"]
 TWO_EVAL = {"heun", "k:heun", "k:dpm_2", "d:Heun karras"}
+TP_SAMPLERS = ("lms", "deis", "dpmpp_3m", "unipc")
 
 
 def steps_for(name: str, nfe: int) -> int:
@@ -63,46 +73,72 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 _DENSITY: dict = {}
 
 
-def pilot_density(gm):
-    """The fitted grids' pilot (64 samples, tol 1e-3) on noise independent of the evaluation noise
-    (seed 1; the evaluation uses seed 0), once per mixture object (kept alive beside its density, so
-    its id is not reused)."""
-    if id(gm) not in _DENSITY:
-        _DENSITY[id(gm)] = (gm, error_density(gm, (gm.dim,), generator=torch.Generator().manual_seed(1),
-                                              dtype=torch.float64))
-    return _DENSITY[id(gm)][1]
+def pilot_density(gm, pilot: int = 64):
+    """The fitted grids' pilot (``pilot`` samples, tol 1e-3) on noise independent of the evaluation noise
+    (seed 1; the evaluation uses seed 0), once per mixture object and size (kept alive beside its
+    density, so its id is not reused)."""
+    key = (id(gm), pilot)
+    if key not in _DENSITY:
+        _DENSITY[key] = (gm, error_density(gm, (gm.dim,), pilot=pilot, generator=torch.Generator().manual_seed(1),
+                                           dtype=torch.float64))
+    return _DENSITY[key][1]
+
+
+_GAUSS: dict = {}
+
+
+def gaussian(gm):
+    """The mixture's Gaussian moments measured on the denoiser at sigma = 80 (16 pilot points, seed 2)."""
+    if id(gm) not in _GAUSS:
+        _GAUSS[id(gm)] = (gm, gaussian_model(gm, (gm.dim,), generator=torch.Generator().manual_seed(2),
+                                             dtype=torch.float64))
+    return _GAUSS[id(gm)][1]
 
 
 _STOPS: dict = {}
+TP_PILOT = 256  # the teleported grids choose two levels on the pilot: a larger one (stop_grid's docs)
 
 
-def stopped(gm, name: str, steps: int, base: str, analytic_start: bool = False):
+def stopped(gm, name: str, steps: int, base: str, analytic_start: bool = False, teleport: bool = False):
     """``stop_grid`` of ``base`` for this sampler and step count, chosen on the pilot of ``pilot_density``
-    (never on the evaluation noise)."""
-    key = (id(gm), name, steps, base, analytic_start)
+    (never on the evaluation noise); with ``teleport``, the start too, on the 256-sample pilot."""
+    key = (id(gm), name, steps, base, analytic_start, teleport)
     if key not in _STOPS:
-        _STOPS[key] = stop_grid(gm, pilot_density(gm), name, steps, base=base, analytic_start=analytic_start)
+        if teleport:
+            _STOPS[key] = stop_grid(gm, pilot_density(gm, TP_PILOT), name, steps, base=base,
+                                    analytic_start=analytic_start, teleport=gaussian(gm))
+        else:
+            _STOPS[key] = stop_grid(gm, pilot_density(gm), name, steps, base=base, analytic_start=analytic_start)
     return _STOPS[key]
 
 
 def ours(name: str, grid: str, **opts):
-    """Our sampler ``name`` on ``grid``: karras, logsnr, fitted, <base>-stop, or <base>-stop+as (with the
-    analytic start: the first evaluation replaced by the pilot's data mean, one more step for the NFE)."""
-    afs = grid.endswith("+as")
+    """Our sampler ``name`` on ``grid``: karras, logsnr, fitted, <base>-stop, <base>-stop+as (with the
+    analytic start: the first evaluation replaced by the pilot's data mean, one more step for the NFE),
+    or <base>-stop+tp (teleported: the start s1 and the stop chosen on a 256-sample pilot, the noise
+    carried from sigma 80 to s1 by the measured Gaussian's flow, the first evaluation the Gaussian's
+    denoiser, one more step for the NFE)."""
+    afs = grid.endswith("+as") or grid.endswith("+tp")
+    tp = grid.endswith("+tp")
     family = grid[: -len("+as")] if afs else grid
 
     def run(gm, noise, nfe):
         steps = steps_for(name, nfe + 1 if afs else nfe)
         if family.endswith("-stop"):
-            sig = stopped(gm, name, steps, family[: -len("-stop")], afs)
+            sig = stopped(gm, name, steps, family[: -len("-stop")], afs, tp)
         elif family == "fitted":
             sig = pilot_density(gm).grid(steps, ORDER.get(name, 3))
         else:
             sig = karras_grid(steps) if family == "karras" else logsnr_grid(steps)
         c = Counted(gm)
-        den = AnalyticStart(c, pilot_density(gm).data_mean, sig[0].item()) if afs else c
-        x = SAMPLERS[name](den, noise * sig[0].item(), sig, **opts)
-        return x, c.rows / noise.shape[0], sig[0].item()
+        s0 = sig[0].item()
+        if tp:
+            den = AnalyticStart(c, gaussian(gm), s0)
+            x = SAMPLERS[name](den, gaussian(gm).flow(noise * 80.0, 80.0, s0), sig, **opts)
+            return x, c.rows / noise.shape[0], 80.0  # the flow starts at sigma 80 (the reference's start)
+        den = AnalyticStart(c, pilot_density(gm).data_mean, s0) if afs else c
+        x = SAMPLERS[name](den, noise * s0, sig, **opts)
+        return x, c.rows / noise.shape[0], s0
 
     return run
 
@@ -175,10 +211,13 @@ def diffusers_run(cls_name: str, label: str, **kw):
 
 def configs(with_peers: bool = True) -> dict:
     cf = {}
+    cf["ours"] = {}
     for grid in ("karras", "logsnr", "fitted", "fitted-stop", "karras-stop", "logsnr-stop", "fitted-stop+as",
-                 "karras-stop+as", "logsnr-stop+as"):
+                 "karras-stop+as", "logsnr-stop+as", "fitted-stop+tp", "karras-stop+tp", "logsnr-stop+tp"):
         g = f" [{grid}]"
-        cf["ours"] = cf.get("ours", {})
+        if grid.endswith("+tp"):  # the multistep samplers only: 114 pilot runs per configuration and NFE
+            cf["ours"].update({n + g: ours(n, grid) for n in TP_SAMPLERS})
+            continue
         cf["ours"].update({
             "euler" + g: ours("euler", grid),
             "heun" + g: ours("heun", grid),
@@ -288,7 +327,7 @@ def metric_distribution(cases: dict, n: int, nfes: list[int]):
             lib = "diffusers" if pname.startswith("d:") else "k-diffusion"
             rows[pname] = {nfe: sliced_w2(peer_cf[lib][pname](gm, noise, nfe)[0], exact_a) for nfe in nfes}
         for oname in ("deis [fitted]", "unipc [fitted]", "deis [fitted-stop]", "unipc [fitted-stop]",
-                      "unipc [fitted-stop+as]", "dpmpp_3m [logsnr-stop+as]"):
+                      "unipc [fitted-stop+as]", "dpmpp_3m [logsnr-stop+as]", "unipc [fitted-stop+tp]"):
             rows[oname] = {nfe: sliced_w2(peer_cf["ours"][oname](gm, noise, nfe)[0], exact_a) for nfe in nfes}
         for kname in ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"):
             rows["k:" + kname] = {}
@@ -426,7 +465,12 @@ def write_report(path: Path, cmd: str, rm: dict, dist: dict, ada: dict, ovh: dic
               "of 19 candidate levels, the one closest to the pilot's own solutions kept (not counted in the NFE",
               "either; the evaluation noise is never seen). `+as`: with the analytic start",
               "(`diffusionlens.samplers.AnalyticStart`): the first evaluation, at sigma_max, replaced by the data",
-              "mean measured on the same pilot, so the grid has one step more than the NFE.", ""]
+              "mean measured on the same pilot, so the grid has one step more than the NFE.",
+              "`+tp`: teleported (`sample(..., teleport=...)`): the grid starts at s1 <= 80, reached from the",
+              "noise at sigma 80 by the exact flow of the Gaussian with the mixture's mean and covariance as",
+              "measured on the denoiser (`diffusionlens.samplers.gaussian_model`: Jacobian at 16 points, sigma 80;",
+              "no evaluations counted), the first evaluation at s1 the Gaussian's denoiser (one more step for the",
+              "NFE); s1 (80 / 2^k, k < 6) and the last level chosen together on a 256-sample pilot.", ""]
     L += ["### All configurations (RMSE; NFE actually used in the column header budget)", ""]
     for case, res in rm.items():
         L += [f"<details><summary>{case}</summary>", "", "| config | " + " | ".join(map(str, NFES)) + " |",
@@ -484,7 +528,9 @@ def default_check(n: int):
     names = ["unipc [logsnr]", "unipc [karras]", "dpmpp_3m [logsnr]", "dpmpp_3m [karras]", "dpmpp_2m [logsnr]",
              "deis [logsnr]", "deis [karras]", "deis [fitted]", "unipc [fitted]", "deis [fitted-stop]",
              "unipc [fitted-stop]", "unipc [logsnr-stop]", "deis [karras-stop]", "unipc [fitted-stop+as]",
-             "unipc [logsnr-stop+as]", "dpmpp_3m [fitted-stop+as]", "deis [karras-stop+as]", "k:lms [karras]",
+             "unipc [logsnr-stop+as]", "dpmpp_3m [fitted-stop+as]", "deis [karras-stop+as]",
+             "unipc [fitted-stop+tp]", "unipc [logsnr-stop+tp]", "dpmpp_3m [karras-stop+tp]", "deis [karras-stop+tp]",
+             "k:lms [karras]",
              "d:UniPC3 karras",
              "d:UniPC3 trailing", "d:DEIS3 exp", "d:DPM++3M"]
     cf = configs(True)

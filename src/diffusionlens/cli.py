@@ -267,7 +267,7 @@ def cmd_sample(args) -> int:
     t0 = time.perf_counter()
     x, y, nfe = generate(den, cfg, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                          guidance=args.guidance, grid=args.grid, label=args.label,
-                         analytic_start=args.analytic_start, progress=_progress(args))
+                         analytic_start=args.analytic_start, teleport=args.teleport, progress=_progress(args))
     secs = time.perf_counter() - t0
     stem = args.out or str(run / f"samples-{args.sampler}-{args.steps}")
     stem = stem.removesuffix(".safetensors").removesuffix(".png")
@@ -627,6 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the first evaluation, at sigma_max, by the data mean measured on a pilot (the "
                         "large-noise limit of the denoiser): one NFE fewer for the same grid; see "
                         "diffusionlens.samplers.AnalyticStart")
+    q.add_argument("--teleport", action="store_true",
+                   help="with --grid fitted-stop, unconditional runs: start below sigma_max, carried there by the "
+                        "exact flow of the Gaussian with the data's mean and covariance measured on the model; the "
+                        "start is chosen on the pilot with the stop; see diffusionlens.samplers.gaussian")
     q.add_argument("--n", type=_positive_int, default=100, help="number of samples (default 100)")
     q.add_argument("--guidance", type=_nonneg_float, default=1.0,
                    help="classifier-free guidance weight for conditional runs (1 = conditional, 0 = unconditional)")

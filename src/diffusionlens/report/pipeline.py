@@ -70,7 +70,7 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 @torch.no_grad()
 def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = 16, seed: int = 0,
              batch_size: int = 1000, guidance: float = 1.0, grid: str | None = None, label: int | None = None,
-             analytic_start: bool = False, progress: bool = False,
+             analytic_start: bool = False, progress: bool = False, teleport: bool = False,
              pilot_cache: dict | None = None) -> tuple[Tensor, Tensor | None, float]:
     """n samples (n, *data_shape) of a trained denoiser, their labels (conditional runs) and the NFE per sample.
 
@@ -79,14 +79,16 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     and i's batch, so two samplers given the same seed start from the same noise. ``grid="fitted"`` and
     ``"fitted-stop"`` run one pilot for all batches (one per class for conditional runs);
     ``analytic_start`` replaces the first evaluation by the data mean measured on the pilot (per class
-    for conditional runs), one NFE fewer.
+    for conditional runs), one NFE fewer. ``teleport`` (unconditional runs, ``grid="fitted-stop"``):
+    start below sigma_max by the flow of the Gaussian measured on the model
+    (:func:`diffusionlens.samplers.gaussian_model`), the start chosen with the stop on a 256-sample pilot.
     ``pilot_cache``: a dict kept across calls on the same model, sampling range and conditions (e.g. the
     NFE budgets of one sweep), so that the pilots are solved once; they are deterministic, so the samples
     are the same with or without it.
     """
     from ..data import load_dataset
     from ..guidance import ClassifierFree
-    from ..samplers import ORDER, ErrorDensity, data_mean, error_density, sample, stop_grid
+    from ..samplers import ORDER, ErrorDensity, data_mean, error_density, gaussian_model, sample, stop_grid
 
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
@@ -108,21 +110,33 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
             return denoiser
         return lambda x, s: guided(x, s, y=torch.full((x.shape[0],), c, dtype=torch.long, device=x.device))
 
+    if teleport and (cfg.conditional or grid != "fitted-stop"):
+        raise ValueError("teleport needs an unconditional run and grid 'fitted-stop' (one Gaussian model of the "
+                         f"data, the start chosen on the pilot); got conditional={cfg.conditional}, grid={grid!r}")
+    gauss = None
+    if teleport:
+        gauss = None if pilot_cache is None else pilot_cache.get("gaussian")
+        if gauss is None:
+            gauss = gaussian_model(denoiser, shape, smax, device=dev)
+            if pilot_cache is not None:
+                pilot_cache["gaussian"] = gauss
     means = None
     if grid in ("fitted", "fitted-stop") and sampler != "adaptive":  # one pilot for all batches
         # (per class: the solver calls the denoiser on subsets of the pilot batch, so labels cannot be bound
         # by position)
-        key = ("pilots", tuple(classes), guidance)
+        key = ("pilots", tuple(classes), guidance, teleport)
         pilots = None if pilot_cache is None else pilot_cache.get(key)
         if pilots is None:
-            pilots = [(den_of(c), error_density(den_of(c), shape, smin, smax, device=dev) if c is None else
+            pilots = [(den_of(c), error_density(den_of(c), shape, smin, smax, device=dev,
+                                                pilot=256 if teleport else 64) if c is None else
                        error_density(den_of(c), shape, smin, smax, pilot=max(8, 64 // len(classes)), device=dev,
                                      generator=torch.Generator().manual_seed(c))) for c in classes]
             if pilot_cache is not None:
                 pilot_cache[key] = pilots
         dens = pilots[0][1] if guided is None else ErrorDensity.average([p for _, p in pilots])
         grid = (dens.grid(steps, ORDER.get(sampler, 3)) if grid == "fitted"
-                else stop_grid(denoiser, dens, sampler, steps, pilots=pilots, analytic_start=analytic_start))
+                else stop_grid(denoiser, dens, sampler, steps, pilots=None if teleport else pilots,
+                               analytic_start=analytic_start, teleport=gauss))
         means = {c: p.data_mean for c, (_, p) in zip(classes, pilots)}
     if analytic_start and means is None:
         means = {c: data_mean(den_of(c), shape, smax, device=dev) for c in classes}
@@ -138,11 +152,11 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
                 return guided(x, s, y=_yb)
             if analytic_start:
                 mean = torch.stack([means[int(c)] for c in labels[i:i + b]])  # each sample its class's mean
-        elif analytic_start:
+        elif analytic_start and gauss is None:
             mean = means[None]
         x, info = sample(den, noise, sampler=sampler, steps=steps, sigma_min=smin, sigma_max=smax, grid=grid,
                          generator=torch.Generator().manual_seed(seed + 1 + i), return_info=True, progress=progress,
-                         analytic_start=analytic_start, data_mean=mean)
+                         analytic_start=analytic_start, data_mean=mean, teleport=False if gauss is None else gauss)
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"sampler {sampler!r} produced a non-finite sample (batch starting at {i})")
         out.append(x.cpu())

@@ -57,9 +57,11 @@ from .fitted import (
     data_mean,
     error_density,
     fitted_grid,
+    start_candidates,
     stop_candidates,
     stop_grid,
 )
+from .gaussian import GaussianModel, gaussian_model
 from .lms import Basis, deis, lms, lms_coefficients, lms_coefficients_log, lms_update
 from .sde import LangevinStep, em_update, euler_maruyama, langevin, langevin_update, pc
 from .unipc import unic_update, unip_update, unipc
@@ -78,7 +80,10 @@ __all__ = [
     "ErrorDensity",
     "stop_grid",
     "stop_candidates",
+    "start_candidates",
     "StopBase",
+    "GaussianModel",
+    "gaussian_model",
     "data_mean",
     "AnalyticStart",
     "ORDER",
@@ -251,6 +256,7 @@ def sample(
     spacing: Spacing | str = Spacing.LEADING,
     analytic_start: bool = False,
     data_mean: Tensor | None = None,
+    teleport: bool | GaussianModel = False,
     **options,
 ):
     """Draw samples: build the grid, scale the noise, run the sampler, count the NFE.
@@ -284,6 +290,13 @@ def sample(
             counted).
         data_mean: E[x0] for ``analytic_start``, of shape ``noise.shape[1:]`` or, per sample (e.g. each
             sample's class mean), ``noise.shape``.
+        teleport: start the grid at a level s1 below sigma_max, reached from ``noise * sigma_max`` by the
+            exact flow of a Gaussian with the data's mean and covariance (:mod:`.gaussian`; no evaluations):
+            True measures that :class:`GaussianModel` on the denoiser (:func:`gaussian_model`, d
+            vector-Jacobian products at 16 points, not counted), or pass one. With ``grid="fitted-stop"``
+            s1 is chosen on the pilot together with the last level (the pilot is then 256 samples); with an
+            explicit grid, s1 = ``grid[0]`` <= sigma_max. With ``analytic_start`` the first evaluation, at
+            s1, is the Gaussian's denoiser.
         **options: passed to the sampler (e.g. ``eta``, ``s_churn``, ``rtol``).
     Returns x0 samples shaped like ``noise`` (and the info if ``return_info``).
     """
@@ -295,6 +308,17 @@ def sample(
         raise ValueError("analytic_start applies to fixed grids; the adaptive sampler starts with its own evaluation")
     if data_mean is not None and not analytic_start:
         raise ValueError("data_mean is only used with analytic_start=True")
+    if teleport is not False and fn is adaptive:
+        raise ValueError("teleport applies to fixed grids; the adaptive sampler chooses its own steps from sigma_max")
+    if teleport is not False and data_mean is not None:
+        raise ValueError("data_mean is not used with teleport: the Gaussian model carries the mean")
+    if not (isinstance(teleport, (bool, GaussianModel))):
+        raise TypeError(f"teleport must be a bool or a GaussianModel, got {type(teleport).__name__}")
+    gauss = None
+    if teleport is True:
+        gauss = gaussian_model(denoiser, noise.shape[1:], sigma_max, device=noise.device, dtype=noise.dtype)
+    elif isinstance(teleport, GaussianModel):
+        gauss = teleport
     if data_mean is not None and tuple(data_mean.shape) not in (tuple(noise.shape[1:]), tuple(noise.shape)):
         raise ValueError(f"data_mean must have the shape of one sample {tuple(noise.shape[1:])} or of the batch "
                          f"{tuple(noise.shape)}, got {tuple(data_mean.shape)}")
@@ -305,6 +329,9 @@ def sample(
             raise ValueError(
                 f"sample() returns data, so an explicit grid must end at 0; got sigmas[-1] = {sigmas[-1].item()}"
             )
+        if gauss is not None and not sigmas[0].item() <= sigma_max:
+            raise ValueError(f"a teleported grid starts at or below sigma_max={sigma_max}, got grid[0] = "
+                             f"{sigmas[0].item()}")
     else:
         g = Grid.parse(grid) if grid is not None else RECOMMENDED_GRID.get(name, DEFAULT_GRID)
         if process is not None and g is not Grid.TIMESTEPS and sigma_max > process.sigma_max:
@@ -312,16 +339,19 @@ def sample(
                 f"sigma_max={sigma_max} exceeds the model's process range (sigma_max={process.sigma_max:.6g}); "
                 f"pass sigma_max <= {process.sigma_max:.6g}"
             )
+        if gauss is not None and g is not Grid.FITTED_STOP:
+            raise ValueError(f"teleport needs grid='fitted-stop' (which chooses where to start) or an explicit "
+                             f"grid starting below sigma_max, got grid={g.value!r}")
         if g in (Grid.FITTED, Grid.FITTED_STOP) and fn is not adaptive:
             dens = error_density(denoiser, noise.shape[1:], sigma_min, sigma_max, device=noise.device,
-                                 dtype=noise.dtype)
+                                 dtype=noise.dtype, pilot=64 if gauss is None else 256)
             if mean is None and analytic_start:
                 mean = dens.data_mean
             if g is Grid.FITTED:
                 sigmas = dens.grid(steps, ORDER.get(name, 3))
             else:
                 sigmas = stop_grid(denoiser, dens, fn, steps, order=ORDER.get(name, 3),
-                                   analytic_start=analytic_start, sampler_options=options)
+                                   analytic_start=analytic_start, sampler_options=options, teleport=gauss)
         elif fn is adaptive and g is not Grid.TIMESTEPS:
             # the adaptive solver chooses its own steps between the ends; `steps` does not apply
             sigmas = torch.tensor([sigma_max, sigma_min, 0.0], dtype=torch.float64)
@@ -332,11 +362,16 @@ def sample(
     if analytic_start and len(sigmas) < 3:
         raise ValueError("analytic_start needs at least 2 steps: with one, the sample would be the data mean")
     if analytic_start:
-        if mean is None:
+        if gauss is not None:
+            mean = gauss
+        elif mean is None:
             mean = _fitted.data_mean(denoiser, noise.shape[1:], float(sigmas[0]), device=noise.device,
                                      dtype=noise.dtype)
         model = AnalyticStart(counted, mean, float(sigmas[0]))
-    x = noise * float(sigmas[0])
+    if gauss is None:
+        x = noise * float(sigmas[0])
+    else:
+        x = gauss.flow(noise * sigma_max, sigma_max, float(sigmas[0]))
     per_sample: list[Tensor] = []
     bar = None
     if progress:

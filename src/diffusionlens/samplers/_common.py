@@ -171,9 +171,13 @@ class AnalyticStart:
     same NFE. The first call, if every sigma in it is >= ``sigma_max``, returns ``mean``; every other call
     goes to the denoiser (a sampler that evaluates the top level again, like annealed Langevin, pays for
     those). One wrapper serves one sampling run.
+
+    ``mean`` may also be a :class:`~diffusionlens.samplers.GaussianModel`: the first evaluation is then
+    the Gaussian's denoiser m + C (C + sigma^2 I)^-1 (x_hat - m), the next term of the same large-sigma
+    expansion, which matters when the grid starts lower (``sample(..., teleport=...)``).
     """
 
-    def __init__(self, denoiser, mean: Tensor, sigma_max: float):
+    def __init__(self, denoiser, mean, sigma_max: float):
         self.denoiser = denoiser
         self.mean = mean
         self.sigma_max = float(sigma_max)
@@ -183,7 +187,9 @@ class AnalyticStart:
         if not self.used:
             self.used = True
             if bool((as_tensor(sigma) >= self.sigma_max * (1 - 1e-12)).all()):
-                return self.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+                if isinstance(self.mean, Tensor):
+                    return self.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+                return self.mean.denoise(x, self.sigma_max)
         return self.denoiser(x, sigma, **cond)
 
 

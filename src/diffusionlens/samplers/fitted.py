@@ -70,9 +70,10 @@ from torch import Tensor
 from .._util import device_of
 from ._common import AnalyticStart
 from .adaptive import solve_exp_rk32
+from .gaussian import GaussianModel
 
-__all__ = ["ErrorDensity", "ORDER", "StopBase", "data_mean", "error_density", "fitted_grid", "stop_candidates",
-           "stop_grid"]
+__all__ = ["ErrorDensity", "ORDER", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
+           "stop_candidates", "stop_grid"]
 
 ORDER: dict[str, int] = {
     "euler": 1,
@@ -133,30 +134,38 @@ class ErrorDensity:
     pilot_x0: Tensor | None = None
     data_mean: Tensor | None = None
 
-    def grid(self, steps: int, order: int = 3, sigma_last: float | None = None) -> Tensor:
-        """(steps + 1,) float64 decreasing grid sigma_max ... sigma_last, 0 for a sampler of order ``order``.
+    def grid(self, steps: int, order: int = 3, sigma_last: float | None = None,
+             sigma_first: float | None = None) -> Tensor:
+        """(steps + 1,) float64 decreasing grid sigma_first ... sigma_last, 0 for a sampler of order ``order``.
 
-        ``sigma_last`` (default ``sigma_min``, within [sigma_min, sigma_max)) is the last positive level:
-        the density is cut at it and its quantiles taken over [sigma_last, sigma_max] only.
+        ``sigma_last`` (default ``sigma_min``) is the last positive level and ``sigma_first`` (default
+        ``sigma_max``) the first, both within [sigma_min, sigma_max], sigma_last < sigma_first: the
+        density is cut at them and its quantiles taken over [sigma_last, sigma_first] only.
         """
-        if _one_step(steps, order):
-            return torch.tensor([self.sigma_max, 0.0], dtype=torch.float64)
+        first = self.sigma_max if sigma_first is None else float(sigma_first)
         last = self.sigma_min if sigma_last is None else float(sigma_last)
-        if not (self.sigma_min <= last < self.sigma_max):
-            raise ValueError(f"sigma_last must be in [sigma_min, sigma_max) = [{self.sigma_min}, {self.sigma_max}), "
+        if not (self.sigma_min < first <= self.sigma_max):
+            raise ValueError(f"sigma_first must be in (sigma_min, sigma_max] = ({self.sigma_min}, {self.sigma_max}], "
+                             f"got {sigma_first}")
+        if not (self.sigma_min <= last < first):
+            raise ValueError(f"sigma_last must be in [sigma_min, sigma_first) = [{self.sigma_min}, {first}), "
                              f"got {sigma_last}")
+        if _one_step(steps, order):
+            return torch.tensor([first, 0.0], dtype=torch.float64)
         top = float(self.n.max())
         if not (math.isfinite(top) and top > 0):  # no measurable error anywhere (e.g. a constant denoiser)
             density = torch.ones_like(self.n)  # -> uniform in log sigma, the log-SNR grid
         else:
             density = self.n.clamp_min(top * 1e-12).pow(3.0 / (order + 1))  # (mean C^(1/3))^(3/(p+1))
+        # keep the cells between lam_a = -log first and lam_b = -log last, the end cells cut there
+        lam_a, lam_b = -math.log(first), -math.log(last)
         mesh = self.mesh
-        lam_end = -math.log(last)
-        if last > self.sigma_min:  # keep the cells below lam_end, the last one cut at lam_end
-            k = int(torch.searchsorted(mesh, torch.tensor(lam_end, dtype=torch.float64)))
-            k = min(max(k, 1), len(density))
-            mesh = torch.cat([mesh[:k], torch.tensor([lam_end], dtype=torch.float64)])
-            density = density[:k]
+        lo = min(max(int(torch.searchsorted(mesh, torch.tensor(lam_a, dtype=torch.float64), right=True)), 1),
+                 len(density))
+        hi = min(max(int(torch.searchsorted(mesh, torch.tensor(lam_b, dtype=torch.float64))), lo), len(density))
+        edges = torch.tensor([lam_a, lam_b], dtype=torch.float64)
+        mesh = torch.cat([edges[:1], mesh[lo:hi], edges[1:]])
+        density = density[lo - 1:hi]
         cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(density * (mesh[1:] - mesh[:-1]), 0)])
         cum = cum / cum[-1]
         q = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -164,7 +173,7 @@ class ErrorDensity:
         frac = (q - cum[j - 1]) / (cum[j] - cum[j - 1])
         lam = mesh[j - 1] + frac * (mesh[j] - mesh[j - 1])
         sig = torch.exp(-lam)
-        sig[0], sig[-1] = self.sigma_max, last
+        sig[0], sig[-1] = first, last
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
 
     @staticmethod
@@ -340,6 +349,15 @@ def stop_candidates(sigma_min: float, sigma_max: float, per_decade: int = 4) -> 
     return [sigma_min * (sigma_max / sigma_min) ** (k / (n + 1)) for k in range(n + 1)]
 
 
+def start_candidates(sigma_max: float, count: int = 6) -> list[float]:
+    """Candidate first levels for a teleported start: sigma_max, sigma_max / 2, ... (``count`` of them)."""
+    if not (0 < sigma_max < math.inf):
+        raise ValueError(f"sigma_max must be finite and > 0, got {sigma_max}")
+    if not (isinstance(count, int) and count >= 1):
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    return [sigma_max * 2.0 ** -k for k in range(count)]
+
+
 def stop_grid(
     denoiser,
     density: ErrorDensity,
@@ -353,6 +371,8 @@ def stop_grid(
     analytic_start: bool = False,
     return_errors: bool = False,
     sampler_options: dict | None = None,
+    teleport: GaussianModel | None = None,
+    starts: list[float] | None = None,
 ):
     """The (steps + 1,) grid of family ``base`` whose last positive level minimises the sampler's
     measured error on the pilot of ``density`` (module docstring, "Where to stop").
@@ -376,8 +396,14 @@ def stop_grid(
             ``density`` is their :meth:`ErrorDensity.average`, which gives the grid family).
         analytic_start: choose the stop for the sampler run with :class:`AnalyticStart` (each pilot's
             ``data_mean`` in place of the first evaluation), as it will be sampled.
-        return_errors: also return {sigma_L: pilot RMS error}.
+        return_errors: also return {sigma_L: pilot RMS error} ({(s1, sigma_L): error} with ``teleport``).
         sampler_options: keyword options of the sampler (e.g. ``{"order": 2}``), as it will be sampled.
+        teleport: a :class:`GaussianModel` of the data: the first level s1 is chosen too, jointly with
+            the last, from ``starts`` (default :func:`start_candidates`); the pilot noise is carried from
+            sigma_max to s1 by the Gaussian's exact flow, and with ``analytic_start`` the first
+            evaluation is the Gaussian's denoiser (module docstring, "Where to start"). The grid returned
+            starts at the chosen s1; ``sample(..., teleport=...)`` carries the noise there. Choosing two
+            levels needs a larger pilot than one: build ``density`` with ``pilot=256``.
     """
     from . import _resolve_sampler, make_grid  # they live in the package, which imports this module
 
@@ -396,44 +422,58 @@ def stop_grid(
             raise ValueError(f"pilot range [{p.sigma_min}, {p.sigma_max}] differs from the density's "
                              f"[{density.sigma_min}, {density.sigma_max}]")
     order = order if order is not None else ORDER.get(name, 3)
+    top = density.sigma_max
+    if teleport is not None and len(pilots) > 1:
+        raise ValueError("teleport takes one pilot: pooled pilots (one per condition) would need one Gaussian "
+                         "model per condition")
+    firsts = [top] if teleport is None else (start_candidates(top) if starts is None else [float(v) for v in starts])
+    if not firsts:
+        raise ValueError("starts must not be empty")
+    for f in firsts:
+        if not (density.sigma_min < f <= top):
+            raise ValueError(f"a start must be in (sigma_min, sigma_max] = ({density.sigma_min}, {top}], got {f}")
     if _one_step(steps, order):
-        grid = torch.tensor([density.sigma_max, 0.0], dtype=torch.float64)
+        grid = torch.tensor([top, 0.0], dtype=torch.float64)
         return (grid, {}) if return_errors else grid
-    cands = stop_candidates(density.sigma_min, density.sigma_max) if candidates is None else list(candidates)
+    cands = stop_candidates(density.sigma_min, top) if candidates is None else list(candidates)
     if not cands:
         raise ValueError("candidates must not be empty")
     for c in cands:
-        if not (density.sigma_min <= float(c) < density.sigma_max):
+        if not (density.sigma_min <= float(c) < top):
             raise ValueError(f"candidate sigma_last must be in [sigma_min, sigma_max) = [{density.sigma_min}, "
-                             f"{density.sigma_max}), got {c}")
+                             f"{top}), got {c}")
 
     options = dict(sampler_options or {})
 
-    def grid_for(last: float) -> Tensor:
+    def grid_for(first: float, last: float) -> Tensor:
         if base is StopBase.FITTED:
-            return density.grid(steps, order, sigma_last=last)
-        return make_grid(base.value, steps, last, density.sigma_max)
+            return density.grid(steps, order, sigma_last=last, sigma_first=first)
+        return make_grid(base.value, steps, last, first)
 
-    errors: dict[float, float] = {}
+    errors: dict = {}
     best, best_err = None, math.inf
     with torch.no_grad():
-        for c in cands:
-            grid = grid_for(float(c))
-            sq, count = 0.0, 0
-            try:
-                for den, p in pilots:
-                    if analytic_start:
-                        den = AnalyticStart(den, p.data_mean, density.sigma_max)
-                    x = fn(den, p.pilot_noise * float(grid[0]), grid, generator=torch.Generator().manual_seed(0),
-                           **options)
-                    sq += float((x - p.pilot_x0).double().pow(2).sum())
-                    count += x.numel()
-                err = math.sqrt(sq / count)
-            except FloatingPointError:  # the sampler diverged on this grid (it names the step): not a candidate
-                err = math.inf
-            errors[float(c)] = err
-            if err < best_err:  # a non-finite error never wins
-                best, best_err = grid, err
+        for first in firsts:
+            starts_at = [p.pilot_noise * top if teleport is None else teleport.flow(p.pilot_noise * top, top, first)
+                         for _, p in pilots]
+            for c in cands:
+                if float(c) >= first:
+                    continue
+                grid = grid_for(first, float(c))
+                sq, count = 0.0, 0
+                try:
+                    for (den, p), x in zip(pilots, starts_at):
+                        if analytic_start:
+                            den = AnalyticStart(den, p.data_mean if teleport is None else teleport, first)
+                        x = fn(den, x, grid, generator=torch.Generator().manual_seed(0), **options)
+                        sq += float((x - p.pilot_x0).double().pow(2).sum())
+                        count += x.numel()
+                    err = math.sqrt(sq / count)
+                except FloatingPointError:  # the sampler diverged on this grid (it names the step): not a candidate
+                    err = math.inf
+                errors[float(c) if teleport is None else (first, float(c))] = err
+                if err < best_err:  # a non-finite error never wins
+                    best, best_err = grid, err
     if best is None:
         raise FloatingPointError(f"sampler {name!r} diverged on the pilot for every candidate sigma_last")
     return (best, errors) if return_errors else best
