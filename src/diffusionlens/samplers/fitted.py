@@ -49,6 +49,16 @@ by s^2 / (s^2 + sigma_L^2): the chosen sigma_L is the one that keeps the samples
 exact flow's end points, which is the criterion; a user who wants sharp samples at any price keeps
 sigma_min. As the step count grows the measured optimum falls towards sigma_min by itself.
 
+Where to start (``stop_grid(..., teleport=model)``, ``sample(..., teleport=...)``). At large sigma the
+flow is that of a Gaussian with the data's mean and covariance (:mod:`.gaussian`), whose exact
+solution costs no evaluations; how far down it stays right is a property of the data. With a
+:class:`~diffusionlens.samplers.GaussianModel` measured on the denoiser, the first level s1 is chosen
+from sigma_max / 2^k (k < 6) together with the last, by the same pilot error, the pilot noise carried
+to s1 by the Gaussian flow (and the first evaluation, with the analytic start, the Gaussian's
+denoiser). Two levels are chosen, so the pilot should be larger: with 64 pilot samples the choice
+overfitted on a d = 16 mixture at NFE 5-6 (pilot error below the plain stop's, evaluation error
+above it), with 256 it did not.
+
 Equidistribution is an asymptotic (small-step) criterion: at NFE <= 6 the fixed Karras grid is often
 the better one. The samplers benchmark (benchmarks/samplers.md) reports both. The idea of adapting the
 schedule to the model is that of "Align Your Steps" (Sabour et al. 2024), which optimises the grid
