@@ -118,5 +118,5 @@ def test_implied_weighting_eps_uniform_t():
 
 
 def test_unknown_parameterization():
-    with pytest.raises(ValueError, match="'noise'.*eps, x0, v, score, velocity, edm"):
+    with pytest.raises(ValueError, match="'noise'.*'eps', 'x0', 'v', 'score', 'velocity', 'edm'"):
         Param.parse("noise")

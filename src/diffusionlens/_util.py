@@ -7,6 +7,8 @@ device and dtype, and :func:`expand` broadcasts a (batch,) tensor against data o
 
 from __future__ import annotations
 
+import enum
+
 import torch
 from torch import Tensor
 
@@ -72,3 +74,21 @@ def device_of(module) -> torch.device:
         for p in params():
             return p.device
     return torch.device("cpu")
+
+
+class Choice(str, enum.Enum):
+    """A string enum parsed once at the edge: ``X.parse(value)`` accepts a member or its value and
+    otherwise raises one ValueError naming the value and the choices. ``what`` names the kind in that
+    message: ``class Grid(Choice, what="grid")``."""
+
+    def __init_subclass__(cls, what: str = "value", **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._what = what
+
+    @classmethod
+    def parse(cls, value):
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"unknown {cls._what} {value!r}; choose one of: {choices}") from None

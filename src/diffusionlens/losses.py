@@ -50,14 +50,13 @@ to the target space with ``from_denoiser``).
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ._util import expand
+from ._util import Choice, expand
 from .model import Denoiser
 from .parameterization import Param, edm_precond, from_denoiser, target, x0_weight
 from .processes import EDM, VP, Coefs, Flow, Process
@@ -74,26 +73,16 @@ __all__ = [
 ]
 
 
-def _parse(cls, value, what):
-    try:
-        return cls(value)
-    except ValueError:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
-
-class Density(str, enum.Enum):
+class Density(Choice, what="noise density"):
     """Training densities over noise levels."""
 
     UNIFORM = "uniform"  # t ~ U[t_min, t_max] of the process
     LOGNORMAL = "lognormal"  # ln sigma ~ N(p_mean, p_std^2), EDM
     LOGIT_NORMAL = "logit-normal"  # logit t ~ N(logit_mean, logit_std^2), SD3 / rectified flow
 
-    @classmethod
-    def parse(cls, value) -> Density:
-        return _parse(cls, value, "noise density")
 
-
-class Weighting(str, enum.Enum):
+class Weighting(Choice, what="loss weighting"):
     """Weightings of the squared error (see the module table)."""
 
     TARGET = "target"
@@ -101,10 +90,6 @@ class Weighting(str, enum.Enum):
     ELBO = "elbo"
     SIGMOID = "sigmoid"
     EDM = "edm"
-
-    @classmethod
-    def parse(cls, value) -> Weighting:
-        return _parse(cls, value, "loss weighting")
 
 
 def _std_normal_pdf(z: Tensor) -> Tensor:

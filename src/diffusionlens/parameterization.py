@@ -31,13 +31,12 @@ scales the network's input (``c_in``) and noise conditioning (``c_noise``); see 
 
 from __future__ import annotations
 
-import enum
 import math
 
 import torch
 from torch import Tensor
 
-from ._util import expand
+from ._util import Choice, expand
 from .processes import Coefs
 
 __all__ = [
@@ -54,7 +53,7 @@ __all__ = [
 ]
 
 
-class Param(str, enum.Enum):
+class Param(Choice, what="parameterization"):
     """Prediction targets a network may be trained on."""
 
     EPS = "eps"
@@ -63,15 +62,6 @@ class Param(str, enum.Enum):
     SCORE = "score"
     VELOCITY = "velocity"
     EDM = "edm"
-
-    @classmethod
-    def parse(cls, value: Param | str) -> Param:
-        """Accept a member or its name; raise naming the value and the choices otherwise."""
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown parameterization {value!r}; choose one of: {choices}") from None
 
 
 def edm_precond(sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -24,27 +24,21 @@ Shapes: integer data ``k`` (batch, *data_shape) with values in [0, levels - 1]; 
 
 from __future__ import annotations
 
-import enum
 import math
 
 import torch
 from torch import Tensor
 
+from .._util import Choice
+
 __all__ = ["Binning", "bin_width", "bin_centers", "dequantize", "bits_per_dim", "nats_to_bpd"]
 
 
-class Binning(str, enum.Enum):
+class Binning(Choice, what="binning"):
     """Where the ``levels`` discrete values sit in [-1, 1] (module docstring)."""
 
     CENTERED = "centered"
     EDGES = "edges"
-
-    @classmethod
-    def parse(cls, value) -> Binning:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown binning {value!r}; choose one of: 'centered', 'edges'") from None
 
 
 def _check_levels(levels: int) -> None:

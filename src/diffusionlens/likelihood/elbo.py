@@ -44,14 +44,13 @@ Shapes: ``x0`` (batch, *data_shape); per-sample results (batch,), per-timestep t
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .._util import as_tensor, expand
+from .._util import Choice, as_tensor, expand
 from ..processes import Discrete, Process, posterior_coefs
 from .bpd import Binning, bin_centers, bin_width
 
@@ -68,32 +67,18 @@ __all__ = [
 ]
 
 
-class PosteriorVar(str, enum.Enum):
+class PosteriorVar(Choice, what="posterior variance"):
     """Reverse-step variance of the model: beta-tilde ("small") or beta ("large") (Ho et al. 2020, sec. 3.2)."""
 
     SMALL = "small"
     LARGE = "large"
 
-    @classmethod
-    def parse(cls, value) -> PosteriorVar:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown posterior variance {value!r}; choose one of: 'small', 'large'") from None
 
-
-class Decoder(str, enum.Enum):
+class Decoder(Choice, what="decoder"):
     """The decoder p(x0 | x_1): Gaussian density (continuous data) or discretized Gaussian (8-bit data)."""
 
     GAUSSIAN = "gaussian"
     DISCRETIZED = "discretized"
-
-    @classmethod
-    def parse(cls, value) -> Decoder:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown decoder {value!r}; choose one of: 'gaussian', 'discretized'") from None
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,6 @@ Shapes: ``x`` (batch, *data_shape) of any rank; outputs (batch,) in nats.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._util import as_sigma, as_tensor
+from .._util import Choice, as_sigma, as_tensor
 from ..ode import Method, solve
 from ..processes import Process
 
@@ -103,38 +102,21 @@ EXACT_MAX_DIM = 64
 
 
 
-def _parse(enum_cls, value, what: str):
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {choices}") from None
 
-
-class Divergence(str, enum.Enum):
+class Divergence(Choice, what="divergence"):
     """How tr(dD/dx_hat) is computed."""
 
     EXACT = "exact"
     HUTCHINSON = "hutchinson"
 
-    @classmethod
-    def parse(cls, value) -> Divergence:
-        return _parse(cls, value, "divergence")
 
-
-class Probe(str, enum.Enum):
+class Probe(Choice, what="probe"):
     """Distribution of Hutchinson probe vectors (all have E[e e^T] = I)."""
 
     ROTATING = "rotating"
     RADEMACHER = "rademacher"
     GAUSSIAN = "gaussian"
     ORTHOGONAL = "orthogonal"
-
-    @classmethod
-    def parse(cls, value) -> Probe:
-        return _parse(cls, value, "probe")
 
 
 @dataclass(frozen=True)

@@ -9,30 +9,22 @@ network need not know which of the two it gets.
 
 from __future__ import annotations
 
-import enum
 import math
 
 import torch
 from torch import Tensor, nn
 
+from .._util import Choice
+
 __all__ = ["Embedding", "NoiseEmbedding", "ClassEmbedding"]
 
 
-class Embedding(str, enum.Enum):
+class Embedding(Choice, what="embedding"):
     """Kinds of noise embedding: fixed sinusoidal (Vaswani et al. 2017, as in DDPM) or random
     Fourier features (Tancik et al. 2020, as in score_sde's NCSN++ and EDM's VE networks)."""
 
     SINUSOIDAL = "sinusoidal"
     FOURIER = "fourier"
-
-    @classmethod
-    def parse(cls, value) -> Embedding:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(
-                f"unknown embedding {value!r}; choose one of: {', '.join(m.value for m in cls)}"
-            ) from None
 
 
 class NoiseEmbedding(nn.Module):

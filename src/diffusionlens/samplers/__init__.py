@@ -35,13 +35,13 @@ chosen, and the accuracy against diffusers and k-diffusion, is in benchmarks/sam
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .._util import Choice
 from ..model import Denoiser
 from ..processes import Discrete, Process, Spacing, karras_grid, logsnr_grid, time_grid, timestep_grid
 from . import fitted as _fitted
@@ -152,7 +152,7 @@ DETERMINISTIC = frozenset({"euler", "heun", "ddim", "lms", "deis", "dpmpp_2m", "
 """Samplers that are deterministic with default options (and accept increasing grids)."""
 
 
-class Grid(str, enum.Enum):
+class Grid(Choice, what="grid"):
     """Noise-level grids (:mod:`diffusionlens.processes`)."""
 
     KARRAS = "karras"  # Karras et al. 2022 eq. 5, rho = 7
@@ -161,13 +161,6 @@ class Grid(str, enum.Enum):
     TIMESTEPS = "timesteps"  # integer timesteps of a Discrete model (exact table entries)
     FITTED = "fitted"  # equidistributes the local error measured by a pilot solve (fitted_grid)
     FITTED_STOP = "fitted-stop"  # the fitted grid, its last level chosen on the pilot for the sampler (stop_grid)
-
-    @classmethod
-    def parse(cls, value) -> Grid:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown grid {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 DEFAULT_SAMPLER = "deis"

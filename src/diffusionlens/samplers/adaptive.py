@@ -30,33 +30,24 @@ grid points are not used. On a grid ending at 0 a final Tweedie step x = D(x, si
 
 from __future__ import annotations
 
-import enum
 import math
 
 import torch
 from torch import Tensor
 
-from .._util import expand
+from .._util import Choice, expand
 from ..ode import Method, solve
 from ._common import Callback, call, check_finite, grid_floats
 
 __all__ = ["AdaptiveMethod", "adaptive", "exp_rk32_step", "solve_exp_rk32"]
 
 
-class AdaptiveMethod(str, enum.Enum):
+class AdaptiveMethod(Choice, what="method"):
     """Embedded pairs of the adaptive sampler."""
 
     DPM3 = "dpm3"  # exponential Runge-Kutta 3(2) in log sigma, data prediction (3 NFE / step)
     DOPRI5 = "dopri5"  # Dormand-Prince 5(4) on dx/dlog(sigma) = x - D (6 NFE / step, FSAL)
     BOSH3 = "bosh3"  # Bogacki-Shampine 3(2) on the same (3 NFE / step, FSAL)
-
-    @classmethod
-    def parse(cls, value) -> AdaptiveMethod:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown method {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
-
 
 _R1, _R2 = 1.0 / 3.0, 2.0 / 3.0
 

@@ -19,28 +19,21 @@ Alg. 2). The step into sigma = 0 returns D (DDPM adds no noise at its last step)
 
 from __future__ import annotations
 
-import enum
 import math
 
 from torch import Tensor
 
+from .._util import Choice
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = ["Variance", "ddim_update", "ddim", "ddpm"]
 
 
-class Variance(str, enum.Enum):
+class Variance(Choice, what="variance"):
     """DDPM's two choices of reverse-step variance (Ho et al. 2020, sec. 3.2)."""
 
     POSTERIOR = "posterior"  # beta-tilde, the true posterior variance ("fixedsmall")
     LARGE = "large"  # beta_t ("fixedlarge")
-
-    @classmethod
-    def parse(cls, value) -> Variance:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown variance {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 def ddim_update(

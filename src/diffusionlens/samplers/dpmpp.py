@@ -20,30 +20,21 @@ are accepted when eta = 0.
 
 from __future__ import annotations
 
-import enum
 import math
 
 from torch import Tensor
 
+from .._util import Choice
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = ["SecondOrder", "dpmpp_update", "dpmpp", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde"]
 
 
-class SecondOrder(str, enum.Enum):
+class SecondOrder(Choice, what="solver_type"):
     """The two second-order corrections of DPM-Solver++(2M) (diffusers/k-diffusion ``solver_type``)."""
 
     MIDPOINT = "midpoint"  # 0.5 (1 - e^{-H}) * d1, Lu et al. 2022 Alg. 2
     HEUN = "heun"  # phi_2(H) * d1 with phi_2(H) = (e^{-H} - 1)/H + 1, the exact weight of a linear D
-
-    @classmethod
-    def parse(cls, value) -> SecondOrder:
-        try:
-            return cls(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown solver_type {value!r}; choose one of: {choices}") from None
-
 
 History = tuple[tuple[Tensor, float], ...]
 

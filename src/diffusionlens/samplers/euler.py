@@ -21,28 +21,21 @@ are (steps + 1,) as described in :mod:`diffusionlens.samplers._common`.
 
 from __future__ import annotations
 
-import enum
 import math
 
 from torch import Tensor
 
+from .._util import Choice
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = ["HeunForm", "euler_update", "heun_update", "churn_gamma", "churn", "euler", "heun"]
 
 
-class HeunForm(str, enum.Enum):
+class HeunForm(Choice, what="Heun form"):
     """Which trapezoidal corrector :func:`heun` uses (see the module docstring)."""
 
     EXPONENTIAL = "exponential"
     EDM = "edm"
-
-    @classmethod
-    def parse(cls, value) -> HeunForm:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown Heun form {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 def euler_update(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:

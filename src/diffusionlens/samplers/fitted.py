@@ -68,7 +68,6 @@ measured by the embedded pair.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,13 +76,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._util import device_of
+from .._util import Choice, device_of
 from ._common import AnalyticStart
 from .adaptive import solve_exp_rk32
 from .gaussian import GaussianModel
 
 __all__ = ["ErrorDensity", "ORDER", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
            "stop_candidates", "stop_grid"]
+
 
 ORDER: dict[str, int] = {
     "euler": 1,
@@ -337,19 +337,12 @@ def fitted_grid(
     return error_density(denoiser, shape, sigma_min, sigma_max, **pilot_options).grid(steps, order)
 
 
-class StopBase(str, enum.Enum):
+class StopBase(Choice, what="stop base"):
     """The grid family that :func:`stop_grid` cuts at the chosen last level."""
 
     FITTED = "fitted"  # ErrorDensity.grid: the fitted density between sigma_max and sigma_last
     KARRAS = "karras"  # Karras et al. 2022, rho = 7, from sigma_max to sigma_last
     LOGSNR = "logsnr"  # uniform in log sigma from sigma_max to sigma_last
-
-    @classmethod
-    def parse(cls, value) -> StopBase:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown stop base {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 def stop_candidates(sigma_min: float, sigma_max: float, per_decade: int = 4) -> list[float]:

@@ -20,12 +20,12 @@ is a tuple of past derivatives, most recent first. Two interpolation variables (
 
 from __future__ import annotations
 
-import enum
 import math
 
 import numpy as np
 from torch import Tensor
 
+from .._util import Choice
 from ._common import Callback, call, grid_floats, lincomb, run
 
 __all__ = ["Basis", "lms_coefficients", "lms_coefficients_log", "lms_update", "lms", "deis"]
@@ -33,18 +33,11 @@ __all__ = ["Basis", "lms_coefficients", "lms_coefficients_log", "lms_update", "l
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
 
 
-class Basis(str, enum.Enum):
+class Basis(Choice, what="basis"):
     """The variable in which the multistep derivative is interpolated."""
 
     SIGMA = "sigma"  # LMS (k-diffusion)
     LOG_SIGMA = "log_sigma"  # DEIS, log-rho multistep
-
-    @classmethod
-    def parse(cls, value) -> Basis:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown basis {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 def lms_coefficients(nodes: list[float], a: float, b: float) -> list[float]:

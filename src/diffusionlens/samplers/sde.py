@@ -33,13 +33,12 @@ Randomness comes from per-sample noise streams (``generator``: torch.Generator o
 
 from __future__ import annotations
 
-import enum
 import math
 
 import torch
 from torch import Tensor
 
-from .._util import expand
+from .._util import Choice, expand
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 
 __all__ = [
@@ -53,18 +52,11 @@ __all__ = [
 ]
 
 
-class LangevinStep(str, enum.Enum):
+class LangevinStep(Choice, what="step rule"):
     """Step-size rules of the Langevin corrector (see the module docstring)."""
 
     SIGMA = "sigma"
     NORM = "norm"
-
-    @classmethod
-    def parse(cls, value) -> LangevinStep:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown step rule {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 def em_update(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, z: Tensor | None) -> Tensor:

@@ -16,29 +16,22 @@ start and down to the number of remaining steps at the end; the last step into s
 
 from __future__ import annotations
 
-import enum
 import math
 
 import numpy as np
 from torch import Tensor
 
+from .._util import Choice
 from ._common import Callback, call, grid_floats, lincomb, run
 
 __all__ = ["BFunction", "unipc_coefficients", "unip_update", "unic_update", "unipc"]
 
 
-class BFunction(str, enum.Enum):
+class BFunction(Choice, what="B(h)"):
     """The B(h) choice of UniPC (Zhao et al. 2023, sec. 3.3)."""
 
     BH1 = "bh1"
     BH2 = "bh2"
-
-    @classmethod
-    def parse(cls, value) -> BFunction:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"unknown B(h) {value!r}; choose one of: {', '.join(m.value for m in cls)}") from None
 
 
 def unipc_coefficients(rks: list[float], h: float, b_fn: BFunction, predictor: bool) -> tuple[list[float], float]:
