@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["image_grid", "sample_figure", "loss_curve", "quality_vs_nfe", "denoising_figure", "weighting_figure",
-           "gap_figure"]
+__all__ = ["read_jsonl", "image_grid", "sample_figure", "loss_curve", "quality_vs_nfe", "denoising_figure",
+           "weighting_figure", "gap_figure"]
 
 
 def _plt():
@@ -33,6 +33,32 @@ def _save(fig, path) -> Path:
     _plt().close(fig)
     tmp.replace(path)
     return path
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file; a line that does not parse (a torn last line after a kill) is skipped."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _plain_ticks(ax) -> None:
+    """Log axes labelled 30 and 8, not 3x10^1 and 2^3."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(fmt)
+            # labelled minor ticks at 2 and 5 x 10^k: a range inside one decade still gets numbers
+            axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+            axis.set_minor_formatter(fmt)
 
 
 def image_grid(x: Tensor, nrow: int, pad: float = 1.0) -> Tensor:
@@ -69,27 +95,33 @@ def sample_figure(samples: Tensor, path, *, reference: Tensor | None = None, tit
             _show_images(axes[0, 1], reference[:k], nrow, "real test images")
         return _save(fig, path)
     s = samples.detach().reshape(samples.shape[0], -1)[:, :2].float().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    if reference is not None:
-        r = reference.detach().reshape(reference.shape[0], -1)[:, :2].float().cpu().numpy()
-        ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, c="tab:gray", label="held-out data")
-    ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue", label="samples")
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=4)
-    ax.set_title(title)
+    if reference is None:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue")
+        ax.set_aspect("equal")
+        ax.set_title(title)
+        return _save(fig, path)
+    # side by side on shared axes: overlaid, whichever cloud is drawn last hides the other
+    r = reference.detach().reshape(reference.shape[0], -1)[:, :2].float().cpu().numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), sharex=True, sharey=True)
+    axes[0].scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue")
+    axes[0].set_title(title, fontsize=10)
+    axes[1].scatter(r[:, 0], r[:, 1], s=2, alpha=0.5, c="tab:gray")
+    axes[1].set_title(f"held-out data ({len(r)} points)", fontsize=10)
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
 def loss_curve(metrics_path, path) -> Path:
-    """Training loss (log scale) and throughput against the step, from ``metrics.jsonl``."""
+    """Training loss (log scale) against the step, from ``metrics.jsonl`` (a torn last line is skipped)."""
     plt = _plt()
-    steps, loss, ips = [], [], []
-    for line in Path(metrics_path).read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
+    steps, loss = [], []
+    for rec in read_jsonl(metrics_path):
+        if rec.get("loss") is not None:
             steps.append(rec["step"])
             loss.append(rec["loss"])
-            ips.append(rec.get("images_per_s", math.nan))
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     ax.plot(steps, loss, lw=1, color="tab:blue")
     if len(loss) >= 8:  # a running mean reads better than the noisy per-window losses
@@ -101,10 +133,7 @@ def loss_curve(metrics_path, path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (weighted MSE)")
-    if ips:
-        ok = [v for v in ips if math.isfinite(v)]
-        if ok:
-            ax.set_title(f"loss curve — median throughput {sorted(ok)[len(ok) // 2]:.0f} images/s")
+    ax.set_title("training loss per logged window")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -113,6 +142,8 @@ def quality_vs_nfe(curves: dict[str, list[tuple[float, float]]], path, *, metric
                    floor_std: float | None = None, floor_label: str = "floor (exact vs exact)") -> Path:
     """One line per sampler: metric against NFE (log x), with the metric's floor (real against real
     data) as a dashed line and, given ``floor_std``, a band."""
+    from matplotlib.ticker import NullLocator
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, pts in curves.items():
@@ -124,6 +155,10 @@ def quality_vs_nfe(curves: dict[str, list[tuple[float, float]]], path, *, metric
             ax.axhspan(floor - floor_std, floor + floor_std, color="k", alpha=0.08)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    nfes = sorted({p[0] for pts in curves.values() for p in pts})
+    _plain_ticks(ax)
+    ax.set_xticks(nfes, [f"{v:g}" for v in nfes])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("NFE (denoiser evaluations per sample)")
     ax.set_ylabel(metric)
     ax.set_title(f"sample quality vs NFE ({metric}, lower is better)")
@@ -210,6 +245,7 @@ def gap_figure(curve, path) -> Path:
     ax.plot(curve.sigmas, curve.gap, marker="^", label="gap: E||D - E[x0|x_t]||²/d")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_ticks(ax)
     ax.set_xlabel("σ")
     ax.set_ylabel("MSE per dimension")
     ax.set_title(f"what MSE training estimates: mean relative gap {curve.summary:.3g}")
