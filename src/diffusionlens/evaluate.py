@@ -34,7 +34,8 @@ Metrics
   E tr Cov[x0 | x_hat] / d (the oracle's ``posterior_cov_trace``) and the gap E||D - D*||^2 / d to the
   exact posterior mean D* = E[x0 | x_hat]. The gap is what MSE training can still remove.
 * :func:`dataset_bits_per_dim` — test-set bits/dim of image data through :mod:`diffusionlens.likelihood`
-  (PF-ODE log-likelihood of uniformly dequantized data).
+  (PF-ODE log-likelihood of uniformly dequantized data); :func:`pixel_baselines` — the same units for a
+  uniform model and an independent per-pixel histogram, the references a bits/dim is read against.
 
 :func:`evaluate_samples` bundles what applies to a data set into one JSON-able dict;
 :func:`headline_scorer` gives its headline number (FD or SW2) as a cached function for sweeps.
@@ -67,6 +68,7 @@ __all__ = [
     "GapCurve",
     "expectation_gap",
     "dataset_bits_per_dim",
+    "pixel_baselines",
     "evaluate_samples",
     "headline_scorer",
 ]
@@ -420,14 +422,7 @@ def dataset_bits_per_dim(denoiser, x: Tensor, *, levels: int, sigma_min: float =
     """
     from .likelihood import bits_per_dim, dequantize, evaluate, log_likelihood
 
-    if not (isinstance(levels, int) and levels >= 2):
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-    u = (_flat(x, "x") + 1) * (levels - 1) / 2
-    k = torch.round(u)
-    if bool(((k < 0) | (k > levels - 1)).any()) or float((u - k).abs().max()) > 1e-3:
-        raise ValueError(f"images are not on the {levels}-level grid k * 2/{levels - 1} - 1 of [-1, 1] "
-                         f"(bits/dim is defined for discrete data)")
-    k = k.long().reshape(x.shape)
+    k = _levels_of(x, levels).reshape(x.shape)
     dim = x[0].numel()
     dev = device_of(denoiser)
 
@@ -439,6 +434,40 @@ def dataset_bits_per_dim(denoiser, x: Tensor, *, levels: int, sigma_min: float =
 
     s = evaluate(per_batch, k, batch_size=batch_size, progress=progress, desc="bits/dim")
     return {"mean": s.mean, "stderr": s.stderr, "n": s.n, "probes": probes, "rtol": rtol}
+
+
+def _levels_of(x: Tensor, levels: int) -> Tensor:
+    """The integer levels k of images on the grid k * 2/(levels-1) - 1 of [-1, 1]; ValueError otherwise."""
+    if not (isinstance(levels, int) and levels >= 2):
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    u = (_flat(x, "x") + 1) * (levels - 1) / 2
+    k = torch.round(u)
+    if bool(((k < 0) | (k > levels - 1)).any()) or float((u - k).abs().max()) > 1e-3:
+        raise ValueError(f"images are not on the {levels}-level grid k * 2/{levels - 1} - 1 of [-1, 1] "
+                         f"(bits/dim is defined for discrete data)")
+    return k.long()
+
+
+def pixel_baselines(train: Tensor, test: Tensor, *, levels: int) -> dict:
+    """Bits/dim of two reference models on the test images, in the units of :func:`dataset_bits_per_dim`.
+
+    ``uniform``: every level equally likely, log2(levels) exactly. ``histogram``: each pixel an
+    independent categorical fitted to the train split with add-one (Laplace) smoothing, so a level
+    unseen in training keeps a finite cost. Both are exact discrete negative log-likelihoods; a
+    diffusion model's dequantized bound is an upper bound on its own, so it beats them only by
+    modelling the dependence between pixels. Returns {"uniform", "histogram", "histogram_stderr"}.
+    """
+    ktr, kte = _levels_of(train, levels), _levels_of(test, levels)
+    if ktr.shape[1] != kte.shape[1]:
+        raise ValueError(f"train and test images differ in size: {ktr.shape[1]} against {kte.shape[1]} values")
+    d = ktr.shape[1]
+    counts = torch.ones(d, levels, dtype=torch.float64)
+    counts.scatter_add_(1, ktr.t(), torch.ones(d, ktr.shape[0], dtype=torch.float64))
+    logp = counts.log() - counts.sum(1, keepdim=True).log()
+    per_image = -logp.gather(1, kte.t()).sum(0) / (d * math.log(2))
+    n = per_image.shape[0]
+    stderr = float(per_image.std() / math.sqrt(n)) if n > 1 else math.nan
+    return {"uniform": math.log2(levels), "histogram": float(per_image.mean()), "histogram_stderr": stderr}
 
 
 # ----------------------------------------------------------------------------- one call per data set
