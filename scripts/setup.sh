@@ -5,10 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch first, pinned, so that nothing later pulls a second (CUDA, multi-GB) build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
 extras=""
 for a in "$@"; do
   case "$a" in
@@ -17,10 +13,26 @@ for a in "$@"; do
     *) echo "unknown option $a" >&2; exit 2 ;;
   esac
 done
-.venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+say() { echo "setup: $*" >&2; }
+# k-diffusion is installed without its dependencies (below), so pip's after-install check would list
+# them as conflicts on every later install; they are known and harmless here, hence --no-warn-conflicts.
+pip_install() { .venv/bin/python -m pip install -q --no-warn-conflicts "$@"; }
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $("$PY" --version 2>&1)"
+  "$PY" -m venv .venv
+fi
+say "upgrading pip"
+pip_install --upgrade pip
+# torch first, pinned, so that nothing later pulls a second (CUDA, multi-GB) build.
+say "installing torch==2.13.0 (skipped if present; the first install downloads about 200 MB)"
+pip_install "torch==2.13.0"
+say "installing diffusionlens (editable) with numpy, scipy, safetensors, matplotlib, tqdm, scikit-learn, mlxtend${extras:+ and the extras: $extras}"
+pip_install -e ".${extras:+[$extras]}"
 if [[ " $* " == *" --peers "* ]]; then
   # k-diffusion's package __init__ imports torchvision, which breaks beside this torch: no deps,
   # and the benchmarks import k_diffusion.sampling on its own.
-  .venv/bin/python -m pip install -q --no-deps "k-diffusion==0.1.1.post1" || .venv/bin/python -m pip install -q --no-deps k-diffusion
-  .venv/bin/python -m pip install -q torchdiffeq torchsde scipy
+  say "installing the peers used by tests and benchmarks: torchdiffeq, torchsde, k-diffusion (without its dependencies)"
+  pip_install torchdiffeq torchsde scipy
+  pip_install --no-deps "k-diffusion==0.1.1.post1" || pip_install --no-deps k-diffusion
 fi
+say "done: .venv is ready"
