@@ -302,21 +302,36 @@ def _fmt(v, digits=4) -> str:
     return str(v)
 
 
+def _training_rows(tr: dict, cfg, unit: str) -> list[tuple[str, str]]:
+    """Steps, time and one throughput: training examples per second of the budget's clock over the whole run."""
+    rate = tr["step"] * cfg.batch_size / tr["elapsed_s"] if tr.get("elapsed_s") else None
+    return [("parameters", f"{tr['num_params']:,}"),
+            ("training", f"{tr['step']:,} steps of batch {cfg.batch_size} in {tr['elapsed_s'] / 60:.2f} min "
+                         f"(stopped by {tr['stopped_by']}); "
+                         + (f"{rate:.0f} {unit}/s on average" if rate else "throughput unknown")),
+            ("final loss", _fmt(tr.get("loss")))]
+
+
+def _best_in_sweep(ev: dict) -> tuple[str, float, float] | None:
+    """(entry, NFE, value) of the lowest point of the quality-vs-NFE sweep."""
+    pts = [(v, nfe, name) for name, curve in (ev.get("quality_vs_nfe") or {}).items() for nfe, v in curve]
+    if not pts:
+        return None
+    v, nfe, name = min(pts)
+    return name, nfe, v
+
+
 def _rows(ev: dict, cfg) -> list[tuple[str, str]]:
     m = ev["metrics"]
+    image = "fd" in m
     rows = [("data set", cfg.dataset), ("process / parameterization", f"{cfg.process} / {cfg.param}"),
             ("noise density / weighting", f"{cfg.density} / {cfg.weighting}")]
-    tr = ev.get("training")
-    if tr:
-        ips = tr.get("images_per_s")
-        rows += [("parameters", f"{tr['num_params']:,}"),
-                 ("training steps", f"{tr['step']:,} (stopped by {tr['stopped_by']})"),
-                 ("training time", f"{tr['elapsed_s'] / 60:.2f} min"),
-                 ("throughput", f"{ips:.0f} images/s" if ips else "—"), ("final loss", _fmt(tr.get("loss")))]
+    if ev.get("training"):
+        rows += _training_rows(ev["training"], cfg, "images" if image else "samples")
     rows.append(("sampler", f"{ev['sampler']}, {ev['steps']} steps, NFE {ev['nfe']:g}, "
                             f"σ in [{ev['sigma_range'][0]:.3g}, {ev['sigma_range'][1]:.3g}], {ev['n_samples']} samples "
                             f"in {ev['sampling_seconds']:.1f} s"))
-    if "fd" in m:
+    if image:
         rows += [("Fréchet distance (classifier features) to the test split", _fmt(m["fd"])),
                  ("floor: train split vs test split", _fmt(m["fd_floor"])),
                  ("ratio to the floor", _fmt(m["fd"] / m["fd_floor"] if m["fd_floor"] > 0 else math.inf, 3)),
@@ -326,7 +341,8 @@ def _rows(ev: dict, cfg) -> list[tuple[str, str]]:
         rows += [("sliced W2 to held-out data", _fmt(m["sw2"])),
                  ("floor: exact vs held-out (same sizes)", f"{_fmt(f1['mean'])} ± {_fmt(f1['std'], 2)}"),
                  ("MMD² (unbiased, RBF, h = median distance)", _fmt(m["mmd2"])),
-                 ("floor: exact vs held-out", f"{_fmt(f2['mean'])} ± {_fmt(f2['std'], 2)}")]
+                 ("floor: exact vs held-out", f"{_fmt(f2['mean'])} ± {_fmt(f2['std'], 2)} (an unbiased estimate of 0: "
+                                              "negative values are sampling noise, its spread is the floor)")]
         if "true_loglik" in m:
             t, e = m["true_loglik"], m["true_loglik_exact"]
             if "mean" in t:
@@ -334,9 +350,19 @@ def _rows(ev: dict, cfg) -> list[tuple[str, str]]:
                              f"{_fmt(t['mean'])} ± {_fmt(t['stderr'], 2)} (exact samples: {_fmt(e['mean'])})"))
             else:
                 rows.append(("samples on the support", f"{100 * t['on_support']:.1f} % (exact: 100 %)"))
+    best = _best_in_sweep(ev)
+    if best is not None:
+        name, nfe, v = best
+        rows.append(("best point of the quality-vs-NFE sweep", f"{_fmt(v)} with {name} at NFE {nfe:g} "
+                     f"(the headline above is the {ev['sampler']} sampler at NFE {ev['nfe']:g} on all samples)"))
     if "bits_per_dim" in ev:
         b = ev["bits_per_dim"]
-        rows.append(("test bits/dim (PF-ODE, dequantized)", f"{_fmt(b['mean'])} ± {_fmt(b['stderr'], 2)} (n={b['n']})"))
+        rows.append(("test bits/dim (PF-ODE, dequantized; an upper bound)",
+                     f"{_fmt(b['mean'])} ± {_fmt(b['stderr'], 2)} (n={b['n']})"))
+        base = b.get("baselines")
+        if base:
+            rows.append(("references: uniform / independent per-pixel histogram",
+                         f"{_fmt(base['uniform'])} / {_fmt(base['histogram'])} bits/dim"))
     if "test_loglik" in ev:
         t = ev["test_loglik"]
         extra = f"; truth {_fmt(t['true'])}" if "true" in t else ""
@@ -368,13 +394,16 @@ def write_report(run_dir, *, progress: bool = True) -> Path:
     ev_path = run_dir / "evaluation.json"
     if not ev_path.is_file():
         raise FileNotFoundError(f"{ev_path} not found: run `diffusionlens evaluate` on the run first")
-    ev = json.loads(ev_path.read_text())
+    try:
+        ev = json.loads(ev_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{ev_path} is not valid JSON ({e}): run `diffusionlens evaluate` again") from None
     den, cfg = load_denoiser(run_dir)
     x = load_file(str(run_dir / "samples.safetensors"))["x"]
     test = load_dataset(cfg.dataset, "test", seed=cfg.seed)
     figs: list[tuple[str, str]] = []
     figures.sample_figure(x, run_dir / "fig_samples.png", reference=test.x,
-                          title=f"samples ({ev['sampler']}, NFE {ev['nfe']:g})")
+                          title=f"samples ({ev['sampler']}, NFE {float(ev['nfe']):g})")
     figs.append(("fig_samples.png", "Samples of the EMA model next to real held-out data."))
     if (run_dir / "metrics.jsonl").is_file():
         figures.loss_curve(run_dir / "metrics.jsonl", run_dir / "fig_loss.png")
@@ -407,13 +436,14 @@ def write_report(run_dir, *, progress: bool = True) -> Path:
                              generator=g, exact=gm)
     figs.append(("fig_denoising.png", "Denoising as a user-facing operation: x_t at several noise levels and the "
                  "model's estimate of E[x0|x_t]" + (" (red: the exact posterior mean)." if gm is not None else ".")))
-    this = f"this run ({cfg.process}/{cfg.param}/{cfg.density}/{cfg.weighting})"
-    losses = {this: make_loss(cfg), "EDM (Karras 2022)": edm_loss(), "DDPM eps-MSE (Ho 2020)": ddpm_loss(),
+    this = f"this run ({cfg.process}/{cfg.param}/{cfg.density}/{cfg.weighting}, σ_data {cfg.sigma_data:g})"
+    losses = {this: make_loss(cfg), "EDM (Karras 2022, σ_data 0.5)": edm_loss(), "DDPM eps-MSE (Ho 2020)": ddpm_loss(),
               "VDM ELBO (Kingma 2021)": vdm_loss(), "min-SNR-5 v (Hang 2023)": min_snr_loss(),
               "flow matching (Lipman 2023)": flow_matching_loss()}
     figures.weighting_figure(losses, run_dir / "fig_weighting.png", trained=this)
     figs.append(("fig_weighting.png", "The loss weighting over log-SNR that each objective implies (density of "
-                 "noise levels times the weight, in eps-MSE form); the thick line is this run's."))
+                 "noise levels times the weight, in eps-MSE form); the thick line is this run's. EDM's weighting "
+                 "depends on σ_data, so this run and the EDM recipe differ where their σ_data do."))
     if "expectation_gap" in ev:
         figures.gap_figure(GapCurve(**ev["expectation_gap"]), run_dir / "fig_expectation_gap.png")
         figs.append(("fig_expectation_gap.png", "The estimator-of-expectations view: MSE training estimates "
@@ -436,8 +466,9 @@ next to their <em>noise floor</em>: the same metric between two independent sets
 {body}
 <p style="color:#777;font-size:.85em">Numbers: <code>evaluation.json</code>; configuration: <code>config.json</code>;
 training log: <code>metrics.jsonl</code>. Re-create this page: <code>diffusionlens evaluate {html.escape(str(run_dir))}
---sampler {html.escape(ev['sampler'])} --steps {ev['steps']}</code> then <code>diffusionlens report
-{html.escape(str(run_dir))}</code>; other samplers: <code>diffusionlens sample {html.escape(str(run_dir))} --sampler
+--sampler {html.escape(str(ev['sampler']))} --steps {html.escape(str(ev['steps']))}</code> then
+<code>diffusionlens report {html.escape(str(run_dir))}</code>; other samplers:
+<code>diffusionlens sample {html.escape(str(run_dir))} --sampler
 dpmpp_2m --steps 10</code>.</p>
 </body></html>
 """
