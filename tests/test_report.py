@@ -176,3 +176,39 @@ def test_report_and_evaluate_errors(tmp_path, digits_run):
     with pytest.raises(FileNotFoundError, match="evaluation.json"):
         write_report(fresh, progress=False)
     assert not (fresh / "report.html").exists()
+
+
+def test_sections_fail_in_place_and_values_are_escaped(tmp_path, digits_run):
+    """A failing section shows its error on the page and the call raises afterwards; a value from
+    evaluation.json is rendered as text, never as markup."""
+    import shutil
+
+    from diffusionlens.report import SECTIONS, NotApplicable, section
+    from diffusionlens.report.html import ReportError
+
+    run = tmp_path / "copy"
+    shutil.copytree(digits_run, run)
+    if not (run / "evaluation.json").exists():
+        evaluate_run(run, n_samples=20, steps=2, sweep=(), bpd_n=0, progress=False)
+    ev = json.loads((run / "evaluation.json").read_text())
+    ev["steps"] = "<script>alert(1)</script>"
+    (run / "evaluation.json").write_text(json.dumps(ev))
+
+    @section("broken view")
+    def _broken(ctx):
+        raise RuntimeError("boom <b>")
+
+    @section("empty view")
+    def _empty(ctx):
+        raise NotApplicable("nothing to show for this run")
+
+    try:
+        with pytest.raises(ReportError, match="broken view"):
+            write_report(run, progress=False)
+    finally:
+        del SECTIONS[-2:]
+    page = (run / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "broken view failed: RuntimeError: boom &lt;b&gt;" in page
+    assert "empty view: nothing to show for this run" in page
+    assert 'src="fig_samples.png"' in page  # the other sections still drew

@@ -4,9 +4,12 @@
     evaluate_run("runs/main")      # samples + metrics -> runs/main/evaluation.json
     write_report("runs/main")      # figures (PNG) + runs/main/report.html
 
-See :mod:`.pipeline` for the run-directory layout and :mod:`.figures` for the figures.
+See :mod:`.pipeline` for the run-directory layout, :mod:`.html` for the page and its registered sections
+(one function per view) and :mod:`.figures` for the figures.
 """
 
-from .pipeline import DEFAULT_NFE, DEFAULT_SWEEP, evaluate_run, generate, sampling_range, write_report
+from .html import SECTIONS, NotApplicable, section, write_report
+from .pipeline import DEFAULT_NFE, DEFAULT_SWEEP, evaluate_run, generate, sampling_range
 
-__all__ = ["DEFAULT_NFE", "DEFAULT_SWEEP", "evaluate_run", "generate", "sampling_range", "write_report"]
+__all__ = ["DEFAULT_NFE", "DEFAULT_SWEEP", "SECTIONS", "NotApplicable", "evaluate_run", "generate", "sampling_range",
+           "section", "write_report"]
