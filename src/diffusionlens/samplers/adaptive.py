@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .._util import Choice, expand
-from ..ode import Method, solve
+from ..ode import Method, StepControl, check_output, solve
 from ._common import Callback, call, check_finite, grid_floats
 
 __all__ = ["AdaptiveMethod", "adaptive", "exp_rk32_step", "solve_exp_rk32"]
@@ -91,11 +91,13 @@ def solve_exp_rk32(
     atol: float,
     max_steps: int = 10_000,
     trace: list | None = None,
+    control: StepControl | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Integrate the PF-ODE from sigma_start to sigma_end (> 0) with the exponential RK 3(2) pair.
 
-    Per-sample step control (see the module docstring). The first trial step is h0 = tol^(1/3) in
-    lambda (capped by the span), where tol = max(rtol, atol): the step whose local error is tol for a
+    Per-sample step control (see the module docstring) by ``control`` (default
+    ``StepControl(rtol, atol, 3)``: the plain controller). The first trial step is tol^(1/3) in
+    lambda (capped by the span), tol = max(rtol, atol): the step whose local error is tol for a
     denoiser varying at unit rate in log sigma; the controller corrects it from the first estimate.
     ``trace``, if a list, receives one ``(lambda_start, lambda_end, err)`` triple of (accepted,) float64
     tensors per solver iteration: the accepted steps and their error estimates in the tolerance norm
@@ -103,16 +105,16 @@ def solve_exp_rk32(
     Returns ``(x, nfe)`` with nfe (batch,) int64. Raises FloatingPointError naming the sigma of a
     non-finite denoiser output and RuntimeError past ``max_steps`` steps for a sample.
     """
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+    ctl = StepControl(rtol, atol, 3) if control is None else control
     B, dev = x.shape[0], x.device
     lam0, lam1 = -math.log(sigma_start), -math.log(sigma_end)
     direction = 1.0 if lam1 >= lam0 else -1.0
     lam = torch.full((B,), lam0, dtype=torch.float64, device=dev)
-    h = torch.full((B,), min(max(rtol, atol) ** (1.0 / 3.0), abs(lam1 - lam0)), dtype=torch.float64, device=dev)
+    h = torch.full((B,), ctl.unit_first_step(abs(lam1 - lam0)), dtype=torch.float64, device=dev)
     nfe = torch.zeros(B, dtype=torch.long, device=dev)
     steps = torch.zeros(B, dtype=torch.long, device=dev)
     done = torch.full((B,), lam0 == lam1, dtype=torch.bool, device=dev)
+    prev = torch.ones(B, dtype=torch.float64, device=dev)  # last accepted error norm (PI control)
     x = x.clone()
     d0 = torch.empty_like(x)
     fresh = torch.zeros(B, dtype=torch.bool, device=dev)  # d0 holds D at the current point
@@ -120,12 +122,7 @@ def solve_exp_rk32(
     def counted(y: Tensor, sigma: Tensor, idx: Tensor) -> Tensor:
         out = denoiser(y, sigma)
         nfe[idx] += 1
-        if not bool(torch.isfinite(out).all()):
-            bad = (~torch.isfinite(out.flatten(1))).any(1)
-            raise FloatingPointError(
-                f"non-finite denoiser output at sigma={sigma[bad][0].item():.6g} (sample {int(idx[bad][0])})"
-            )
-        return out
+        return check_output(out, sigma, idx, "denoiser output at sigma")
 
     while True:
         run = torch.nonzero(~done)[:, 0]
@@ -150,17 +147,15 @@ def solve_exp_rk32(
             return counted(y, sigma, _run)
 
         x_high, x_low = exp_rk32_step(D, xr, d0[run], lr, hs)
-        sc = atol + rtol * torch.maximum(xr.abs(), x_high.abs())
-        err = ((x_high - x_low) / sc).flatten(1).pow(2).mean(1).sqrt().double()
-        ok = err <= 1
-        fac = torch.clamp(0.9 * err.clamp_min(1e-10) ** (-1.0 / 3.0), 0.2, 10.0)
-        fac = torch.where(ok, fac, fac.clamp(max=1.0))
+        err = ctl.norm(x_high - x_low, xr, x_high)
+        ok, fac = ctl.update(err, prev[run])
         ia = run[ok]
         if trace is not None:
             trace.append((lr[ok].clone(), lr[ok] + hs[ok], err[ok]))
         x[ia] = x_high[ok]
         lam[ia] = torch.where(last[ok], torch.full_like(lr[ok], lam1), lr[ok] + hs[ok])
         fresh[ia] = False
+        prev[ia] = err[ok]
         steps[run] += 1
         h[run] = hr * fac
         done[ia] = last[ok]
