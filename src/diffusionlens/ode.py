@@ -128,13 +128,18 @@ class StepControl:
         sc = self.atol + self.rtol * torch.maximum(y_old.abs(), y_new.abs())
         return _rms(err / sc).double()
 
-    def update(self, en: Tensor, prev: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(ok, factor)`` for error norms ``en`` (and the last accepted ones, ``prev``, for ``pi``)."""
+    def update(self, en: Tensor, prev: Tensor | None = None, order: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(ok, factor)`` for error norms ``en`` (and the last accepted ones, ``prev``, for ``pi``).
+
+        ``order``: a per-sample order of the estimate (a method whose order grows as it starts up)
+        instead of ``self.order``.
+        """
+        q = self.order if order is None else order.double()
         ok = en <= 1
         e = en.clamp_min(1e-10)
-        fac = self.safety * e ** (-1.0 / self.order)
+        fac = self.safety * e ** (-1.0 / q)
         if self.pi and prev is not None:
-            fac = fac * (prev.clamp_min(1e-10) / e) ** (self.pi / self.order)
+            fac = fac * (prev.clamp_min(1e-10) / e) ** (self.pi / q)
         fac = torch.clamp(fac, self.fac_min, self.fac_max)
         return ok, torch.where(ok, fac, torch.clamp(fac, max=1.0))
 
