@@ -262,8 +262,8 @@ def solve_exp_pc(
     x = x.clone()
     if done.all():
         return x, nfe
-    ds = torch.stack([check_output(denoiser(x, torch.full((B,), sigma_start, dtype=x.dtype, device=dev)),
-                                   lam, torch.arange(B, device=dev), "denoiser output at lambda")] * 3)
+    s0 = torch.full((B,), sigma_start, dtype=x.dtype, device=dev)
+    ds = torch.stack([check_output(denoiser(x, s0), s0, torch.arange(B, device=dev), "denoiser output at sigma")] * 3)
     nfe += 1
     while True:
         run = torch.nonzero(~done)[:, 0]
@@ -280,9 +280,11 @@ def solve_exp_pc(
         hr = torch.where(last, remaining, h[run])
         hs = hr * direction
 
-        def denoise(y: Tensor, _run=run, _lam=lr + hs) -> Tensor:
+        sigma_next = torch.exp(-(lr + hs))
+
+        def denoise(y: Tensor, _run=run, _sigma=sigma_next) -> Tensor:
             nfe[_run] += 1
-            return check_output(denoiser(y, torch.exp(-_lam).to(y.dtype)), _lam, _run, "denoiser output at lambda")
+            return check_output(denoiser(y, _sigma.to(y.dtype)), _sigma, _run, "denoiser output at sigma")
 
         x_corr, x_pred, d_pred, order = exp_pc_step(xr, hs, (ds[0, run], ds[1, run], ds[2, run]),
                                                      (back[0, run], back[1, run]), hist[run], denoise)
