@@ -378,3 +378,13 @@ def test_skipping_the_trace_at_the_free_stage_changes_nothing_but_rounding(monke
                                       generator=torch.Generator().manual_seed(2), **kw))
     torch.testing.assert_close(runs[True][0], runs[False][0], rtol=0, atol=1e-8)
     torch.testing.assert_close(runs[True][1], runs[False][1], rtol=0, atol=1e-8)
+
+
+def test_default_divergence_is_one_threshold():
+    from diffusionlens.likelihood import EXACT_MAX_DIM, Divergence, default_divergence
+
+    assert default_divergence(1) is Divergence.EXACT
+    assert default_divergence(EXACT_MAX_DIM) is Divergence.EXACT
+    assert default_divergence(EXACT_MAX_DIM + 1) is Divergence.HUTCHINSON
+    with pytest.raises(ValueError, match="d must be"):
+        default_divergence(0)

@@ -93,3 +93,30 @@ def test_quadrature_components_are_skipped_only_where_unused(method):
         assert skipped == int((ib.accepted + ib.rejected).max())  # one stage of six per step, batched
     else:
         assert skipped == 0
+
+
+def test_step_control_factor():
+    """clip(safety err^(-1/q), fac_min, fac_max), at most 1 after a rejection; the PI term multiplies
+    by (err_prev / err)^(pi / q); a per-sample order overrides q."""
+    from diffusionlens.ode import StepControl
+
+    ctl = StepControl(1e-3, 1e-3, 3)
+    en = torch.tensor([1e-12, 0.5, 1.0, 4.0, 1e6], dtype=torch.float64)
+    ok, fac = ctl.update(en)
+    expect = torch.clamp(0.9 * en.clamp_min(1e-10) ** (-1 / 3), 0.2, 10.0)
+    expect = torch.where(en <= 1, expect, expect.clamp(max=1.0))
+    assert ok.tolist() == [True, True, True, False, False]
+    assert torch.allclose(fac, expect, rtol=1e-15, atol=0)
+    pi = StepControl(1e-3, 1e-3, 3, pi=0.4, safety=0.8)
+    prev = torch.full_like(en, 0.25)
+    _, fac_pi = pi.update(en[1:3], prev[1:3])
+    assert torch.allclose(fac_pi, 0.8 * en[1:3] ** (-1 / 3) * (0.25 / en[1:3]) ** (0.4 / 3), rtol=1e-14)
+    _, fac_q = ctl.update(en[1:2], order=torch.tensor([2]))
+    assert torch.allclose(fac_q, 0.9 * en[1:2] ** -0.5, rtol=1e-14)
+    # the norm: RMS of err / (atol + rtol max(|y0|, |y1|)) per sample
+    y0, y1 = torch.tensor([[1.0, -3.0]]), torch.tensor([[2.0, 1.0]])
+    n = ctl.norm(torch.tensor([[1e-3, 1e-3]]), y0, y1)
+    sc = 1e-3 + 1e-3 * torch.tensor([2.0, 3.0])
+    assert torch.allclose(n.float(), (1e-3 / sc).pow(2).mean().sqrt().reshape(1), rtol=1e-6)
+    with pytest.raises(ValueError, match="rtol"):
+        StepControl(-1.0, 1e-3, 3)

@@ -7,9 +7,15 @@ result for a sample does not depend on the other samples in the batch, and no co
 operation happens inside the loop (safe under torchrun when ranks need different step counts).
 
 Methods: Dormand–Prince 5(4) (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.5) and
-Bogacki–Shampine 3(2), both first-same-as-last; error control in the RMS norm of
-err / (atol + rtol * max(|y_n|, |y_{n+1}|)) per sample, the standard controller with safety 0.9
-and step-ratio limits [0.2, 10], and Hairer's initial step-size heuristic (one extra evaluation).
+Bogacki–Shampine 3(2), both first-same-as-last; Hairer's initial step-size heuristic (one extra
+evaluation).
+
+Step control (:class:`StepControl`, shared with the exponential pair of
+:mod:`diffusionlens.samplers.adaptive`): error in the RMS norm of err / (atol + rtol * max(|y_n|,
+|y_{n+1}|)) per sample, accept when it is <= 1, and the step ratio safety * err^(-1/q) clipped to
+[fac_min, fac_max] (at most 1 after a rejection), with an optional proportional-integral term
+(Gustafsson's PI controller: the ratio also multiplied by (err_prev / err)^(pi / q), which damps the
+oscillation of the plain controller when the error estimate is noisy).
 
 Shapes: ``y0`` (batch, ...); ``t0``/``t1`` floats or (batch,) tensors; ``f`` receives ``t`` (b,),
 ``y`` (b, ...) and ``idx`` (b,), the indices into the batch of the b samples being evaluated (so
@@ -34,7 +40,7 @@ from torch import Tensor
 
 from ._util import as_tensor, expand
 
-__all__ = ["Method", "SolveInfo", "solve"]
+__all__ = ["Method", "SolveInfo", "StepControl", "solve"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,76 @@ def _rms(v: Tensor) -> Tensor:
     return v.flatten(1).pow(2).mean(1).sqrt()
 
 
+@dataclass(frozen=True)
+class StepControl:
+    """Per-sample error norm, acceptance and step-size update of an embedded pair.
+
+    ``order`` q: the error estimate is O(h^q) (the lower member's order + 1). ``pi``: weight of the
+    integral-of-error term (0 is the plain controller, ~0.4 Gustafsson's PI choice).
+    """
+
+    rtol: float
+    atol: float
+    order: int
+    safety: float = 0.9
+    fac_min: float = 0.2
+    fac_max: float = 10.0
+    pi: float = 0.0
+
+    def __post_init__(self):
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ValueError(f"rtol and atol must be > 0, got rtol={self.rtol}, atol={self.atol}")
+        if not (0 < self.fac_min <= 1 <= self.fac_max and 0 < self.safety <= 1):
+            raise ValueError(f"need 0 < fac_min <= 1 <= fac_max and 0 < safety <= 1, got {self}")
+
+    def norm(self, err: Tensor, y_old: Tensor, y_new: Tensor) -> Tensor:
+        """(batch,) float64 RMS of err / (atol + rtol * max(|y_old|, |y_new|)); <= 1 is acceptable."""
+        sc = self.atol + self.rtol * torch.maximum(y_old.abs(), y_new.abs())
+        return _rms(err / sc).double()
+
+    def update(self, en: Tensor, prev: Tensor | None = None, order: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(ok, factor)`` for error norms ``en`` (and the last accepted ones, ``prev``, for ``pi``).
+
+        ``order``: a per-sample order of the estimate (a method whose order grows as it starts up)
+        instead of ``self.order``.
+        """
+        q = self.order if order is None else order.double()
+        ok = en <= 1
+        e = en.clamp_min(1e-10)
+        fac = self.safety * e ** (-1.0 / q)
+        if self.pi and prev is not None:
+            fac = fac * (prev.clamp_min(1e-10) / e) ** (self.pi / q)
+        fac = torch.clamp(fac, self.fac_min, self.fac_max)
+        return ok, torch.where(ok, fac, torch.clamp(fac, max=1.0))
+
+    def unit_first_step(self, span: float) -> float:
+        """The step whose local error is the tolerance for a solution varying at unit rate."""
+        return min(max(self.rtol, self.atol) ** (1.0 / self.order), span)
+
+    def hairer_first_step(self, call, t: Tensor, y: Tensor, k: Tensor, span: Tensor, direction: Tensor) -> Tensor:
+        """Hairer's initial step (*Solving ODEs I*, II.4) per sample; one evaluation of ``call(t, y)``."""
+        sc = self.atol + self.rtol * y.abs()
+        d0, d1 = _rms(y / sc).double(), _rms(k / sc).double()
+        hh = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+        hh = torch.minimum(hh, span)
+        y1 = y + expand((hh * direction).to(y.dtype), y) * k
+        k1 = call(t + hh * direction, y1)
+        d2 = _rms((k1 - k) / sc).double() / hh
+        dmax = torch.maximum(d1, d2)
+        h1 = torch.where(
+            dmax <= 1e-15, torch.maximum(torch.full_like(hh, 1e-6), hh * 1e-3), (0.01 / dmax) ** (1 / self.order)
+        )
+        return torch.minimum(100 * hh, h1)
+
+
+def check_output(out: Tensor, at: Tensor, idx: Tensor, what: str) -> Tensor:
+    """Raise FloatingPointError naming ``what`` at the first sample with a NaN/inf in ``out``."""
+    if not bool(torch.isfinite(out).all()):
+        bad = (~torch.isfinite(out.flatten(1))).any(1)
+        raise FloatingPointError(f"non-finite {what}={at[bad][0].item():.6g} (sample {int(idx[bad][0])})")
+    return out
+
+
 def solve(
     f,
     y0: Tensor,
@@ -115,9 +191,8 @@ def solve(
     Returns ``(y1, info)``. Raises ``FloatingPointError`` naming the time where a NaN/inf appeared
     and ``RuntimeError`` if a sample needs more than ``max_steps`` steps.
     """
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
     tab = Method(method).tableau
+    ctl = StepControl(rtol, atol, tab.order)
     B = y0.shape[0]
     dev = y0.device
     t0 = as_tensor(t0, like=y0, dtype=torch.float64).expand(B).clone()
@@ -140,12 +215,7 @@ def solve(
     def call(tt: Tensor, yy: Tensor, idx: Tensor, stage: int = 0) -> Tensor:
         out = f(tt.to(y0.dtype), yy, idx, stage not in free) if quadrature else f(tt.to(y0.dtype), yy, idx)
         nfe[idx] += 1
-        if not bool(torch.isfinite(out).all()):
-            bad = (~torch.isfinite(out.flatten(1))).any(1)
-            raise FloatingPointError(
-                f"non-finite derivative at t={tt[bad][0].item():.6g} (sample {int(idx[bad][0])})"
-            )
-        return out
+        return check_output(out, tt, idx, "derivative at t")
 
     done = span == 0
     k_first = torch.zeros_like(y)
@@ -157,22 +227,10 @@ def solve(
     if h0 is not None:
         h[:] = as_tensor(h0, like=h).abs()
     elif run.numel():
-        yr, kr = y[run], k_first[run]
-        sc = atol + rtol * yr.abs()
-        d0, d1 = _rms(yr / sc).double(), _rms(kr / sc).double()
-        hh = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-        hh = torch.minimum(hh, span[run])
-        y1 = yr + expand((hh * direction[run]).to(y.dtype), yr) * kr
-        k1 = call(t[run] + hh * direction[run], y1, run)
-        d2 = _rms((k1 - kr) / sc).double() / hh
-        dmax = torch.maximum(d1, d2)
-        h1 = torch.where(
-            dmax <= 1e-15, torch.maximum(torch.full_like(hh, 1e-6), hh * 1e-3), (0.01 / dmax) ** (1 / tab.order)
-        )
-        h[run] = torch.minimum(100 * hh, h1)
+        h[run] = ctl.hairer_first_step(lambda tt, yy: call(tt, yy, run), t[run], y[run], k_first[run],
+                                       span[run], direction[run])
     h = torch.minimum(h, span)
 
-    expo = -1.0 / tab.order
     while True:
         run = all_idx[~done]
         if run.numel() == 0:
@@ -193,11 +251,7 @@ def solve(
             ks.append(call(tr + tab.c[i] * hs, yi, run, i))
         y_new = yr + expand(hs.to(y.dtype), yr) * sum(b * k for b, k in zip(tab.b, ks) if b != 0.0)
         err = expand(hs.to(y.dtype), yr) * sum(e * k for e, k in zip(tab.e, ks) if e != 0.0)
-        sc = atol + rtol * torch.maximum(yr.abs(), y_new.abs())
-        en = _rms(err / sc).double()
-        ok = en <= 1
-        fac = torch.clamp(0.9 * en.clamp_min(1e-10) ** expo, 0.2, 10.0)
-        fac = torch.where(ok, fac, torch.clamp(fac, max=1.0))
+        ok, fac = ctl.update(ctl.norm(err, yr, y_new))
         ia, ir = run[ok], run[~ok]
         y[ia] = y_new[ok]
         t[ia] = torch.where(last[ok], t1[ia], tr[ok] + hs[ok])

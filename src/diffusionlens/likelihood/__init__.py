@@ -13,9 +13,11 @@ from .bpd import Binning, bin_centers, bin_width, bits_per_dim, dequantize, nats
 from .elbo import VLB, ContinuousVLB, Decoder, PosteriorVar, ddpm_vlb, decoder_nll, gaussian_kl, prior_kl, vdm_vlb
 from .encode import EncodeInfo, decode, encode, round_trip, slerp
 from .pf_ode import (
+    EXACT_MAX_DIM,
     Divergence,
     LikelihoodInfo,
     Probe,
+    default_divergence,
     draw_probes,
     draw_rotating,
     gaussian_prior,
@@ -38,6 +40,8 @@ __all__ = [
     "PosteriorVar",
     "VLB",
     "ddpm_vlb",
+    "default_divergence",
+    "EXACT_MAX_DIM",
     "decoder_nll",
     "gaussian_kl",
     "prior_kl",

@@ -21,7 +21,7 @@ y = x_hat / sqrt(1 + sigma^2) is x_hat in the variance-preserving scale,
     dy/du = y / (1 + sigma^2) - D(x_hat, sigma) / sqrt(1 + sigma^2).
 
 x_hat grows like sigma at large sigma, y stays O(1) over the whole range, and the solver's error
-control on y takes about 30% fewer steps for the same error on the oracle. Rescaling the state is
+control on y takes fewer steps for the same error on the oracle (benchmarks/likelihood.md). Rescaling the state is
 a change of coordinates for the solver only: the log-density is still that of x_hat, and the latent
 is returned as x_hat = y sqrt(1 + sigma_max^2).
 
@@ -37,7 +37,8 @@ the time of sigma_min and that term is added exactly. The latent is returned in 
 Divergence. ``exact``: tr(dD/dx_hat) from d vector-Jacobian products, one forward and d backward
 passes batched by vmap (``is_grads_batched``), or one forward and one backward over d stacked
 copies of the batch (for d <= 4, where vmap's fixed cost dominates, and for a denoiser whose
-backward vmap cannot batch): about d backward passes, the default for d <= 64. Its cost grows
+backward vmap cannot batch): about d backward passes, the default up to ``EXACT_MAX_DIM`` dimensions
+(:func:`default_divergence`). Its cost grows
 like d times that of one probe: a black-box Jacobian's exact trace needs d products. The trace is
 a quadrature along the path (no derivative depends on it), so at Dormand–Prince's second stage,
 whose weights in the step and in its error estimate are zero, only D is evaluated
@@ -94,13 +95,11 @@ __all__ = [
     "rotating_probe",
     "trace_jacobian",
     "EXACT_MAX_DIM",
+    "default_divergence",
 ]
 
 EXACT_MAX_DIM = 64
-"""Up to this many dimensions ``divergence=None`` means the exact trace."""
-
-
-
+"""Up to this many dimensions ``divergence=None`` means the exact trace (its cost grows like d)."""
 
 
 class Divergence(Choice, what="divergence"):
@@ -108,6 +107,16 @@ class Divergence(Choice, what="divergence"):
 
     EXACT = "exact"
     HUTCHINSON = "hutchinson"
+
+
+def default_divergence(d: int) -> Divergence:
+    """The divergence used when none is asked for: exact up to ``EXACT_MAX_DIM`` dimensions, else Hutchinson.
+
+    The one place this choice is made; every caller that picks a divergence for the user calls it.
+    """
+    if not (isinstance(d, int) and d >= 1):
+        raise ValueError(f"d must be an integer >= 1, got {d!r}")
+    return Divergence.EXACT if d <= EXACT_MAX_DIM else Divergence.HUTCHINSON
 
 
 class Probe(Choice, what="probe"):
@@ -350,7 +359,7 @@ def log_likelihood(
         sigma_min, sigma_max: the integration range, 0 < sigma_min < sigma_max. For clean data
             take sigma_min small: the result is the density of x0 + sigma_min n, which tends to
             that of x0 as sigma_min -> 0.
-        divergence: ``"exact"`` or ``"hutchinson"``; default exact when d <= 64.
+        divergence: ``"exact"`` or ``"hutchinson"``; default :func:`default_divergence` (d).
         probes, probe: number and kind (``"rotating"``, ``"rademacher"``, ``"gaussian"``,
             ``"orthogonal"``) of Hutchinson probes per sample.
         rtol, atol: tolerances of the adaptive solver on the state x_hat / sqrt(1 + sigma^2) (with the
@@ -387,8 +396,7 @@ def log_likelihood(
         raise ValueError("x contains a non-finite value")
     B, shape = x.shape[0], tuple(x.shape[1:])
     d = math.prod(shape)
-    div = Divergence.parse(divergence) if divergence is not None else (
-        Divergence.EXACT if d <= EXACT_MAX_DIM else Divergence.HUTCHINSON)
+    div = Divergence.parse(divergence) if divergence is not None else default_divergence(d)
     if div is Divergence.HUTCHINSON and not (isinstance(probes, int) and probes >= 1):
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
     if not (isinstance(turns, int) and turns >= 1):
