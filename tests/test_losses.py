@@ -17,12 +17,12 @@ from diffusionlens.losses import (
     Sigmoid,
     Uniform,
     Weighting,
-    parse_density,
-    parse_weighting,
     ddpm_loss,
     edm_loss,
     flow_matching_loss,
     min_snr_loss,
+    parse_density,
+    parse_weighting,
     vdm_loss,
 )
 from diffusionlens.model import Denoiser

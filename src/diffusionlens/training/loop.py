@@ -1,5 +1,7 @@
 """The training loop: AdamW, warm-up, clipping, EMA, budgets, checkpoints, exact resume, DDP.
 
+(Longer than 500 lines because the run's guarantees, stated here, and the loop that keeps them belong together.)
+
 The loop is generic over training objectives (:mod:`diffusionlens.objectives`): it builds the one
 ``cfg.objective`` names, hands it the batch and the run's random streams, and averages the
 per-sample losses it returns; it checkpoints the objective's own state with the rest.
@@ -77,6 +79,17 @@ from .checkpoint import (
 from .config import RESUMABLE_CHANGES, TrainConfig, default_net
 from .distributed import DistInfo, all_mean, broadcast_flag, broadcast_float, setup, teardown
 from .ema import ema_beta, update_ema
+from .state import (
+    check_shapes,
+    config_diff,
+    cut_metrics,
+    load_denoiser,
+    load_module,
+    load_optimizer,
+    optimizer_state,
+    resume_config,
+    stored_config,
+)
 
 __all__ = ["TrainResult", "TrainState", "train", "load_denoiser", "lr_at", "resume_config"]
 
@@ -158,111 +171,6 @@ def _resolve(cfg: TrainConfig, data) -> TrainConfig:
         sigma_data=cfg.sigma_data if cfg.sigma_data is not None else round(data.sigma_data, 6),
         net=cfg.net if cfg.net is not None else default_net(data, cfg.conditional),
     )
-
-
-# ---------------------------------------------------------------------------- state <-> checkpoint
-
-
-def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor) and v.ndim > 0:
-                tensors[f"optim/{i}/{k}"] = v
-            else:
-                scalars.setdefault(str(i), {})[k] = float(v)
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"scalars": scalars, "param_groups": groups}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, meta: dict, tensors: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("optim/"):
-            _, i, k = key.split("/", 2)
-            state.setdefault(int(i), {})[k] = v
-    for i, sc in meta["scalars"].items():
-        for k, v in sc.items():
-            state.setdefault(int(i), {})[k] = torch.tensor(v, dtype=torch.float32)
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _check_shapes(spec: dict, tensors: dict, prefix: str, where) -> None:
-    """The network of ``spec`` against the checkpoint's tensors, built on the meta device (no memory)
-    so that a wrong or huge spec fails at once; one line naming the first difference."""
-    try:
-        with torch.device("meta"):
-            probe = build_net(spec)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"checkpoint {where}: its config's network spec is invalid: {e}") from None
-    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    have = {k[len(prefix):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
-    if want == have:
-        return
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    shapes = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
-    first = (f"{prefix}{shapes[0]} is {have[shapes[0]]} in the file, {want[shapes[0]]} in the network" if shapes
-             else f"first missing: {prefix}{missing[0]}" if missing else f"first unexpected: {prefix}{extra[0]}")
-    raise ValueError(f"checkpoint {where} does not match the network of its config: {len(missing)} missing, "
-                     f"{len(extra)} unexpected, {len(shapes)} of other shape ({first})")
-
-
-def _load_module(module: nn.Module, tensors: dict, prefix: str) -> None:
-    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-
-
-def _stored_config(meta: dict, where) -> TrainConfig:
-    try:
-        return TrainConfig.from_dict(required(meta, "config", where))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {where} holds an unusable config: {e}") from None
-
-
-def _config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return sorted(k for k in da if k not in RESUMABLE_CHANGES and da[k] != db[k])
-
-
-def _cut_metrics(path: Path, step: int) -> bytes | None:
-    """The metrics lines with step <= ``step`` (a torn last line from a kill is dropped); None if there
-    is no file. Only reads, so that a resume can fail before it writes anything."""
-    if not path.exists():
-        return None
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot resume: {path} is unreadable: {e}") from None
-    keep = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("step", 0) <= step:
-            keep.append(line)
-    return "".join(s + "\n" for s in keep).encode()
-
-
-def resume_config(run_dir, **changes) -> TrainConfig:
-    """The configuration stored in a run (its newest checkpoint), with budget or bookkeeping ``changes``
-    (e.g. ``steps=8000``): what ``train(..., resume=True)`` needs without repeating every setting."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"cannot resume {run_dir}: no such run directory")
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint")
-    try:
-        meta = json.loads(ckpt.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint {ckpt} is not valid JSON (corrupt or truncated): {e}") from None
-    cfg = _stored_config(meta if isinstance(meta, dict) else {}, ckpt)
-    bad = sorted(set(changes) - RESUMABLE_CHANGES)
-    if bad:
-        raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_CHANGES)} may change")
-    return cfg.replace(**changes)
 
 
 # ---------------------------------------------------------------------------- one run
@@ -405,12 +313,12 @@ def _read_resume(cfg: TrainConfig, run_dir: Path):
         raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint (checkpoints/ is missing or "
                          f"empty); delete the directory to start over")
     meta, tensors = load_checkpoint(ckpt)
-    diff = _config_diff(_stored_config(meta, ckpt), cfg)
+    diff = config_diff(stored_config(meta, ckpt), cfg)
     if diff:
         raise ValueError(f"cannot resume {run_dir}: its config differs in {diff} "
                          f"(only {sorted(RESUMABLE_CHANGES)} may change)")
     for prefix in ("model/", "ema/"):
-        _check_shapes(cfg.net, tensors, prefix, ckpt)
+        check_shapes(cfg.net, tensors, prefix, ckpt)
     step = required(meta, "step", ckpt)
     if cfg.steps is not None and step > cfg.steps:
         raise ValueError(f"{run_dir} is already at step {step}, beyond steps={cfg.steps}")
@@ -424,9 +332,9 @@ def _restore(run: _Run, meta: dict, tensors: dict, ckpt: Path) -> None:
     if missing:
         raise ValueError(f"checkpoint {ckpt} lacks the random stream(s) {missing} of its objective")
     try:
-        _load_module(run.net, tensors, "model/")
-        _load_module(run.ema, tensors, "ema/")
-        _load_optimizer(run.opt, required(meta, "optimizer", ckpt), tensors)
+        load_module(run.net, tensors, "model/")
+        load_module(run.ema, tensors, "ema/")
+        load_optimizer(run.opt, required(meta, "optimizer", ckpt), tensors)
         run.streams.load_state_dict({k: v for k, v in rng.items() if k != "torch"})
         torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
         state = {k[len("objective/"):]: v for k, v in tensors.items() if k.startswith("objective/")}
@@ -435,7 +343,7 @@ def _restore(run: _Run, meta: dict, tensors: dict, ckpt: Path) -> None:
     except (KeyError, TypeError, RuntimeError, AttributeError) as e:
         raise ValueError(f"checkpoint {ckpt} cannot be restored: {' '.join(str(e).split())[:300]}") from None
     run.last_ckpt = ckpt
-    run.metrics = _cut_metrics(run.run_dir / "metrics.jsonl", run.start)
+    run.metrics = cut_metrics(run.run_dir / "metrics.jsonl", run.start)
 
 
 def _open_run_dir(run: _Run) -> Path:
@@ -459,7 +367,7 @@ def _save(run: _Run, step: int) -> Path | None:
         return None
     tensors = {f"model/{k}": v for k, v in run.net.state_dict().items()}
     tensors.update({f"ema/{k}": v for k, v in run.ema.state_dict().items()})
-    opt_tensors, opt_meta = _optimizer_state(run.opt)
+    opt_tensors, opt_meta = optimizer_state(run.opt)
     tensors.update(opt_tensors)
     obj = run.objective.state_dict()
     tensors.update({f"objective/{k}": v for k, v in obj.items() if isinstance(v, torch.Tensor)})
@@ -678,19 +586,3 @@ def _interrupted(run: _Run, step: int, signum) -> None:
     raise KeyboardInterrupt(msg)
 
 
-# ---------------------------------------------------------------------------- loading
-
-
-def load_denoiser(path, *, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainConfig]:
-    """Load a trained canonical denoiser from a run directory (newest checkpoint) or a checkpoint file.
-
-    Returns (denoiser in eval mode without gradients, its TrainConfig). Reads safetensors and JSON
-    only; a corrupt or mismatched checkpoint raises ValueError naming the file.
-    """
-    meta, tensors = load_checkpoint(path)
-    cfg = _stored_config(meta, path)
-    prefix = "ema/" if ema else "model/"
-    _check_shapes(cfg.net, tensors, prefix, path)
-    net = build_net(cfg.net)
-    _load_module(net, tensors, prefix)
-    return cfg.denoiser(net.to(device).eval().requires_grad_(False)), cfg
