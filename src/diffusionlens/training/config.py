@@ -23,7 +23,16 @@ from typing import Any
 import torch
 
 from ..data import DATASETS, Data
-from ..losses import EDMWeight, LogNormal, Loss, check_sigma_data, parse_density, parse_weighting
+from ..losses import (
+    EDMWeight,
+    LogNormal,
+    Loss,
+    LossWeighting,
+    NoiseDensity,
+    check_sigma_data,
+    parse_density,
+    parse_weighting,
+)
 from ..model import Denoiser
 from ..objectives import OBJECTIVES
 from ..parameterization import Param
@@ -105,8 +114,8 @@ class TrainConfig:
     objective: str = "denoising"
     process: str = "edm"
     param: str = "edm"
-    density: Any = LogNormal()
-    weighting: Any = EDMWeight()
+    density: NoiseDensity = LogNormal()
+    weighting: LossWeighting = EDMWeight()
     sigma_data: float | None = None
     t_min: float = 1e-4
     t_max: float = 1 - 1e-4
