@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from diffusionlens.training import TrainConfig, train
 
 CFG = dict(dataset="moons", n_train=256, batch_size=32, steps=12, ckpt_every=6, log_every=4, warmup_steps=3,
-           net={"kind": "mlp", "data_shape": [2], "width": 16, "depth": 1, "emb_dim": 16})
+           net={"kind": "mlp", "data_shape": [2], "width": 16, "depth": 1, "emb_dim": 16}, timeout=120)
 
 
 def _free_port() -> int:

@@ -9,12 +9,20 @@ import torch
 
 from diffusionlens.losses import (
     Density,
+    EDMWeight,
+    LogitNormal,
+    LogNormal,
     Loss,
+    MinSNR,
+    Sigmoid,
+    Uniform,
     Weighting,
     ddpm_loss,
     edm_loss,
     flow_matching_loss,
     min_snr_loss,
+    parse_density,
+    parse_weighting,
     vdm_loss,
 )
 from diffusionlens.model import Denoiser
@@ -122,7 +130,7 @@ def test_implied_weightings(param, density):
     edm = Loss(proc, param, density, "edm")
     torch.testing.assert_close(edm.implied_weighting(t), Loss(proc, "edm", density, "target").implied_weighting(t))
     # min-SNR caps the x0 weight at gamma: equal to eps-MSE where SNR < gamma, to gamma * x0-MSE elsewhere
-    ms = Loss(proc, param, density, "min-snr", gamma=5.0).implied_weighting(t)
+    ms = Loss(proc, param, density, MinSNR(gamma=5.0)).implied_weighting(t)
     eps_w = Loss(proc, "eps", density, "target").implied_weighting(t)
     x0_w = Loss(proc, "x0", density, "target").implied_weighting(t)
     torch.testing.assert_close(ms, torch.minimum(eps_w, 5.0 * x0_w))
@@ -172,7 +180,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="finite sigma"):
         Loss(Flow(), "velocity", "uniform", "target", t_max=1.0)
     with pytest.raises(ValueError, match="gamma must be"):
-        Loss(gamma=0.0)
+        Loss(weighting=MinSNR(gamma=0.0))
+    with pytest.raises(ValueError, match="p_std must be"):
+        LogNormal(p_std=-1.0)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        parse_density({"kind": "lognormal", "mean": 0.0})
+    with pytest.raises(ValueError, match="sigma_data must be"):
+        Loss(sigma_data=1e300)
     with pytest.raises(ValueError, match="t_min < t_max"):
         Loss(t_min=0.5, t_max=0.2)
     loss = edm_loss()
@@ -182,7 +196,24 @@ def test_bad_input():
         loss(ring(), torch.zeros(0, 2))
     with pytest.raises(ValueError, match="built for"):
         loss(Denoiser(MLP(2), VP(), "eps"), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="non-finite loss .* at sigma="):
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at sigma="):
         loss(lambda x, s: x * float("nan"), torch.zeros(4, 2, dtype=torch.float64),
              generator=torch.Generator().manual_seed(0))
     assert Weighting.parse("elbo") is Weighting.ELBO
+
+
+def test_typed_densities_and_weightings_round_trip():
+    """Each density and weighting is a frozen value carrying its parameters; its JSON dict and its kind
+    name parse back to it, and a loss built from kind names equals one built from default values."""
+    values = [Uniform(), LogNormal(-1.0, 1.4), LogitNormal(0.5, 0.8), MinSNR(4.0), Sigmoid(-1.0), EDMWeight()]
+    for v in values:
+        parse = parse_density if isinstance(v, (Uniform, LogNormal, LogitNormal)) else parse_weighting
+        assert parse(v.to_dict()) == v and parse(v) is v
+        assert parse(v.kind.value) == type(v)()
+        assert str(v).startswith(v.kind.value)
+    assert str(LogNormal()) == "lognormal(p_mean=-1.2, p_std=1.2)" and str(EDMWeight()) == "edm"
+    assert Loss(EDM(), "edm", "lognormal", "edm") == Loss(EDM(), "edm", LogNormal(), EDMWeight())
+    # the parameters reach the draws: a logit-normal centred at m puts its median t at sigmoid(m)
+    loss = Loss(Flow(), "velocity", LogitNormal(mean=1.0, std=0.5), "target")
+    t = loss.sample_t(20000, torch.Generator().manual_seed(0))
+    assert abs(float(t.median()) - 1 / (1 + math.exp(-1.0))) < 0.01

@@ -308,3 +308,152 @@ def test_process_clock_budget_and_schedule_validation(tmp_path):
                     ({"clock": "cpu"}, "clock must be 'wall' or 'process', got 'cpu'")):
         with pytest.raises(ValueError, match=msg):
             _cfg(**kw)
+
+
+# ------------------------------------------------------------------ typed config, old runs
+
+
+def test_previous_flat_config_format_is_converted():
+    """A config.json of the previous version (flat density/weighting hyper-parameters) still loads."""
+    from diffusionlens.losses import LogitNormal, LogNormal, MinSNR
+
+    old = {"dataset": "moons", "seed": 0, "n_train": None, "process": "flow", "param": "velocity",
+           "density": "logit-normal", "weighting": "min-snr", "sigma_data": 0.5, "p_mean": -1.2, "p_std": 1.2,
+           "logit_mean": 0.3, "logit_std": 0.9, "min_snr_gamma": 4.0, "sigmoid_bias": 2.0, "t_min": 1e-4,
+           "t_max": 1 - 1e-4, "net": TINY, "conditional": False, "label_dropout": 0.1, "batch_size": 32,
+           "lr": 2e-3, "adam_betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 5, "cooldown": 0.4,
+           "grad_clip": 1.0, "ema": "power", "ema_std": 0.05, "ema_decay": 0.999, "steps": 40, "minutes": None,
+           "clock": "wall", "log_every": 5, "ckpt_every": 10, "eval_every": 0, "keep_checkpoints": 2,
+           "device": "cpu", "channels_last": False, "compile": False}
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.density == LogitNormal(mean=0.3, std=0.9) and cfg.weighting == MinSNR(gamma=4.0)
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    assert json.loads(cfg.to_json())["density"] == {"kind": "logit-normal", "mean": 0.3, "std": 0.9}
+    default = TrainConfig.from_dict({**old, "density": "lognormal", "weighting": "edm", "process": "edm",
+                                     "param": "edm", "p_mean": -1.0, "logit_mean": 0.0, "logit_std": 1.0,
+                                     "min_snr_gamma": 5.0})
+    assert default.density == LogNormal(p_mean=-1.0, p_std=1.2)
+    # a flat value that the chosen kind cannot use would be ignored in silence: refused, naming it
+    with pytest.raises(ValueError, match=r"p_mean=-1.0 .* applies to density 'lognormal'"):
+        TrainConfig.from_dict({**old, "p_mean": -1.0})
+    # parsed once: the config carries the process and parameterization objects
+    assert cfg.noise_process == loop_mod.TrainConfig(process="flow", param="velocity", density="uniform",
+                                                     weighting="target").noise_process
+    assert cfg.sigma_range[0] > 0 and math.isfinite(cfg.sigma_range[1])
+    with pytest.raises(ValueError, match="sigma_data must be"):
+        TrainConfig(sigma_data=1e300)
+    with pytest.raises(ValueError, match="unknown objective 'distill'"):
+        TrainConfig(objective="distill")
+
+
+# ------------------------------------------------------------------ faults found by probing
+
+
+def _snapshot(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_a_run_without_a_usable_checkpoint_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="no such run directory"):
+        train(_cfg(steps=20), run, resume=True, progress=False)
+    assert not run.exists()
+    train(_cfg(steps=20), run, progress=False)
+    before = _snapshot(run)
+    # a torn metrics log, a corrupt newest checkpoint: refused before anything is written
+    js = run / "checkpoints" / "step-00000020.json"
+    meta = json.loads(js.read_text())
+    del meta["rng"]
+    js.write_text(json.dumps(meta))
+    before = _snapshot(run)
+    with pytest.raises(ValueError, match=r"step-00000020.json lacks the key 'rng'"):
+        train(_cfg(steps=30), run, resume=True, progress=False)
+    assert _snapshot(run) == before
+    meta["tensors"] = "../../x.safetensors"
+    js.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="outside its own directory"):
+        load_denoiser(run)
+    del meta["config"]
+    meta["tensors"] = "step-00000020.safetensors"
+    js.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="lacks the key 'config'"):
+        load_denoiser(run)
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    before = _snapshot(run)
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        train(_cfg(steps=30), run, resume=True, progress=False)
+    assert _snapshot(run) == before  # metrics.jsonl and result.json untouched
+
+
+def test_a_huge_network_spec_fails_fast_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=10), run, progress=False)
+    js = run / "checkpoints" / "step-00000010.json"
+    meta = json.loads(js.read_text())
+    meta["config"]["net"]["width"] = 10**6  # ~10^12 parameters if it were built
+    js.write_text(json.dumps(meta))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="does not match the network") as e:
+        load_denoiser(run)
+    assert time.perf_counter() - t0 < 10 and "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_one_writer_per_run_and_stale_locks(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(steps=10), run, progress=False)
+    assert not (run / ".lock").exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(f"{holder.pid}\n")
+        with pytest.raises(ValueError, match=f"another process \\(pid {holder.pid}"):
+            train(_cfg(steps=20), run, resume=True, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and taken over; leftovers of a kill are cleaned up
+    (run / "checkpoints" / ".step-00000011.abc.safetensors.tmp").write_bytes(b"x" * 10)
+    (run / "checkpoints" / "step-00000005.safetensors").write_bytes(b"orphan")
+    assert train(_cfg(steps=20), run, resume=True, progress=False).step == 20
+    left = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert left == ["step-00000010.json", "step-00000010.safetensors", "step-00000020.json",
+                    "step-00000020.safetensors"]
+    assert not (run / ".lock").exists()
+
+
+def test_resuming_a_finished_run_keeps_its_result_and_resume_config(tmp_path):
+    run = tmp_path / "run"
+    first = train(_cfg(steps=20), run, progress=False)
+    stored = json.loads((run / "result.json").read_text())
+    again = train(loop_mod.resume_config(run), run, resume=True, progress=False)
+    assert again.step == 20 and again.loss == first.loss and math.isfinite(again.loss)
+    assert json.loads((run / "result.json").read_text())["loss"] == stored["loss"]
+    longer = loop_mod.resume_config(run, steps=30)
+    assert longer == TrainConfig.from_json((run / "config.json").read_text()).replace(steps=30)
+    assert train(longer, run, resume=True, progress=False).step == 30
+    with pytest.raises(ValueError, match=r"cannot change \['lr'\]"):
+        loop_mod.resume_config(run, lr=1.0)
+
+
+def test_early_first_checkpoint(tmp_path):
+    train(_cfg(steps=60, ckpt_every=500, keep_checkpoints=5), tmp_path / "r", progress=False)
+    names = sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("*.json"))
+    assert names == ["step-00000050.json", "step-00000060.json"]
+
+
+def test_sigterm_saves_a_checkpoint_and_says_so(tmp_path):
+    cfg = _cfg(steps=100000, ckpt_every=100000, eval_every=1, log_every=1)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(cfg.to_json())
+    proc = _run(cfg_path, tmp_path / "run", slow=0.01)
+    deadline = time.time() + 60
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert "interrupted by SIGTERM at step" in err.decode() and "saved checkpoint" in err.decode()
+    ckpts = loop_mod.list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert ckpts and ckpts[-1][0] >= 3 and not (tmp_path / "run" / ".lock").exists()

@@ -490,7 +490,7 @@ def cmd_main(args) -> int:
     budget = f"{minutes:g} min" if minutes is not None else ""
     budget += (" / " if budget and steps else "") + (f"{steps} steps" if steps else "")
     print(f"[1/3] training on {args.dataset} ({budget}) -> {run}" + (" (resuming the existing run)" if resumed else ""))
-    res = train(cfg, run, resume=True, progress=_progress(args))
+    res = train(cfg, run, resume=resumed, progress=_progress(args))
     print(f"      {res.step} steps, {res.elapsed_s / 60:.2f} min, {res.images_per_s:.0f} images/s, loss {res.loss:.4g}")
     print("[2/3] sampling and evaluating")
     ev = evaluate_run(run, n_samples=args.n_samples, sampler=args.sampler, steps=args.sampler_steps, seed=args.seed,

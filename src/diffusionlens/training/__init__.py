@@ -3,6 +3,10 @@
     from diffusionlens.training import TrainConfig, train, load_denoiser
     result = train(TrainConfig(dataset="digits", minutes=3, steps=None), "runs/digits")
     denoiser, cfg = load_denoiser("runs/digits")          # canonical D(x_hat, sigma), EMA weights
+    train(resume_config("runs/digits", minutes=5), "runs/digits", resume=True)   # continue it
+
+What a step minimises is the config's objective (:mod:`diffusionlens.objectives`); the loop is the
+same for all.
 
 See :mod:`diffusionlens.training.loop` for the determinism and resume guarantees and the run
 directory layout, :mod:`~diffusionlens.training.checkpoint` for the checkpoint format.
@@ -36,7 +40,7 @@ calls :func:`train` can be launched this way, e.g. the CLI:
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PROCESSES, TrainConfig, make_loss, make_process
 from .ema import ema_beta, power_gamma, update_ema
-from .loop import TrainResult, TrainState, load_denoiser, lr_at, train
+from .loop import TrainResult, TrainState, load_denoiser, lr_at, resume_config, train
 
 __all__ = [
     "TrainConfig",
@@ -44,6 +48,7 @@ __all__ = [
     "TrainState",
     "train",
     "load_denoiser",
+    "resume_config",
     "load_checkpoint",
     "save_checkpoint",
     "make_loss",

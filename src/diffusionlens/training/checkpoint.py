@@ -11,8 +11,12 @@ A checkpoint at step k is two files in ``run_dir/checkpoints/``:
 Each file is written to a temporary name in the same directory, flushed, fsynced and
 ``os.replace``-d; the tensor file first, the JSON last, so a JSON's presence marks a complete
 checkpoint (a kill at any moment leaves either the previous complete checkpoint or the new one).
-Loading checks the format, the version and the hash, and raises ValueError naming the file on
-any mismatch or corruption.
+Loading checks the format, the version, the keys, that the tensor file lies beside the JSON, and the
+hash, and raises ValueError naming the file on any mismatch or corruption.
+
+One writer per run: :func:`acquire_lock` holds ``run_dir/.lock`` (the holder's pid) while training;
+a lock whose process is gone is stale and taken over. :func:`clean_stale` removes what a kill
+can leave behind (temporary files, a tensor file whose JSON was already pruned).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "atomic_write"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "atomic_write",
+           "acquire_lock", "release_lock", "clean_stale", "required"]
 
 FORMAT = "diffusionlens-checkpoint"
 VERSION = 1
@@ -133,10 +138,13 @@ def load_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"{jpath} is not a {FORMAT} file")
     if meta.get("version") != VERSION:
         raise ValueError(f"checkpoint {jpath} has format version {meta.get('version')}, this code reads {VERSION}")
-    tpath = jpath.parent / meta["tensors"]
+    name = required(meta, "tensors", jpath)
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(f"checkpoint {jpath} names tensor file {name!r} outside its own directory")
+    tpath = jpath.parent / name
     if not tpath.is_file():
         raise ValueError(f"checkpoint {jpath} names tensor file {tpath.name}, which is missing")
-    if _sha256(tpath) != meta["sha256"]:
+    if _sha256(tpath) != required(meta, "sha256", jpath):
         raise ValueError(f"checkpoint tensor file {tpath} is corrupt: its SHA-256 does not match {jpath.name}")
     try:
         tensors = load_file(tpath)
@@ -145,9 +153,80 @@ def load_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
+def required(meta: dict, key: str, where):
+    """``meta[key]``, or a one-line ValueError naming the checkpoint file and the missing key."""
+    if key not in meta:
+        raise ValueError(f"checkpoint {where} lacks the key {key!r} (written by another program, or edited)")
+    return meta[key]
+
+
 def prune(ckpt_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (JSON first, so none is ever seen half-deleted)."""
+    """Delete all but the newest ``keep`` checkpoints (JSON first, so none is ever seen half-deleted;
+    a tensor file orphaned by a kill in between is removed by :func:`clean_stale`)."""
     for _, jpath in list_checkpoints(ckpt_dir)[:-keep]:
         tpath = jpath.with_suffix(".safetensors")
         jpath.unlink(missing_ok=True)
         tpath.unlink(missing_ok=True)
+
+
+def clean_stale(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of interrupted writes and tensor files without their JSON, in the run
+    directory and its checkpoints; call only while holding the run's lock. Returns what was removed."""
+    run_dir = Path(run_dir)
+    gone = []
+    for d in (run_dir, run_dir / "checkpoints"):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            orphan = p.suffix == ".safetensors" and p.name.startswith("step-") and not p.with_suffix(".json").exists()
+            if (p.name.startswith(".") and p.name.endswith(".tmp")) or orphan:
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
+
+
+LOCK = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def acquire_lock(run_dir: Path) -> Path:
+    """Make this process the run's only writer: create ``run_dir/.lock`` holding our pid, taking over a
+    stale lock (its pid is gone); raises ValueError naming the live holder otherwise."""
+    path = Path(run_dir) / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+        except FileExistsError:
+            pid = _holder(path)
+            if pid is not None and _alive(pid):
+                raise ValueError(f"{run_dir} is being written by another process (pid {pid}, lock file {path}); "
+                                 f"wait for it or stop it") from None
+            path.unlink(missing_ok=True)  # stale: its writer is gone (or the file was torn)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return path
+    raise ValueError(f"could not take the lock {path}: other processes keep taking it")
+
+
+def release_lock(path: Path) -> None:
+    """Remove a lock taken by :func:`acquire_lock` if it is still ours."""
+    path = Path(path)
+    if _holder(path) == os.getpid():
+        path.unlink(missing_ok=True)

@@ -1,19 +1,40 @@
 """Training configuration: a frozen, validated, JSON round-trippable dataclass.
 
-Strings are accepted here, at the edge, and parsed into the library's objects by
-:func:`make_process` and :func:`make_loss`; nothing inside the math sees them.
+Strings are accepted here, at the edge, and parsed once, when the config is made: the process name
+into :attr:`TrainConfig.noise_process`, the parameterization into :attr:`TrainConfig.parameterization`,
+the noise density and the weighting into small frozen values carrying their own parameters
+(:mod:`diffusionlens.losses`). The JSON form is readable and round-trips::
+
+    {"density": {"kind": "lognormal", "p_mean": -1.2, "p_std": 1.2}, "weighting": {"kind": "edm"}, ...}
+
+A config written by the previous version (flat ``p_mean``, ``p_std``, ``logit_mean``, ``logit_std``,
+``min_snr_gamma``, ``sigmoid_bias`` fields) is converted by :meth:`TrainConfig.from_dict`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..data import DATASETS, Data
-from ..losses import Density, Loss, Weighting
+from ..losses import (
+    EDMWeight,
+    LogNormal,
+    Loss,
+    LossWeighting,
+    NoiseDensity,
+    check_sigma_data,
+    parse_density,
+    parse_weighting,
+)
+from ..model import Denoiser
+from ..objectives import OBJECTIVES
 from ..parameterization import Param
 from ..processes import EDM, VE, VP, Discrete, Flow, Process, SubVP
 
@@ -35,10 +56,23 @@ EMA_KINDS = ("power", "exp", "none")
 
 # fields that may change between a run and its resumption (budgets, bookkeeping, placement)
 RESUMABLE_CHANGES = frozenset({"steps", "minutes", "log_every", "ckpt_every", "eval_every", "keep_checkpoints",
-                               "device", "channels_last", "compile"})
+                               "device", "channels_last", "compile", "timeout"})
+
+# the previous version's flat hyper-parameters: field -> (group, kind, parameter, default)
+_FLAT = {
+    "p_mean": ("density", "lognormal", "p_mean", -1.2),
+    "p_std": ("density", "lognormal", "p_std", 1.2),
+    "logit_mean": ("density", "logit-normal", "mean", 0.0),
+    "logit_std": ("density", "logit-normal", "std", 1.0),
+    "min_snr_gamma": ("weighting", "min-snr", "gamma", 5.0),
+    "sigmoid_bias": ("weighting", "sigmoid", "bias", 2.0),
+}
 
 
-def make_process(name: str) -> Process:
+def make_process(name: str | Process) -> Process:
+    """The process a name in :data:`PROCESSES` stands for (a Process is returned as it is)."""
+    if isinstance(name, Process):
+        return name
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; choose one of: {', '.join(PROCESSES)}")
     return PROCESSES[name]()
@@ -48,9 +82,12 @@ def make_process(name: str) -> Process:
 class TrainConfig:
     """Everything that defines a training run (all JSON-able).
 
-    Model and loss: ``process`` (a name in :data:`PROCESSES`), ``param`` (eps, x0, v, score, velocity,
-    edm), ``density`` (uniform, lognormal, logit-normal), ``weighting`` (target, min-snr, elbo, sigmoid,
-    edm) with their hyper-parameters; ``sigma_data`` None means the training data's std (resolved
+    Model and objective: ``objective`` (a name in :data:`diffusionlens.objectives.OBJECTIVES`),
+    ``process`` (a name in :data:`PROCESSES`), ``param`` (eps, x0, v, score, velocity, edm),
+    ``density`` (``Uniform()``, ``LogNormal(p_mean, p_std)``, ``LogitNormal(mean, std)``; a kind name
+    gives the defaults) and ``weighting`` (``TargetWeight()``, ``MinSNR(gamma)``, ``ELBOWeight()``,
+    ``Sigmoid(bias)``, ``EDMWeight()``) from :mod:`diffusionlens.losses`, noise levels in the process's
+    times [``t_min``, ``t_max``]; ``sigma_data`` None means the training data's std (resolved
     and recorded when the run starts). ``net`` is a :func:`diffusionlens.nets.build_net` spec, None for
     the default (UNet for images, MLP otherwise). ``conditional`` trains on the labels with
     ``label_dropout`` (classifier-free guidance needs > 0).
@@ -67,23 +104,19 @@ class TrainConfig:
     Budget: ``steps`` and/or ``minutes`` (training stops at whichever comes first; at least one must
     be set); ``clock`` says what ``minutes`` measures: ``wall`` time or the ``process``'s CPU time (for
     machines shared with other jobs). The cool-down follows whichever budget is nearer its end.
-    ``log_every``, ``ckpt_every``, ``eval_every`` (0 = never) in steps.
+    ``log_every``, ``ckpt_every``, ``eval_every`` (0 = never) in steps. ``timeout``: seconds a
+    distributed rank waits for the others before failing (None: torch's default).
     """
 
     dataset: str = "digits"
     seed: int = 0
     n_train: int | None = None
+    objective: str = "denoising"
     process: str = "edm"
     param: str = "edm"
-    density: str = "lognormal"
-    weighting: str = "edm"
+    density: NoiseDensity = LogNormal()
+    weighting: LossWeighting = EDMWeight()
     sigma_data: float | None = None
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    min_snr_gamma: float = 5.0
-    sigmoid_bias: float = 2.0
     t_min: float = 1e-4
     t_max: float = 1 - 1e-4
     net: dict | None = None
@@ -109,15 +142,21 @@ class TrainConfig:
     device: str = "cpu"
     channels_last: bool = False
     compile: bool = False
+    timeout: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
-        make_process(self.process)
-        Param.parse(self.param)
-        Density.parse(self.density)
-        Weighting.parse(self.weighting)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        if isinstance(self.param, Param):
+            object.__setattr__(self, "param", self.param.value)
+        # parsed once, here: everything downstream uses these objects
+        object.__setattr__(self, "_process", make_process(self.process))
+        object.__setattr__(self, "_param", Param.parse(self.param))
+        object.__setattr__(self, "density", parse_density(self.density))
+        object.__setattr__(self, "weighting", parse_weighting(self.weighting))
         if self.ema not in EMA_KINDS:
             raise ValueError(f"unknown ema {self.ema!r}; choose one of: {', '.join(EMA_KINDS)}")
 
@@ -153,21 +192,56 @@ class TrainConfig:
             need(name, is_int(getattr(self, name)) and getattr(self, name) >= 0, "an integer >= 0 (0 = never)")
         need("log_every", self.log_every >= 1, "an integer >= 1")
         need("keep_checkpoints", is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1, "an integer >= 1")
-        need("sigma_data", self.sigma_data is None or (is_num(self.sigma_data) and self.sigma_data > 0), "None or > 0")
+        need("timeout", self.timeout is None or (is_num(self.timeout) and self.timeout > 0), "None or > 0 seconds")
+        if self.sigma_data is not None:
+            check_sigma_data(self.sigma_data)
         need("net", self.net is None or (isinstance(self.net, dict) and "kind" in self.net), "None or a spec dict")
         if self.conditional and self.dataset not in ("digits", "mnist"):
             raise ValueError(f"conditional training needs labelled data (digits, mnist), got {self.dataset!r}")
-        # the loss validates its own hyper-parameters (t range vs process, stds, gamma)
-        make_loss(self, sigma_data=self.sigma_data or 0.5)
+        # the loss validates the noise-level range against the process
+        self.loss(sigma_data=self.sigma_data or 0.5)
+
+    # ------------------------------------------------------------------ parsed views
+    @property
+    def noise_process(self) -> Process:
+        """The noise process ``process`` names (parsed once)."""
+        return self._process
+
+    @property
+    def parameterization(self) -> Param:
+        """What the network predicts, as a :class:`~diffusionlens.parameterization.Param`."""
+        return self._param
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """(sigma(t_min), sigma(t_max)): the noise levels the model was trained on."""
+        s = self._process.sigma(torch.tensor([self.t_min, self.t_max], dtype=torch.float64))
+        return float(s[0]), float(s[1])
+
+    def loss(self, sigma_data: float | None = None) -> Loss:
+        """The weighted denoising :class:`~diffusionlens.losses.Loss` this config describes."""
+        sd = sigma_data if sigma_data is not None else self.sigma_data
+        return Loss(self._process, self._param, self.density, self.weighting, sigma_data=float(sd),
+                    t_min=self.t_min, t_max=self.t_max)
+
+    def denoiser(self, net) -> Denoiser:
+        """The canonical denoiser of ``net`` under this (resolved) config."""
+        return Denoiser(net, self._process, self._param, sigma_data=self.sigma_data)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["adam_betas"] = list(self.adam_betas)
+        d["density"], d["weighting"] = self.density.to_dict(), self.weighting.to_dict()
+        d["net"] = copy.deepcopy(self.net)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from its JSON form; the previous version's flat form is converted."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a TrainConfig is a JSON object of fields, got {type(d).__name__}")
+        d = _convert_flat(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -185,23 +259,41 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _convert_flat(d: dict[str, Any]) -> dict[str, Any]:
+    """The previous version's flat density/weighting hyper-parameters folded into their values.
+
+    A flat value for a kind the config does not use is dropped when it is the old default (every
+    old config.json lists all of them) and refused otherwise, since it would have no effect."""
+    flat = {k: d[k] for k in _FLAT if k in d}
+    if not flat:
+        return d
+    d = {k: v for k, v in d.items() if k not in _FLAT}
+    defaults = {"density": "lognormal", "weighting": "edm"}
+    for group in ("density", "weighting"):
+        kind = d.get(group, defaults[group])
+        if not isinstance(kind, str):
+            keys = sorted(k for k in flat if _FLAT[k][0] == group)
+            if keys:
+                raise ValueError(f"the flat field(s) {keys} of the previous config format cannot be combined with "
+                                 f"{group}={kind!r}; put the parameters inside {group}")
+            continue
+        params = {}
+        for key, value in flat.items():
+            g, k, name, default = _FLAT[key]
+            if g != group:
+                continue
+            if k == kind:
+                params[name] = value
+            elif value != default:
+                raise ValueError(f"{key}={value!r} (previous config format) applies to {group} {k!r}, "
+                                 f"but {group} is {kind!r}")
+        d[group] = {"kind": kind, **params}
+    return d
+
+
 def make_loss(cfg: TrainConfig, sigma_data: float | None = None) -> Loss:
-    """The :class:`~diffusionlens.losses.Loss` a config describes."""
-    return Loss(
-        make_process(cfg.process),
-        cfg.param,
-        cfg.density,
-        cfg.weighting,
-        sigma_data=float(sigma_data if sigma_data is not None else cfg.sigma_data),
-        p_mean=cfg.p_mean,
-        p_std=cfg.p_std,
-        logit_mean=cfg.logit_mean,
-        logit_std=cfg.logit_std,
-        gamma=cfg.min_snr_gamma,
-        bias=cfg.sigmoid_bias,
-        t_min=cfg.t_min,
-        t_max=cfg.t_max,
-    )
+    """The :class:`~diffusionlens.losses.Loss` a config describes (same as ``cfg.loss(sigma_data)``)."""
+    return cfg.loss(sigma_data)
 
 
 def default_net(data: Data, conditional: bool) -> dict:

@@ -8,6 +8,7 @@ single-process run with the same global batch (up to float summation order).
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -34,9 +35,10 @@ class DistInfo:
         return self.world > 1
 
 
-def setup(device: str = "cpu") -> DistInfo:
+def setup(device: str = "cpu", timeout: float | None = None) -> DistInfo:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR, MASTER_PORT); a plain single process gets world 1. CUDA ranks use cuda:LOCAL_RANK."""
+    MASTER_ADDR, MASTER_PORT); a plain single process gets world 1. CUDA ranks use cuda:LOCAL_RANK.
+    ``timeout``: seconds a collective waits for a missing rank before failing (None: torch's default)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
@@ -50,7 +52,8 @@ def setup(device: str = "cpu") -> DistInfo:
         return DistInfo(0, 1, 0, dev, False)
     here = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        kw = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **kw)
         here = True
     if dist.get_world_size() != world:
         raise ValueError(f"WORLD_SIZE={world} but the process group has {dist.get_world_size()} ranks")

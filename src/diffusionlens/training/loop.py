@@ -1,10 +1,17 @@
 """The training loop: AdamW, warm-up, clipping, EMA, budgets, checkpoints, exact resume, DDP.
 
+(Longer than 500 lines because the run's guarantees, stated here, and the loop that keeps them belong together.)
+
+The loop is generic over training objectives (:mod:`diffusionlens.objectives`): it builds the one
+``cfg.objective`` names, hands it the batch and the run's random streams, and averages the
+per-sample losses it returns; it checkpoints the objective's own state with the rest.
+
 Determinism. Every random choice has its own generator seeded from ``cfg.seed``: the data order
 (epoch e is the permutation ``randperm(N)`` of a generator seeded by (seed, e), so the batch of step
-k is a pure function of k), the noise levels (``t`` generator), the noise and the label drops
-(``noise`` generator), and the network's initialisation and dropout (torch's global generator,
-seeded inside a ``fork_rng`` so the caller's global state is untouched). The learning rate and
+k is a pure function of k), the objective's named streams (:class:`~diffusionlens.objectives.Streams`;
+the denoising objective draws noise levels from ``t``, noise and label drops from ``noise``), and the
+network's initialisation and dropout (torch's global generator, seeded inside a ``fork_rng`` so the
+caller's global state is untouched). The learning rate and
 the EMA decay are pure functions of the step. A checkpoint stores the generator states (as lists
 of ints), the optimizer moments and step counts, the EMA and the weights, so resuming from it
 replays the remaining steps exactly: a run killed at any moment (even by SIGKILL, even while a
@@ -28,8 +35,13 @@ Run directory (written by rank 0)::
     run_dir/checkpoints/         step-XXXXXXXX.safetensors + .json (see checkpoint.py)
     run_dir/result.json          written when training finishes (TrainResult)
 
-Nothing is created before the configuration, the data and the network have been validated, and a
-run that fails before its first checkpoint removes the directory it created.
+    run_dir/.lock                the writer's pid while training (one writer per run; a stale lock,
+                                 whose process is gone, is taken over)
+
+Nothing is created or changed before the configuration, the data, the network and (on resume) the
+checkpoint have been validated, and a run that fails before its first checkpoint removes the
+directory it created. The first checkpoint comes early (step ``min(ckpt_every, 50)`` or after a
+minute), and SIGINT / SIGTERM save one before stopping, so an interrupted run keeps its progress.
 """
 
 from __future__ import annotations
@@ -38,8 +50,11 @@ import copy
 import json
 import math
 import shutil
+import signal
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,12 +63,38 @@ from torch import nn
 from ..data import load_dataset
 from ..model import Denoiser
 from ..nets import build_net, count_params
-from .checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, prune, save_checkpoint
-from .config import RESUMABLE_CHANGES, TrainConfig, default_net, make_loss, make_process
+from ..objectives import Batch, Objective, Streams, build_objective
+from .checkpoint import (
+    acquire_lock,
+    atomic_write,
+    clean_stale,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune,
+    release_lock,
+    required,
+    save_checkpoint,
+)
+from .config import RESUMABLE_CHANGES, TrainConfig, default_net
 from .distributed import DistInfo, all_mean, broadcast_flag, broadcast_float, setup, teardown
 from .ema import ema_beta, update_ema
+from .state import (
+    check_shapes,
+    config_diff,
+    cut_metrics,
+    load_denoiser,
+    load_module,
+    load_optimizer,
+    optimizer_state,
+    resume_config,
+    stored_config,
+)
 
-__all__ = ["TrainResult", "TrainState", "train", "load_denoiser", "lr_at"]
+__all__ = ["TrainResult", "TrainState", "train", "load_denoiser", "lr_at", "resume_config"]
+
+EARLY_STEPS = 50  # the first checkpoint comes at min(ckpt_every, EARLY_STEPS) ...
+EARLY_SECONDS = 60.0  # ... or after this much wall time, whichever is first
 
 
 @dataclass(frozen=True)
@@ -82,8 +123,7 @@ class TrainState:
 
     def denoiser(self, ema: bool = True) -> Denoiser:
         """The canonical denoiser of the current (EMA) weights."""
-        cfg = self.config
-        return Denoiser(self.ema if ema else self.net, make_process(cfg.process), cfg.param, sigma_data=cfg.sigma_data)
+        return self.config.denoiser(self.ema if ema else self.net)
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float | None = None) -> float:
@@ -133,87 +173,69 @@ def _resolve(cfg: TrainConfig, data) -> TrainConfig:
     )
 
 
-def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor) and v.ndim > 0:
-                tensors[f"optim/{i}/{k}"] = v
-            else:
-                scalars.setdefault(str(i), {})[k] = float(v)
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"scalars": scalars, "param_groups": groups}
+# ---------------------------------------------------------------------------- one run
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, meta: dict, tensors: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("optim/"):
-            _, i, k = key.split("/", 2)
-            state.setdefault(int(i), {})[k] = v
-    for i, sc in meta["scalars"].items():
-        for k, v in sc.items():
-            state.setdefault(int(i), {})[k] = torch.tensor(v, dtype=torch.float32)
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    opt.load_state_dict({"state": state, "param_groups": groups})
+@dataclass
+class _Run:
+    """Everything one training session holds; built and validated by :func:`_prepare` before any write."""
 
+    cfg: TrainConfig
+    info: DistInfo
+    run_dir: Path
+    data: object
+    objective: Objective
+    net: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    streams: Streams
+    model: Denoiser
+    rows: slice | None
+    n_params: int
+    start: int = 0
+    elapsed: float = 0.0
+    last_ckpt: Path | None = None
+    metrics: bytes | None = None
+    created: bool = False
+    order: _Order | None = field(default=None, repr=False)
+    x_all: torch.Tensor | None = field(default=None, repr=False)  # the data (and labels) on the device
+    y_all: torch.Tensor | None = field(default=None, repr=False)
 
-def _load_module(module: nn.Module, tensors: dict, prefix: str, where) -> None:
-    sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {where} does not match the network of its config: {e}") from None
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
-
-def _gen_state(g: torch.Generator) -> list[int]:
-    return g.get_state().tolist()
-
-
-def _set_gen_state(g: torch.Generator, state: list[int]) -> None:
-    g.set_state(torch.tensor(state, dtype=torch.uint8))
-
-
-def _config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return sorted(k for k in da if k not in RESUMABLE_CHANGES and da[k] != db[k])
-
-
-def _cut_metrics(path: Path, step: int) -> None:
-    """Keep the metrics lines with step <= ``step`` (a torn last line from a kill is dropped)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write(path, "".join(s + "\n" for s in keep).encode())
+    def log(self, rec: dict) -> None:
+        if self.info.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
 
 
 def train(cfg: TrainConfig, run_dir, *, resume: bool = False, progress: bool = True, callback=None) -> TrainResult:
-    """Train the denoiser that ``cfg`` describes, writing into ``run_dir`` (see the module docstring).
+    """Train the model that ``cfg`` describes with its objective, writing into ``run_dir`` (see the
+    module docstring).
 
     Args:
-        cfg: the run's configuration.
+        cfg: the run's configuration (for a resume, :func:`resume_config` reads the run's own).
         run_dir: output directory; it must not hold a run unless ``resume``.
-        resume: continue from the newest checkpoint in ``run_dir`` (start afresh if there is none).
-            The stored config must equal ``cfg`` except for budgets and bookkeeping fields.
+        resume: continue from the newest checkpoint in ``run_dir``; a missing directory or one without
+            a loadable checkpoint is a ValueError (delete the directory to start over). The stored
+            config must equal ``cfg`` except for budgets and bookkeeping fields.
         progress: show a tqdm bar (rank 0) with loss and throughput.
         callback: ``callback(step, state: TrainState) -> dict | None`` called on rank 0 every
             ``cfg.eval_every`` steps and at the end; a returned dict is logged as an eval entry.
             A returned dict whose ``"stop"`` is true ends training after that step
             (``stopped_by="callback"``; e.g. a CPU-time budget); the key is not logged.
 
-    Launched under torchrun, every rank calls this function with the same arguments.
+    A second writer on the same run fails with a ValueError naming the holder's pid. SIGINT and
+    SIGTERM save a checkpoint and then raise KeyboardInterrupt / SystemExit(143). A diverged loss
+    raises FloatingPointError naming the step. Launched under torchrun, every rank calls this
+    function with the same arguments.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-    info = setup(cfg.device)
+    info = setup(cfg.device, cfg.timeout)
     try:
         with torch.random.fork_rng(devices=[]):
             return _train(cfg, Path(run_dir), resume, progress, callback, info)
@@ -222,202 +244,300 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, progress: bool = T
 
 
 def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callback, info: DistInfo) -> TrainResult:
-    # ---------------------------------------------------------------- validate before touching the disk
+    run = _prepare(cfg, run_dir, resume, info)
+    lock = None
+    try:
+        if info.is_main:
+            lock = _open_run_dir(run)
+        with _Interrupts() as signals:
+            step, stopped_by, window = _loop(run, progress, callback, signals)
+        return _finish(run, step, stopped_by, window, callback)
+    except BaseException:
+        if info.is_main and run.created and run_dir.exists() and not list_checkpoints(run.ckpt_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            release_lock(lock)
+
+
+def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo) -> _Run:
+    """Load and check everything (data, config, objective, network, the checkpoint on resume); no writes."""
     data = load_dataset(cfg.dataset, "train", seed=cfg.seed, n=cfg.n_train)
     cfg = _resolve(cfg, data)
     if cfg.batch_size % info.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world} ranks")
-    loss_fn = make_loss(cfg)
+    objective = build_objective(cfg, data)
+    meta = tensors = ckpt = None
+    if resume:
+        meta, tensors, ckpt = _read_resume(cfg, run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass resume=True to continue it, or choose a new directory"
+        )
     dev = info.device
     torch.manual_seed(cfg.seed)
     net = build_net(cfg.net).to(dev)
     if cfg.channels_last and data.is_image:
         net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).requires_grad_(False)
-    # the fused kernel (one pass over all parameters) where the device has one: a quarter of the
-    # per-tensor loop's time on CPU (2.4 against 10 ms per step for the digits UNet), same update rule
+    # the fused kernel (one pass over all parameters) where the device has one: much faster than the
+    # per-tensor loop for networks of many small tensors, same update rule
     fused = dev.type in ("cpu", "cuda") and all(p.is_floating_point() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
                             fused=fused or None)
-    g_t, g_noise = _generator(cfg.seed, 1), _generator(cfg.seed, 2)
-    order = _Order(len(data), cfg.seed)
-    x_all = data.x.to(dev)
-    y_all = data.y.to(dev) if cfg.conditional else None
-    null = data.num_classes
-
-    has_run = run_dir.exists() and any(run_dir.iterdir())
-    if has_run and not resume:
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass resume=True to continue it, or choose a new directory"
-        )
-    start, elapsed = 0, 0.0
-    ckpt = latest_checkpoint(run_dir) if (resume and run_dir.exists()) else None
-    if ckpt is not None:
-        meta, tensors = load_checkpoint(ckpt)
-        stored = TrainConfig.from_dict(meta["config"])
-        diff = _config_diff(stored, cfg)
-        if diff:
-            raise ValueError(f"cannot resume {run_dir}: its config differs in {diff} "
-                             f"(only {sorted(RESUMABLE_CHANGES)} may change)")
-        _load_module(net, tensors, "model/", ckpt)
-        _load_module(ema, tensors, "ema/", ckpt)
-        _load_optimizer(opt, meta["optimizer"], tensors)
-        _set_gen_state(g_t, meta["rng"]["t"])
-        _set_gen_state(g_noise, meta["rng"]["noise"])
-        torch.set_rng_state(torch.tensor(meta["rng"]["torch"], dtype=torch.uint8))
-        start, elapsed = int(meta["step"]), float(meta["elapsed_s"])
-        if cfg.steps is not None and start > cfg.steps:
-            raise ValueError(f"{run_dir} is already at step {start}, beyond steps={cfg.steps}")
-
-    created = not run_dir.exists()
-    ckpt_dir = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-    n_params = count_params(net)
+    streams = Streams(cfg.seed)
+    for name in objective.streams:
+        streams[name]
     model = net
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-    den = Denoiser(model, loss_fn.process, loss_fn.param, sigma_data=cfg.sigma_data)
-    B, lo = cfg.batch_size, info.rank * (cfg.batch_size // info.world)
-    hi = lo + cfg.batch_size // info.world
+    per_rank = cfg.batch_size // info.world
+    rows = slice(info.rank * per_rank, (info.rank + 1) * per_rank) if info.enabled else None
+    run = _Run(cfg, info, run_dir, data, objective, net, ema, opt, streams, cfg.denoiser(model), rows,
+               count_params(net), order=_Order(len(data), cfg.seed), x_all=data.x.to(dev),
+               y_all=data.y.to(dev) if cfg.conditional else None)
+    if meta is not None:
+        _restore(run, meta, tensors, ckpt)
+    return run
 
-    def save(step: int) -> Path | None:
-        if not info.is_main:
-            return None
-        tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
-        tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
-        opt_tensors, opt_meta = _optimizer_state(opt)
-        tensors.update(opt_tensors)
-        meta = {"config": cfg.to_dict(), "optimizer": opt_meta, "elapsed_s": elapsed, "world_size": info.world,
-                "num_params": n_params, "rng": {"t": _gen_state(g_t), "noise": _gen_state(g_noise),
-                                                "torch": torch.get_rng_state().tolist()}}
-        path = save_checkpoint(ckpt_dir, step, tensors, meta)
-        prune(ckpt_dir, cfg.keep_checkpoints)
-        return path
 
-    def log(rec: dict) -> None:
-        if info.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
+def _read_resume(cfg: TrainConfig, run_dir: Path):
+    """(meta, tensors, path) of the checkpoint a resume continues from, checked against ``cfg``."""
+    if not run_dir.is_dir():
+        raise ValueError(f"cannot resume {run_dir}: no such run directory")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint (checkpoints/ is missing or "
+                         f"empty); delete the directory to start over")
+    meta, tensors = load_checkpoint(ckpt)
+    diff = config_diff(stored_config(meta, ckpt), cfg)
+    if diff:
+        raise ValueError(f"cannot resume {run_dir}: its config differs in {diff} "
+                         f"(only {sorted(RESUMABLE_CHANGES)} may change)")
+    for prefix in ("model/", "ema/"):
+        check_shapes(cfg.net, tensors, prefix, ckpt)
+    step = required(meta, "step", ckpt)
+    if cfg.steps is not None and step > cfg.steps:
+        raise ValueError(f"{run_dir} is already at step {step}, beyond steps={cfg.steps}")
+    return meta, tensors, ckpt
 
-    bar = None
+
+def _restore(run: _Run, meta: dict, tensors: dict, ckpt: Path) -> None:
+    """Weights, EMA, optimiser, random streams and the objective's state from a checked checkpoint."""
+    rng = required(meta, "rng", ckpt)
+    missing = [k for k in (*run.objective.streams, "torch") if k not in rng]
+    if missing:
+        raise ValueError(f"checkpoint {ckpt} lacks the random stream(s) {missing} of its objective")
     try:
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(run_dir / "config.json", cfg.to_json().encode())
-            (run_dir / "result.json").unlink(missing_ok=True)
-            if start == 0:
-                metrics_path.unlink(missing_ok=True)
-            _cut_metrics(metrics_path, start)
-            if progress:
-                from tqdm.auto import tqdm
+        load_module(run.net, tensors, "model/")
+        load_module(run.ema, tensors, "ema/")
+        load_optimizer(run.opt, required(meta, "optimizer", ckpt), tensors)
+        run.streams.load_state_dict({k: v for k, v in rng.items() if k != "torch"})
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        state = {k[len("objective/"):]: v for k, v in tensors.items() if k.startswith("objective/")}
+        run.objective.load_state_dict({**state, **meta.get("objective", {})})
+        run.start, run.elapsed = int(meta["step"]), float(required(meta, "elapsed_s", ckpt))
+    except (KeyError, TypeError, RuntimeError, AttributeError) as e:
+        raise ValueError(f"checkpoint {ckpt} cannot be restored: {' '.join(str(e).split())[:300]}") from None
+    run.last_ckpt = ckpt
+    run.metrics = cut_metrics(run.run_dir / "metrics.jsonl", run.start)
 
-                bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-        budget = math.inf if cfg.minutes is None else 60.0 * cfg.minutes
-        total = cfg.steps if cfg.steps is not None else math.inf
-        step, last_ckpt = start, (ckpt if ckpt is not None else None)
-        win_loss, win_n, win_time, last_loss, last_ips = 0.0, 0, 0.0, math.nan, math.nan
-        stopped_by = "steps"
-        clock = time.perf_counter if cfg.clock == "wall" else time.process_time
-        t_session = clock()
-        elapsed0 = elapsed
-        stop_requested = False
+
+def _open_run_dir(run: _Run) -> Path:
+    """Rank 0: create the directory, take its lock, clear what a kill left, write config and metrics."""
+    run.created = not run.run_dir.exists()
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(run.run_dir)
+    clean_stale(run.run_dir)
+    atomic_write(run.run_dir / "config.json", run.cfg.to_json().encode())
+    metrics = run.run_dir / "metrics.jsonl"
+    if run.start == 0:
+        metrics.unlink(missing_ok=True)
+    elif run.metrics is not None:
+        atomic_write(metrics, run.metrics)
+    return lock
+
+
+def _save(run: _Run, step: int) -> Path | None:
+    """Rank 0: checkpoint every piece of state at ``step``, then prune old checkpoints."""
+    if not run.info.is_main:
+        return None
+    tensors = {f"model/{k}": v for k, v in run.net.state_dict().items()}
+    tensors.update({f"ema/{k}": v for k, v in run.ema.state_dict().items()})
+    opt_tensors, opt_meta = optimizer_state(run.opt)
+    tensors.update(opt_tensors)
+    obj = run.objective.state_dict()
+    tensors.update({f"objective/{k}": v for k, v in obj.items() if isinstance(v, torch.Tensor)})
+    meta = {"config": run.cfg.to_dict(), "optimizer": opt_meta, "elapsed_s": run.elapsed,
+            "world_size": run.info.world, "num_params": run.n_params,
+            "rng": {**run.streams.state_dict(), "torch": torch.get_rng_state().tolist()},
+            "objective": {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)}}
+    path = save_checkpoint(run.ckpt_dir, step, tensors, meta)
+    prune(run.ckpt_dir, run.cfg.keep_checkpoints)
+    run.last_ckpt = path
+    return path
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Window:
+    """Loss and throughput over the steps since the last log line."""
+
+    loss: float = 0.0
+    n: int = 0
+    seconds: float = 0.0
+    last_loss: float = math.nan
+    last_ips: float = math.nan
+
+    def close(self, run: _Run) -> float:
+        mean = float(all_mean(torch.tensor(self.loss / self.n, device=run.info.device), run.info))
+        self.last_loss, self.last_ips = mean, run.cfg.batch_size * self.n / max(self.seconds, 1e-9)
+        self.loss, self.n, self.seconds = 0.0, 0, 0.0
+        return mean
+
+
+def _step(run: _Run, step: int, progress: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimiser update at ``step``: (mean loss, gradient norm, learning rate)."""
+    cfg, dev = run.cfg, run.info.device
+    lr = lr_at(cfg, step, progress)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    idx = run.order.indices(step, cfg.batch_size).to(dev)
+    x0 = run.x_all[idx]
+    if cfg.channels_last and run.data.is_image:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    labels = run.y_all[idx] if run.y_all is not None else None
+    try:
+        per = run.objective(run.model, Batch(x0, labels, run.rows), run.streams)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"step {step}: {e}") from None
+    if not bool(torch.isfinite(per).all()):
+        raise FloatingPointError(f"step {step}: non-finite loss from the {cfg.objective!r} objective")
+    loss = per.mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    if not bool(torch.isfinite(gn)):
+        raise FloatingPointError(f"step {step}: non-finite gradient norm {gn.item()} (lr {lr:.3g})")
+    run.opt.step()
+    return loss, gn, lr
+
+
+def _ckpt_due(run: _Run, step: int, wall0: float) -> bool:
+    every = run.cfg.ckpt_every
+    if not every:
+        return False
+    if step % every == 0:
+        return True
+    return run.last_ckpt is None and (step == min(every, EARLY_STEPS) or time.perf_counter() - wall0 >= EARLY_SECONDS)
+
+
+def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[int, str, _Window]:
+    """Steps until a budget, the callback or a signal stops it: (last step, stopped_by, window)."""
+    cfg, info = run.cfg, run.info
+    bar = None
+    if info.is_main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True)
+    budget = math.inf if cfg.minutes is None else 60.0 * cfg.minutes
+    total = cfg.steps if cfg.steps is not None else math.inf
+    clock = time.perf_counter if cfg.clock == "wall" else time.process_time
+    t_session, elapsed0, wall0 = clock(), run.elapsed, time.perf_counter()
+    step, stopped_by, win = run.start, "steps", _Window()
+    try:
         while step < total:
-            progress = step / total
+            fraction = step / total
             if cfg.minutes is not None:
-                spent = broadcast_float(elapsed, info)  # rank 0's clock: all ranks stop and anneal together
+                spent = broadcast_float(run.elapsed, info)  # rank 0's clock: all ranks stop and anneal together
                 if spent >= budget:
                     stopped_by = "minutes"
                     break
-                progress = max(progress, spent / budget)
+                fraction = max(fraction, spent / budget)
+            if step == run.start and info.is_main:
+                (run.run_dir / "result.json").unlink(missing_ok=True)  # the run is no longer finished
             t0 = time.perf_counter()
-            lr = lr_at(cfg, step, progress)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = order.indices(step, B).to(dev)
-            x0 = x_all[idx]
-            t = loss_fn.sample_t(B, g_t)
-            noise = torch.randn(x0.shape, generator=g_noise, dtype=x0.dtype).to(dev)
-            cond = {}
-            if y_all is not None:
-                drop = torch.rand(B, generator=g_noise) < cfg.label_dropout
-                cond["y"] = torch.where(drop.to(dev), torch.full_like(y_all[idx], null), y_all[idx])[lo:hi]
-            xs = x0[lo:hi]
-            if cfg.channels_last and data.is_image:
-                xs = xs.contiguous(memory_format=torch.channels_last)
-            try:
-                per = loss_fn(den, xs, t=t[lo:hi].to(dev), noise=noise[lo:hi], **cond)
-            except ValueError as e:
-                if "non-finite" in str(e):
-                    raise FloatingPointError(f"step {step}: {e}") from None
-                raise
-            loss = per.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            if not bool(torch.isfinite(gn)):
-                raise FloatingPointError(f"step {step}: non-finite gradient norm {gn.item()} (lr {lr:.3g})")
-            opt.step()
+            loss, gn, lr = _step(run, step, fraction)
             step += 1
-            update_ema(ema, net, ema_beta(cfg.ema, step, decay=cfg.ema_decay, sigma_rel=cfg.ema_std))
-            win_loss += float(loss.detach())
-            win_n += 1
-            win_time += time.perf_counter() - t0
-            elapsed = elapsed0 + clock() - t_session
-
+            update_ema(run.ema, run.net, ema_beta(cfg.ema, step, decay=cfg.ema_decay, sigma_rel=cfg.ema_std))
+            win.loss, win.n = win.loss + float(loss.detach()), win.n + 1
+            win.seconds += time.perf_counter() - t0
+            run.elapsed = elapsed0 + clock() - t_session
             if step % cfg.log_every == 0 or step == total:
-                mean_loss = float(all_mean(torch.tensor(win_loss / win_n, device=dev), info))
-                last_loss, last_ips = mean_loss, B * win_n / max(win_time, 1e-9)
-                log({"step": step, "loss": mean_loss, "lr": lr, "grad_norm": float(gn), "images_per_s": last_ips,
-                     "elapsed_s": elapsed})
+                mean = win.close(run)
+                run.log({"step": step, "loss": mean, "lr": lr, "grad_norm": float(gn), "images_per_s": win.last_ips,
+                         "elapsed_s": run.elapsed})
                 if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{last_ips:.0f}")
-                win_loss, win_n, win_time = 0.0, 0, 0.0
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{win.last_ips:.0f}")
             if bar is not None:
                 bar.update(1)
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                last_ckpt = save(step) or last_ckpt
+            if _ckpt_due(run, step, wall0):
+                _save(run, step)
             if callback is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                if info.is_main:
-                    stop_requested = _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed)
-                if broadcast_flag(stop_requested, info):  # every rank reaches this line at the same steps
+                stop = info.is_main and _evaluate(callback, step, run)
+                if broadcast_flag(stop, info):  # every rank reaches this line at the same steps
                     stopped_by = "callback"
                     break
-        if win_n:
-            last_loss = float(all_mean(torch.tensor(win_loss / win_n, device=dev), info))
-            last_ips = B * win_n / max(win_time, 1e-9)
-        done = list_checkpoints(ckpt_dir)
-        if not done or done[-1][0] != step:
-            last_ckpt = save(step) or last_ckpt
-        if (callback is not None and info.is_main and stopped_by != "callback"
-                and not (cfg.eval_every and step % cfg.eval_every == 0)):
-            _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed)
-    except BaseException:
-        if info.is_main and created and run_dir.exists() and not list_checkpoints(ckpt_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+            if broadcast_flag(signals.signum is not None, info):
+                _interrupted(run, step, signals.signum)
     finally:
         if bar is not None:
             bar.close()
-    result = TrainResult(run_dir=str(run_dir), step=step, loss=last_loss, elapsed_s=elapsed, images_per_s=last_ips,
-                         checkpoint=str(last_ckpt) if last_ckpt is not None else None, stopped_by=stopped_by,
-                         num_params=n_params)
+    return step, stopped_by, win
+
+
+def _finish(run: _Run, step: int, stopped_by: str, win: _Window, callback) -> TrainResult:
+    """The final checkpoint, the last evaluation and result.json."""
+    cfg, info = run.cfg, run.info
+    if win.n:
+        win.close(run)
+    done = list_checkpoints(run.ckpt_dir)
+    if not done or done[-1][0] != step:
+        _save(run, step)
+    if (callback is not None and info.is_main and stopped_by != "callback"
+            and not (cfg.eval_every and step % cfg.eval_every == 0)):
+        _evaluate(callback, step, run)
+    loss, ips = win.last_loss, win.last_ips
+    if step == run.start:  # nothing ran in this session (a finished run resumed): keep its numbers
+        loss, ips = _previous_summary(run.run_dir, step)
+    result = TrainResult(run_dir=str(run.run_dir), step=step, loss=loss, elapsed_s=run.elapsed, images_per_s=ips,
+                         checkpoint=str(run.last_ckpt) if run.last_ckpt is not None else None,
+                         stopped_by=stopped_by, num_params=run.n_params)
     if info.is_main:
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                    for k, v in result.__dict__.items()}
-        atomic_write(run_dir / "result.json", json.dumps(summary, indent=1).encode())
+        atomic_write(run.run_dir / "result.json", json.dumps(summary, indent=1).encode())
     return result
 
 
-def _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed) -> bool:
+def _previous_summary(run_dir: Path, step: int) -> tuple[float, float]:
+    """(loss, images/s) of the last logged window at or before ``step`` (NaN if there is none)."""
+    loss = ips = math.nan
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "loss" in rec and rec.get("step", 0) <= step:
+                loss, ips = float(rec["loss"]), float(rec.get("images_per_s", math.nan))
+    return loss, ips
+
+
+def _evaluate(callback, step: int, run: _Run) -> bool:
     """Run the callback in eval mode and log its dict; returns whether it asked to stop."""
+    net, ema = run.net, run.ema
     was = (net.training, ema.training)
     net.eval()
     ema.eval()
     try:
-        out = callback(step, TrainState(step=step, config=cfg, net=net, ema=ema, run_dir=run_dir))
+        out = callback(step, TrainState(step=step, config=run.cfg, net=net, ema=ema, run_dir=run.run_dir))
     finally:
         net.train(was[0])
         ema.train(was[1])
@@ -426,19 +546,43 @@ def _evaluate(callback, step, cfg, net, ema, run_dir, log, elapsed) -> bool:
         out = dict(out)
         stop = bool(out.pop("stop", False))
     if out:
-        log({"step": step, "eval": out, "elapsed_s": elapsed})
+        run.log({"step": step, "eval": out, "elapsed_s": run.elapsed})
     return stop
 
 
-def load_denoiser(path, *, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainConfig]:
-    """Load a trained canonical denoiser from a run directory (newest checkpoint) or a checkpoint file.
+# ---------------------------------------------------------------------------- signals
 
-    Returns (denoiser in eval mode without gradients, its TrainConfig). Reads safetensors and JSON
-    only; a corrupt or mismatched checkpoint raises ValueError naming the file.
-    """
-    meta, tensors = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(meta["config"])
-    net = build_net(cfg.net)
-    _load_module(net, tensors, "ema/" if ema else "model/", path)
-    net = net.to(device).eval().requires_grad_(False)
-    return Denoiser(net, make_process(cfg.process), cfg.param, sigma_data=cfg.sigma_data), cfg
+
+class _Interrupts:
+    """SIGINT / SIGTERM while the loop runs: finish the step, save a checkpoint, then stop. A second
+    SIGINT stops at once. Handlers are installed only from the main thread (Python's rule)."""
+
+    def __enter__(self) -> _Interrupts:
+        self.signum, self._old = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def _interrupted(run: _Run, step: int, signum) -> None:
+    done = list_checkpoints(run.ckpt_dir)
+    path = done[-1][1] if done and done[-1][0] == step else _save(run, step)
+    name = signal.Signals(signum).name if signum is not None else "a signal on another rank"
+    msg = f"interrupted by {name} at step {step}: saved checkpoint {path}; continue with resume=True (--resume)"
+    if run.info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+    if signum == signal.SIGTERM:
+        raise SystemExit(128 + int(signal.SIGTERM))
+    raise KeyboardInterrupt(msg)
+
+

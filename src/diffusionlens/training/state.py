@@ -1,0 +1,137 @@
+"""Run state <-> checkpoint: the optimiser's state as tensors and JSON, the network checked against a
+checkpoint's tensor shapes before it is built, the stored configuration, and loading a trained
+denoiser or a run's configuration for a resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..model import Denoiser
+from ..nets import build_net
+from .checkpoint import latest_checkpoint, load_checkpoint, required
+from .config import RESUMABLE_CHANGES, TrainConfig
+
+__all__ = ["load_denoiser", "resume_config", "optimizer_state", "load_optimizer", "check_shapes", "load_module",
+           "stored_config", "config_diff", "cut_metrics"]
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                tensors[f"optim/{i}/{k}"] = v
+            else:
+                scalars.setdefault(str(i), {})[k] = float(v)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, meta: dict, tensors: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, i, k = key.split("/", 2)
+            state.setdefault(int(i), {})[k] = v
+    for i, sc in meta["scalars"].items():
+        for k, v in sc.items():
+            state.setdefault(int(i), {})[k] = torch.tensor(v, dtype=torch.float32)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def check_shapes(spec: dict, tensors: dict, prefix: str, where) -> None:
+    """The network of ``spec`` against the checkpoint's tensors, built on the meta device (no memory)
+    so that a wrong or huge spec fails at once; one line naming the first difference."""
+    try:
+        with torch.device("meta"):
+            probe = build_net(spec)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"checkpoint {where}: its config's network spec is invalid: {e}") from None
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k[len(prefix):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
+    if want == have:
+        return
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shapes = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    first = (f"{prefix}{shapes[0]} is {have[shapes[0]]} in the file, {want[shapes[0]]} in the network" if shapes
+             else f"first missing: {prefix}{missing[0]}" if missing else f"first unexpected: {prefix}{extra[0]}")
+    raise ValueError(f"checkpoint {where} does not match the network of its config: {len(missing)} missing, "
+                     f"{len(extra)} unexpected, {len(shapes)} of other shape ({first})")
+
+
+def load_module(module: nn.Module, tensors: dict, prefix: str) -> None:
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+
+
+def stored_config(meta: dict, where) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(required(meta, "config", where))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {where} holds an unusable config: {e}") from None
+
+
+def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return sorted(k for k in da if k not in RESUMABLE_CHANGES and da[k] != db[k])
+
+
+def cut_metrics(path: Path, step: int) -> bytes | None:
+    """The metrics lines with step <= ``step`` (a torn last line from a kill is dropped); None if there
+    is no file. Only reads, so that a resume can fail before it writes anything."""
+    if not path.exists():
+        return None
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot resume: {path} is unreadable: {e}") from None
+    keep = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(line)
+    return "".join(s + "\n" for s in keep).encode()
+
+
+def resume_config(run_dir, **changes) -> TrainConfig:
+    """The configuration stored in a run (its newest checkpoint), with budget or bookkeeping ``changes``
+    (e.g. ``steps=8000``): what ``train(..., resume=True)`` needs without repeating every setting."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"cannot resume {run_dir}: no such run directory")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint")
+    try:
+        meta = json.loads(ckpt.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {ckpt} is not valid JSON (corrupt or truncated): {e}") from None
+    cfg = stored_config(meta if isinstance(meta, dict) else {}, ckpt)
+    bad = sorted(set(changes) - RESUMABLE_CHANGES)
+    if bad:
+        raise ValueError(f"cannot change {bad} when resuming; only {sorted(RESUMABLE_CHANGES)} may change")
+    return cfg.replace(**changes)
+
+
+
+def load_denoiser(path, *, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainConfig]:
+    """Load a trained canonical denoiser from a run directory (newest checkpoint) or a checkpoint file.
+
+    Returns (denoiser in eval mode without gradients, its TrainConfig). Reads safetensors and JSON
+    only; a corrupt or mismatched checkpoint raises ValueError naming the file.
+    """
+    meta, tensors = load_checkpoint(path)
+    cfg = stored_config(meta, path)
+    prefix = "ema/" if ema else "model/"
+    check_shapes(cfg.net, tensors, prefix, path)
+    net = build_net(cfg.net)
+    load_module(net, tensors, prefix)
+    return cfg.denoiser(net.to(device).eval().requires_grad_(False)), cfg
