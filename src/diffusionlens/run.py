@@ -154,6 +154,14 @@ def sampling_range(cfg) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- generate
 
 
+def _bar(progress: bool, total: int, desc: str, unit: str):
+    if not (progress and total):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
 def sweep_entry(entry: str) -> tuple[str, str | None]:
     """A sweep entry, ``"sampler"`` or ``"sampler@grid"`` (a :class:`diffusionlens.samplers.Grid` value), as
     (sampler, grid or None for the sampler's recommended grid); raises ValueError naming a bad part."""
@@ -207,7 +215,7 @@ class _Conditions:
 
 
 def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, guidance, analytic_start, gauss,
-                cache, dev):
+                cache, dev, progress: bool = False):
     """(grid tensor, per-class data means) of a fitted or fitted-stop grid: one pilot for all batches (per
     class: the solver calls the denoiser on subsets of the pilot batch, so labels cannot be bound by position)."""
     from .samplers import ORDER, ErrorDensity, error_density, stop_grid
@@ -216,6 +224,7 @@ def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, 
     pilots = None if cache is None else cache.get(key)
     if pilots is None:
         pilots = []
+        bar = _bar(progress, len(conds.classes), "pilot solve", "condition")
         for c in conds.classes:
             if c is None:
                 dens = error_density(conds.of(c), shape, smin, smax, device=dev, pilot=256 if gauss is not None else 64)
@@ -223,6 +232,10 @@ def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, 
                 dens = error_density(conds.of(c), shape, smin, smax, pilot=max(8, 64 // len(conds.classes)),
                                      device=dev, generator=torch.Generator().manual_seed(c))
             pilots.append((conds.of(c), dens))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         if cache is not None:
             cache[key] = pilots
     dens = pilots[0][1] if conds.guided is None else ErrorDensity.average([p for _, p in pilots])
@@ -277,7 +290,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     if grid in ("fitted", "fitted-stop") and sampler != "adaptive":
         grid, means = _pilot_grid(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
                                   guidance=guidance, analytic_start=analytic_start, gauss=gauss, cache=pilot_cache,
-                                  dev=dev)
+                                  dev=dev, progress=progress)
     if analytic_start and means is None:
         means = {c: data_mean(conds.of(c), shape, smax, device=dev) for c in conds.classes}
     g = torch.Generator().manual_seed(seed)
@@ -320,14 +333,6 @@ def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **opt
 
 
 # ----------------------------------------------------------------------------- evaluate
-
-
-def _bar(progress: bool, total: int, desc: str, unit: str):
-    if not (progress and total):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit)
 
 
 def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progress: bool) -> dict:
