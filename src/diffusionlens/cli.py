@@ -315,7 +315,7 @@ def cmd_main(args) -> int:
     budget = " / ".join(b for b in (f"{args.minutes:g} min" if args.minutes else "",
                                     f"{args.steps} steps" if args.steps else "") if b)
     print(f"[1/3] training on {args.dataset} ({budget}) -> {run}" + (" (resuming the existing run)" if resumed else ""))
-    res = train(cfg, run, resume=True, progress=_progress(args))
+    res = train(cfg, run, resume=resumed, progress=_progress(args))
     print(f"      {res.step} steps, {res.elapsed_s / 60:.2f} min, {res.images_per_s:.0f} images/s, loss {res.loss:.4g}")
     print("[2/3] sampling and evaluating")
     ev = runs.evaluate(runs.open_run(run, device=cfg.device), n_samples=args.n_samples, sampler=args.sampler,
