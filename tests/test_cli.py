@@ -337,13 +337,14 @@ def test_files_get_the_users_mode(in_toy, capsys):
 def test_read_only_run_is_one_line_before_computing(in_toy, capsys, monkeypatch, command):
     import tempfile
 
-    from diffusionlens import run
+    from diffusionlens.run import files, measure, sampling
 
     def refuse(*a, dir=None, **k):  # a read-only directory, also for root (who may write anywhere)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(run.tempfile, "mkstemp", refuse)
-    monkeypatch.setattr(run, "generate", lambda *a, **k: pytest.fail("computed before checking writability"))
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    for module in (sampling, measure):
+        monkeypatch.setattr(module, "generate", lambda *a, **k: pytest.fail("computed before checking writability"))
     rc, _, err = run_cli([command[0], "toy", *command[1:], "--quiet", "--device", "cpu"], capsys)
     _one_line_error(rc, err, "cannot write", "runs/toy", "Permission denied")
     assert tempfile.mkstemp is refuse
