@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from diffusionlens.cli import build_parser, main
 from diffusionlens.report import DEFAULT_SWEEP
 
-COMMANDS = ("train", "sample", "evaluate", "likelihood", "encode", "report", "main")
+COMMANDS = ("train", "sample", "evaluate", "tune", "likelihood", "encode", "report", "main")
 TINY = {"net": {"kind": "mlp", "data_shape": [2], "width": 32, "depth": 1, "emb_dim": 32}, "batch_size": 128,
         "warmup_steps": 10, "log_every": 10, "ckpt_every": 0}
 
@@ -384,3 +384,31 @@ def test_main_help_states_the_step_budget(capsys):
 
     rc, out, _ = run_cli(["main", "--help"], capsys)
     assert rc == 0 and f"{MAIN_STEPS} steps" in " ".join(out.split()) and "About 7 minutes" in " ".join(out.split())
+
+
+def _plans():
+    from diffusionlens.run import plan
+
+    return plan.available()
+
+
+@pytest.mark.skipif(not _plans(), reason="the samplers layer has no sampling plans")
+def test_tune_stores_a_plan_that_sample_uses_unless_turned_off(in_toy, capsys):
+    import shutil
+
+    run = in_toy / "runs/tuned"
+    shutil.copytree(in_toy / "runs/toy", run)
+    base = ["sample", str(run), "--sampler", "deis", "--steps", "4", "--n", "20", "--quiet", "--device", "cpu"]
+    rc, _, err = run_cli([*base, "--out", "before"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["tune", str(run), "--samplers", "deis", "--nfe", "4", "--quiet", "--device", "cpu"],
+                           capsys)
+    assert rc == 0, err
+    assert "deis" in out and (run / "plan.json").is_file() and (run / "plan.safetensors").is_file()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    rc, out, err = run_cli([*base, "--plan", "none", "--out", "off"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli([*base, "--out", "on"], capsys)
+    assert rc == 0, err and "NFE 4 per sample" in out  # the tuned configuration keeps the budget
+    before, off, on = (load_file(str(in_toy / f"{s}.safetensors"))["x"] for s in ("before", "off", "on"))
+    assert torch.equal(before, off) and not torch.equal(before, on)

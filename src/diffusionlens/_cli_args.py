@@ -140,6 +140,12 @@ def add_sampling_args(q) -> None:
     q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise (default 0)")
 
 
+def add_plan_arg(q) -> None:
+    q.add_argument("--plan", default="auto", choices=["auto", "none"],
+                   help="auto (default): use the sampling plan stored by `diffusionlens tune` when the run has one "
+                        "(its tuned grid and start where it holds one for this sampler and NFE); none: ignore it")
+
+
 def add_data_args(q, n: int) -> None:
     q.add_argument("--n", type=positive_int, default=n, help=f"points (default {n}; at most the split's size)")
     q.add_argument("--split", default="test", choices=["test", "train"], help="data split (default test)")
@@ -232,6 +238,7 @@ def _sample_parser(sub) -> None:
     q.add_argument("--label", type=nonneg_int, help="class of every sample (conditional runs; default: cycle 0-9)")
     q.add_argument("--out", help="output path without extension, in an existing directory (default "
                                  "<run>/samples-<sampler>-<steps>)")
+    add_plan_arg(q)
     add_common(q)
 
 
@@ -264,6 +271,27 @@ def _evaluate_parser(sub) -> None:
                                                                   "(0 skips; default 100)")
     q.add_argument("--guidance", type=nonneg_float, default=1.0, help="guidance weight (conditional runs)")
     q.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    add_plan_arg(q)
+    add_common(q)
+
+
+def _tune_parser(sub) -> None:
+    from .run.plan import TUNED_NFES, TUNED_SAMPLERS
+
+    q = _sub(sub, "tune", "measure a run's sampling plan once and store it",
+             "Solve a pilot on the model once (its error density over the noise levels, the data mean and the "
+             "Gaussian moments) and, for each sampler and NFE budget, choose the grid's stop and start that come "
+             "closest to the pilot's exact solutions. Writes <run>/plan.json and plan.safetensors (atomically); "
+             "sample and evaluate then use it by default (--plan none turns it off). Unconditional runs.",
+             "examples:\n"
+             "  diffusionlens tune main\n"
+             "  diffusionlens tune runs/moons --samplers unipc --nfe 4,8,16")
+    add_run_arg(q)
+    q.add_argument("--samplers", type=lambda t: tuple(v.strip() for v in t.split(",") if v.strip()),
+                   default=TUNED_SAMPLERS, help=f"comma-separated deterministic samplers (default "
+                                                f"{','.join(TUNED_SAMPLERS)})")
+    q.add_argument("--nfe", type=int_list, default=TUNED_NFES,
+                   help=f"NFE budgets (default {','.join(map(str, TUNED_NFES))})")
     add_common(q)
 
 
@@ -345,6 +373,7 @@ def _main_parser(sub) -> None:
                                                           "size, 1497 for the digits)")
     q.add_argument("--bpd-n", type=nonneg_int, default=100, help="test images for bits/dim (default 100)")
     q.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    add_plan_arg(q)
     add_common(q)
 
 
@@ -353,6 +382,7 @@ commands, in the order of a workflow:
   train       train a denoiser on a data set and write a run directory (runs/<name>)
   sample      draw samples from a trained run with any sampler, write .safetensors + .png
   evaluate    sample and score a run against held-out data (metric next to its floor), quality vs NFE
+  tune        measure a run's sampling plan once and store it (sample and evaluate then use it)
   likelihood  test-set bits/dim (images) or log-likelihood in nats (2-D) through the PF-ODE
   encode      map test data to latent noise through the PF-ODE and back; report the round-trip error
   report      draw the figures and write report.html for an evaluated run
@@ -364,8 +394,8 @@ quick start:
   diffusionlens sample moons --sampler dpmpp_2m --steps 10
 """
 
-PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _likelihood_parser, _encode_parser, _report_parser,
-           _main_parser)
+PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
+           _report_parser, _main_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

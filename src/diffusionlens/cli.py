@@ -42,7 +42,7 @@ def _is_main_rank() -> bool:
 def _open(args):
     from . import run
 
-    return run.open_run(args.run, device=device(args.device))
+    return run.open_run(args.run, device=device(args.device), plan=getattr(args, "plan", "auto") != "none")
 
 
 def _conflicts(pairs) -> None:
@@ -209,7 +209,22 @@ def _summary(ev: dict) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- likelihood, encode
+# ----------------------------------------------------------------------------- tune, likelihood, encode
+
+
+def cmd_tune(args) -> int:
+    from .run.plan import tune
+
+    r = _open(args)
+    t0 = time.perf_counter()
+    plan = tune(r, samplers=args.samplers, nfes=args.nfe)
+    print(f"tuned {len(plan.tuned)} configurations in {time.perf_counter() - t0:.1f} s:")
+    for (name, nfe), t in sorted(plan.tuned.items()):
+        print(f"  {name:>8} NFE {nfe:>3}: {t.steps} steps, {t.start} start, pilot RMSE {t.pilot_rmse:.3g}")
+    print(f"wrote {r.path / 'plan.json'} and plan.safetensors  (sample and evaluate use it; --plan none turns it "
+          "off)")
+    return 0
+
 
 
 def _cap_notice(args, r) -> None:
@@ -304,6 +319,7 @@ def _fresh_or_resumed(run: Path, overwrite: bool) -> bool:
 def cmd_main(args) -> int:
     from . import run as runs
     from .report import write_report
+    from .run import plan as tuning
     from .training import train
 
     t0 = time.perf_counter()
@@ -317,10 +333,14 @@ def cmd_main(args) -> int:
     print(f"[1/3] training on {args.dataset} ({budget}) -> {run}" + (" (resuming the existing run)" if resumed else ""))
     res = train(cfg, run, resume=resumed, progress=_progress(args))
     print(f"      {res.step} steps, {res.elapsed_s / 60:.2f} min, {res.images_per_s:.0f} images/s, loss {res.loss:.4g}")
+    use_plan = args.plan != "none" and tuning.available() and not cfg.conditional
+    if use_plan:
+        print("      tuning the sampling plan")
+        tuning.tune(runs.open_run(run, device=cfg.device, plan=False))
     print("[2/3] sampling and evaluating")
-    ev = runs.evaluate(runs.open_run(run, device=cfg.device), n_samples=args.n_samples, sampler=args.sampler,
-                       steps=args.sampler_steps, seed=args.seed, nfes=args.nfe, bpd_n=args.bpd_n,
-                       progress=_progress(args))
+    ev = runs.evaluate(runs.open_run(run, device=cfg.device, plan=use_plan), n_samples=args.n_samples,
+                       sampler=args.sampler, steps=args.sampler_steps, seed=args.seed, nfes=args.nfe,
+                       bpd_n=args.bpd_n, progress=_progress(args))
     print(_summary(ev))
     print("[3/3] writing the report")
     path = write_report(run, progress=_progress(args), device=cfg.device)
@@ -328,7 +348,8 @@ def cmd_main(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "likelihood": cmd_likelihood,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
+            "likelihood": cmd_likelihood,
             "encode": cmd_encode, "report": cmd_report, "main": cmd_main}
 
 

@@ -11,12 +11,14 @@ LEVELS = {"digits": 17, "mnist": 256}  # values per pixel: digits are 0..16, MNI
 
 @dataclass(frozen=True)
 class Run:
-    """A trained run: its directory, canonical denoiser (EMA weights, eval mode), training config and device."""
+    """A trained run: its directory, canonical denoiser (EMA weights, eval mode), training config, device and
+    stored sampling plan (None when there is none or it was turned off)."""
 
     path: Path
     denoiser: object
     config: object
     device: str
+    plan: object = None
 
     @property
     def sigma_range(self) -> tuple[float, float]:
@@ -39,15 +41,17 @@ def _load(path: Path, device: str):
     return load_denoiser(path, device=device)
 
 
-def open_run(path, *, device: str = "cpu") -> Run:
-    """Open a trained run (a path or a name under runs/): the newest checkpoint's denoiser and config."""
+def open_run(path, *, device: str = "cpu", plan: bool = True) -> Run:
+    """Open a trained run (a path or a name under runs/): the newest checkpoint's denoiser and config, and
+    its stored sampling plan unless ``plan=False``."""
     from ..training.checkpoint import latest_checkpoint
+    from .plan import load_plan
 
     path = find_run(path)
     if latest_checkpoint(path) is None:
         raise ValueError(f"{str(path)!r} holds no checkpoint: it is not a trained run")
     den, cfg = _load(path, device)
-    return Run(path, den, cfg, str(device))
+    return Run(path, den, cfg, str(device), load_plan(path) if plan else None)
 
 
 def _loss_range(cfg) -> tuple[float, float]:

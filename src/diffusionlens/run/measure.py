@@ -14,6 +14,7 @@ from .._util import device_of
 from ..samplers import DEFAULT_SAMPLER
 from ._core import LEVELS, Run, open_run, progress_bar
 from .files import check_writable, save_json, save_tensors
+from .plan import has_tuned
 from .sampling import generate, steps_for_nfe, sweep_entry
 
 DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis", "unipc@fitted-stop")
@@ -23,7 +24,10 @@ DEFAULT_NFE = (4, 8, 16, 32)
 
 
 def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progress: bool) -> dict:
-    """Quality vs NFE: every entry at every budget, same noise, same metric."""
+    """Quality vs NFE: every entry at every budget, same noise, same metric. Entries on their named grids
+    ignore the stored plan (they are the untuned baselines); a ``sampler@fitted-stop`` entry takes the plan's
+    tuned configuration where it has one for that budget (its start may be the analytic or the teleported
+    one), and solves its own pilot otherwise."""
     from ..evaluate import headline_scorer
 
     entries = {e: sweep_entry(e) for e in sweep}
@@ -36,8 +40,11 @@ def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progres
     bar = progress_bar(progress, len(jobs), "quality vs NFE", "run")
     for s, k in jobs:
         name, grid = entries[s]
-        xs, _, used = generate(run.denoiser, run.config, n, sampler=name, steps=steps_for_nfe(name, k), seed=seed,
-                               guidance=guidance, grid=grid, pilot_cache=cache)
+        steps, plan = steps_for_nfe(name, k), None
+        if grid == "fitted-stop" and has_tuned(run.plan, name, k):  # the stored plan's, measured once by tune
+            grid, steps, plan = None, k, run.plan
+        xs, _, used = generate(run.denoiser, run.config, n, sampler=name, steps=steps, seed=seed,
+                               guidance=guidance, grid=grid, pilot_cache=cache, plan=plan)
         curves.setdefault(s, []).append([used, score(xs)])
         if bar is not None:
             bar.update(1)
@@ -97,7 +104,7 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     n = n_samples if n_samples is not None else (len(train) if train.is_image else 5000)
     t0 = time.perf_counter()
     x, y, nfe = generate(run.denoiser, cfg, n, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
-                         progress=progress)
+                         progress=progress, plan=run.plan)
     sample_s = time.perf_counter() - t0
     metrics = evaluate_samples(x, cfg.dataset, seed=seed)
     name = "fd" if "fd" in metrics else "sw2"

@@ -35,12 +35,14 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
     return max(1, (nfe + 1) // 2) if sampler == "heun" else max(1, nfe)
 
 
-def _sample_batch(den, noise, *, sampler, steps, smin, smax, grid, seeds, progress, analytic_start, mean, gauss):
+def _sample_batch(den, noise, *, sampler, steps, smin, smax, grid, seeds, progress, analytic_start, mean, gauss,
+                  plan):
     from ..samplers import sample
+    from .plan import plan_kwargs
 
     return sample(den, noise, sampler=sampler, steps=steps, sigma_min=smin, sigma_max=smax, grid=grid,
                   generator=seeds, return_info=True, progress=progress, analytic_start=analytic_start,
-                  data_mean=mean, teleport=False if gauss is None else gauss)
+                  data_mean=mean, teleport=False if gauss is None else gauss, **plan_kwargs(plan))
 
 
 class _Conditions:
@@ -102,7 +104,7 @@ def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, 
 def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = 16, seed: int = 0,
              batch_size: int = 1000, guidance: float = 1.0, grid: str | None = None, label: int | None = None,
              analytic_start: bool = False, progress: bool = False, teleport: bool = False,
-             pilot_cache: dict | None = None) -> tuple[Tensor, Tensor | None, float]:
+             pilot_cache: dict | None = None, plan=None) -> tuple[Tensor, Tensor | None, float]:
     """n samples (n, *data_shape) of a trained denoiser, their labels (conditional runs) and the NFE per sample.
 
     Sample i's initial noise and sampler noise depend only on ``seed`` and i (per-sample streams), so
@@ -112,7 +114,9 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     batches (one per class); ``analytic_start`` replaces the first evaluation by the data mean (per
     class); ``teleport`` (unconditional, ``"fitted-stop"``) starts below sigma_max by the flow of the
     Gaussian measured on the model. ``pilot_cache``: a dict kept across calls on the same model and
-    conditions, so the (deterministic) pilots are solved once.
+    conditions, so the (deterministic) pilots are solved once. ``plan``: the run's stored sampling plan
+    (unconditional runs), whose tuned grid and start the sampler uses where it has one for this budget
+    and no grid is asked for.
     """
     from ..data import load_dataset
     from ..samplers import data_mean, gaussian_model, noise_seeds, randn
@@ -156,7 +160,8 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
             mean = means[None] if yb is None else torch.stack([means[int(c)] for c in yb])
         x, info = _sample_batch(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=sampler, steps=steps,
                                 smin=smin, smax=smax, grid=grid, seeds=sampler_ids[i:i + b].to(dev),
-                                progress=progress, analytic_start=analytic_start, mean=mean, gauss=gauss)
+                                progress=progress, analytic_start=analytic_start, mean=mean, gauss=gauss,
+                                plan=None if cfg.conditional else plan)
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"sampler {sampler!r} produced a non-finite sample (batch starting at {i})")
         out.append(x.cpu())
@@ -174,7 +179,7 @@ def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **opt
     stem = output_stem(out, run.path / f"samples-{sampler}-{steps}")
     check_writable(stem.parent)
     t0 = time.perf_counter()
-    x, y, nfe = generate(run.denoiser, run.config, n, progress=progress, **options)
+    x, y, nfe = generate(run.denoiser, run.config, n, progress=progress, plan=run.plan, **options)
     secs = time.perf_counter() - t0
     save_tensors(stem.with_name(stem.name + ".safetensors"), {"x": x} if y is None else {"x": x, "y": y})
     test = load_dataset(run.config.dataset, "test", seed=run.config.seed)
