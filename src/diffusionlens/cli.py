@@ -336,7 +336,8 @@ def cmd_main(args) -> int:
     use_plan = args.plan != "none" and tuning.available() and not cfg.conditional
     if use_plan:
         print("      tuning the sampling plan")
-        tuning.tune(runs.open_run(run, device=cfg.device, plan=False))
+        tuning.tune_for_evaluation(runs.open_run(run, device=cfg.device, plan=False), sampler=args.sampler,
+                                   steps=args.sampler_steps, sweep=runs.DEFAULT_SWEEP, nfes=args.nfe)
     print("[2/3] sampling and evaluating")
     ev = runs.evaluate(runs.open_run(run, device=cfg.device, plan=use_plan), n_samples=args.n_samples,
                        sampler=args.sampler, steps=args.sampler_steps, seed=args.seed, nfes=args.nfe,

@@ -57,3 +57,17 @@ def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES) -> object:
     plan = _samplers.tune(run.denoiser, shape, samplers, nfes, sigma_min=smin, sigma_max=smax, device=run.device)
     plan.save(run.path)
     return plan
+
+
+def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes) -> object:
+    """:func:`tune` for what an evaluation will ask of the plan: the sweep's ``@fitted-stop`` samplers at its
+    budgets, and the headline sampler at its step count when it is deterministic with a fixed grid."""
+    from ..samplers import DETERMINISTIC
+    from .sampling import sweep_entry
+
+    names = [name for name, grid in map(sweep_entry, sweep) if grid == "fitted-stop"]
+    budgets = set(nfes)
+    if sampler in DETERMINISTIC and sampler not in ("adaptive", "heun"):  # one evaluation per step
+        names.append(sampler)
+        budgets.add(steps)
+    return tune(run, samplers=tuple(dict.fromkeys(names)), nfes=tuple(sorted(budgets)))
