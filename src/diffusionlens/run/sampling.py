@@ -40,9 +40,11 @@ def _sample_batch(den, noise, *, sampler, steps, smin, smax, grid, seeds, progre
     from ..samplers import sample
     from .plan import plan_kwargs
 
+    # only the starts asked for: an explicit plain start would override the plan's tuned one
+    start = {k: v for k, v in (("analytic_start", analytic_start), ("data_mean", mean), ("teleport", gauss))
+             if v is not None and v is not False}
     return sample(den, noise, sampler=sampler, steps=steps, sigma_min=smin, sigma_max=smax, grid=grid,
-                  generator=seeds, return_info=True, progress=progress, analytic_start=analytic_start,
-                  data_mean=mean, teleport=False if gauss is None else gauss, **plan_kwargs(plan))
+                  generator=seeds, return_info=True, progress=progress, **start, **plan_kwargs(plan))
 
 
 class _Conditions:
