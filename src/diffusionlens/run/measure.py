@@ -111,7 +111,7 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     out = {"dataset": cfg.dataset, "sampler": sampler, "steps": steps, "nfe": nfe, "n_samples": n,
            "sampling_seconds": sample_s, "guidance": guidance if cfg.conditional else None,
            "sigma_range": list(run.sigma_range), "metrics": metrics,
-           "headline": {"name": name, "value": metrics[name]}}
+           "headline": {"name": name, "value": metrics[name]}, "plan": run.plan is not None}
     result = run.path / "result.json"
     if result.exists():
         from ..report.pipeline import _training_summary
