@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from diffusionlens.cli import build_parser, main
 from diffusionlens.report import DEFAULT_SWEEP
 
-COMMANDS = ("train", "sample", "evaluate", "likelihood", "encode", "report", "main")
+COMMANDS = ("train", "sample", "evaluate", "tune", "likelihood", "encode", "report", "main")
 TINY = {"net": {"kind": "mlp", "data_shape": [2], "width": 32, "depth": 1, "emb_dim": 32}, "batch_size": 128,
         "warmup_steps": 10, "log_every": 10, "ckpt_every": 0}
 
@@ -256,3 +256,159 @@ def test_corrupt_and_incomplete_runs(in_toy, capsys):
     rc, _, err = run_cli(["report", str(fresh)], capsys)
     _one_line_error(rc, err, "evaluation.json", "diffusionlens evaluate")
     assert not (fresh / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- issue 15: faults found by probing
+
+
+def test_version(capsys):
+    from diffusionlens import __version__
+
+    rc, out, _ = run_cli(["--version"], capsys)
+    assert rc == 0 and out.strip() == f"diffusionlens {__version__}"
+
+
+@pytest.mark.parametrize("sampler", ["deis", "euler_maruyama"])
+def test_sample_is_batch_invariant(in_toy, capsys, sampler):
+    """Sample i depends on the seed and i only: --n 10 is the first 10 of --n 100 (also for an SDE sampler)."""
+    for n in (10, 100):
+        rc, _, err = run_cli(["sample", "toy", "--sampler", sampler, "--steps", "4", "--n", n, "--quiet",
+                              "--device", "cpu", "--out", f"inv-{n}"], capsys)
+        assert rc == 0, err
+    a = load_file(str(in_toy / "inv-10.safetensors"))["x"]
+    b = load_file(str(in_toy / "inv-100.safetensors"))["x"]
+    assert torch.equal(a, b[:10])
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["sample", "toy", "--sampler", "adaptive", "--grid", "fitted", "--steps", "4"], ["--steps 4", "adaptive"]),
+    (["sample", "toy", "--sampler", "adaptive", "--grid", "fitted"], ["--grid fitted", "adaptive"]),
+    (["sample", "toy", "--sampler", "adaptive", "--analytic-start"], ["--analytic-start", "adaptive"]),
+    (["sample", "toy", "--teleport"], ["--teleport", "--grid fitted-stop"]),
+    (["evaluate", "toy", "--no-sweep", "--samplers", "euler"], ["--samplers", "--no-sweep"]),
+    (["evaluate", "toy", "--no-sweep", "--nfe", "4"], ["--nfe", "--no-sweep"]),
+    (["encode", "toy", "--sampler", "euler"], ["--sampler euler", "--steps"]),
+    (["encode", "toy", "--steps", "4", "--rtol", "1e-3"], ["--rtol", "--steps"]),
+    (["likelihood", "toy", "--probes", "4"], ["probes=4", "exact divergence"]),
+    (["train", "--name", "never-trained", "--resume"], ["--resume", "never-trained", "no checkpoint"]),
+    (["sample", "toy", "--out", "no/such/dir/x"], ["'no/such/dir'", "does not exist"]),
+])
+def test_options_that_cannot_apply_are_errors(in_toy, capsys, args, needles):
+    rc, _, err = run_cli([*args, "--device", "cpu"], capsys)
+    _one_line_error(rc, err, *needles)
+    assert not (in_toy / "no").exists() and not (in_toy / "runs/never-trained").exists()
+
+
+def test_likelihood_states_the_cap(in_toy, capsys):
+    from diffusionlens.data import load_dataset
+
+    held = len(load_dataset("ring8", "test", seed=0))
+    rc, out, err = run_cli(["likelihood", "toy", "--n", 100000, "--quiet", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert f"holds {held} points; using all {held} (--n 100000)" in err and len(err.strip().splitlines()) == 1
+    assert json.loads((in_toy / "runs/toy/likelihood.json").read_text())["log_likelihood"]["n"] == held
+
+
+def test_resume_reads_the_stored_configuration(in_toy, capsys):
+    import shutil
+
+    shutil.copytree(in_toy / "runs/toy", in_toy / "runs/toy2")
+    before = json.loads((in_toy / "runs/toy2/config.json").read_text())
+    rc, out, err = run_cli(["train", "--name", "toy2", "--resume", "--steps", "80", "--quiet", "--device", "cpu"],
+                           capsys)  # neither --dataset nor --config repeated
+    assert rc == 0, err
+    assert "trained 80 steps" in out
+    after = json.loads((in_toy / "runs/toy2/config.json").read_text())
+    assert after["net"] == before["net"] and after["dataset"] == "ring8"
+
+
+def test_files_get_the_users_mode(in_toy, capsys):
+    mask = os.umask(0)
+    os.umask(mask)
+    rc, _, err = run_cli(["sample", "toy", "--steps", "3", "--n", "5", "--quiet", "--device", "cpu", "--out", "m"],
+                         capsys)
+    assert rc == 0, err
+    for f in ("m.safetensors", "m.png"):
+        assert (in_toy / f).stat().st_mode & 0o777 == 0o666 & ~mask, f
+
+
+@pytest.mark.parametrize("command", [["sample", "--n", "5"], ["evaluate", "--no-sweep", "--n", "50"],
+                                     ["encode", "--n", "2"], ["likelihood", "--n", "2"]])
+def test_read_only_run_is_one_line_before_computing(in_toy, capsys, monkeypatch, command):
+    import tempfile
+
+    from diffusionlens.run import files, measure, sampling
+
+    def refuse(*a, dir=None, **k):  # a read-only directory, also for root (who may write anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    for module in (sampling, measure):
+        monkeypatch.setattr(module, "generate", lambda *a, **k: pytest.fail("computed before checking writability"))
+    rc, _, err = run_cli([command[0], "toy", *command[1:], "--quiet", "--device", "cpu"], capsys)
+    _one_line_error(rc, err, "cannot write", "runs/toy", "Permission denied")
+    assert tempfile.mkstemp is refuse
+
+
+def test_concurrent_writers_use_unique_temporary_names(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffusionlens.run import save_tensors
+
+    path = tmp_path / "x.safetensors"
+    xs = [torch.full((1000, 4), float(i)) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda x: save_tensors(path, {"x": x}), xs))
+    x = load_file(str(path))["x"]
+    assert any(torch.equal(x, v) for v in xs)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # no temporary left behind
+
+
+def test_messages_name_flags_not_keywords():
+    from diffusionlens.cli import _one_line
+
+    assert _one_line(FileExistsError("runs/x already holds a run; pass resume=True to continue it")) == \
+        "runs/x already holds a run; pass --resume to continue it"
+
+
+def test_report_accepts_device(in_toy, capsys):
+    rc, _, err = run_cli(["evaluate", "toy", "--no-sweep", "--n", "50", "--bpd-n", "0", "--quiet", "--device", "cpu"],
+                         capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(["report", "toy", "--device", "cpu", "--quiet"], capsys)
+    assert rc == 0, err
+
+
+def test_main_help_states_the_step_budget(capsys):
+    from diffusionlens._cli_args import MAIN_STEPS
+
+    rc, out, _ = run_cli(["main", "--help"], capsys)
+    assert rc == 0 and f"{MAIN_STEPS} steps" in " ".join(out.split()) and "About 7 minutes" in " ".join(out.split())
+
+
+def _plans():
+    from diffusionlens.run import plan
+
+    return plan.available()
+
+
+@pytest.mark.skipif(not _plans(), reason="the samplers layer has no sampling plans")
+def test_tune_stores_a_plan_that_sample_uses_unless_turned_off(in_toy, capsys):
+    import shutil
+
+    run = in_toy / "runs/tuned"
+    shutil.copytree(in_toy / "runs/toy", run)
+    base = ["sample", str(run), "--sampler", "deis", "--steps", "4", "--n", "20", "--quiet", "--device", "cpu"]
+    rc, _, err = run_cli([*base, "--out", "before"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["tune", str(run), "--samplers", "deis", "--nfe", "4", "--quiet", "--device", "cpu"],
+                           capsys)
+    assert rc == 0, err
+    assert "deis" in out and (run / "plan.json").is_file() and (run / "plan.safetensors").is_file()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    rc, out, err = run_cli([*base, "--plan", "none", "--out", "off"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli([*base, "--out", "on"], capsys)
+    assert rc == 0, err and "NFE 4 per sample" in out  # the tuned configuration keeps the budget
+    before, off, on = (load_file(str(in_toy / f"{s}.safetensors"))["x"] for s in ("before", "off", "on"))
+    assert torch.equal(before, off) and not torch.equal(before, on)

@@ -160,7 +160,7 @@ def test_evaluate_and_report_on_images(digits_run):
         assert f'src="{fig}"' in html and _is_png(digits_run / fig)
     assert "fig_expectation_gap.png" not in html  # no exact posterior mean for the digits
     for row in ("Fréchet distance", "floor: train split vs test split", "test bits/dim", "classifier test accuracy",
-                "images/s on average"):
+                "images/s on average", "per-pixel histogram"):
         assert row in html
 
 

@@ -8,6 +8,8 @@ device and dtype, and :func:`expand` broadcasts a (batch,) tensor against data o
 from __future__ import annotations
 
 import enum
+import json
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -92,3 +94,16 @@ class Choice(str, enum.Enum):
         except ValueError:
             choices = ", ".join(repr(m.value) for m in cls)
             raise ValueError(f"unknown {cls._what} {value!r}; choose one of: {choices}") from None
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file; a line that does not parse (a torn last line after a kill) is skipped."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

@@ -6,14 +6,15 @@ their first two coordinates).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["read_jsonl", "image_grid", "sample_figure", "loss_curve", "quality_vs_nfe", "denoising_figure",
+from .._util import read_jsonl
+
+__all__ = ["image_grid", "sample_figure", "loss_curve", "quality_vs_nfe", "denoising_figure",
            "weighting_figure", "gap_figure"]
 
 
@@ -33,19 +34,6 @@ def _save(fig, path) -> Path:
     _plt().close(fig)
     tmp.replace(path)
     return path
-
-
-def read_jsonl(path) -> list[dict]:
-    """The records of a JSON-lines file; a line that does not parse (a torn last line after a kill) is skipped."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def _plain_ticks(ax) -> None:

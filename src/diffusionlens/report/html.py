@@ -295,13 +295,14 @@ training log: <code>metrics.jsonl</code>. Re-create this page: <code>{cmd}</code
 """
 
 
-def write_report(run_dir, *, progress: bool = True) -> Path:
+def write_report(run_dir, *, progress: bool = True, device: str = "cpu") -> Path:
     """Draw every registered section's figure and write ``run_dir/report.html`` from a run and its
-    ``evaluation.json``. Raises :class:`ReportError` after writing the page if a section failed."""
+    ``evaluation.json`` (sections that evaluate the model do so on ``device``). Raises
+    :class:`ReportError` after writing the page if a section failed."""
     from safetensors.torch import load_file
 
     from ..data import load_dataset
-    from ..training import load_denoiser
+    from ..run import open_run
 
     run_dir = Path(run_dir)
     ev_path = run_dir / "evaluation.json"
@@ -311,7 +312,8 @@ def write_report(run_dir, *, progress: bool = True) -> Path:
         ev = json.loads(ev_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{ev_path} is not valid JSON ({e}): run `diffusionlens evaluate` again") from None
-    den, cfg = load_denoiser(run_dir)
+    opened = open_run(run_dir, device=device)
+    den, cfg = opened.denoiser, opened.config
     samples = load_file(str(run_dir / "samples.safetensors"))["x"]
     ctx = Context(run_dir, ev, cfg, den, load_dataset(cfg.dataset, "test", seed=cfg.seed), samples)
     parts, failed = _render(ctx)

@@ -1,0 +1,412 @@
+"""The command line's arguments: value types, shared argument groups and one parser builder per command.
+
+Choices come from the library's own registries and enums (``DATASETS``, ``PROCESSES``, ``SAMPLERS``,
+``Grid``, ``Param``, ``Density``, ``Weighting``), so a new entry there is offered here without an edit.
+An option left unset is None, so that a command can tell "given" from "default" and reject options
+that do not apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import textwrap
+
+MAIN_STEPS = 1400
+"""The main job's default training budget in steps: the budget the README's figures come from, so its
+result does not depend on the machine's speed (``--minutes`` sets a time budget instead)."""
+
+TRAIN_FLAGS = {  # CLI flag -> TrainConfig field, for flags that override the config file
+    "dataset": "dataset", "seed": "seed", "process": "process", "param": "param", "density": "density",
+    "weighting": "weighting", "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps",
+    "cooldown": "cooldown", "clock": "clock", "ema": "ema", "label_dropout": "label_dropout",
+    "log_every": "log_every", "ckpt_every": "ckpt_every", "n_train": "n_train",
+}
+
+
+class UsageError(ValueError):
+    """Bad command-line input (reported as one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line naming the bad value (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _fmt(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32, width=100)
+
+
+# ----------------------------------------------------------------------------- value types
+
+
+def _number(kind, low: float, strict: bool, what: str):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(v) and (v > low if strict else v >= low)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    return parse
+
+
+positive_int = _number(int, 0, True, "a positive integer")
+nonneg_int = _number(int, 0, False, "an integer >= 0")
+positive_float = _number(float, 0, True, "a positive number")
+nonneg_float = _number(float, 0, False, "a number >= 0")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 4,8,16, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return vals
+
+
+def sampler_list(text: str) -> tuple[str, ...]:
+    from .run import sweep_entry
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    for n in names:
+        try:
+            sweep_entry(n)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return names
+
+
+def device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is checked by torch."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but no CUDA GPU is available")
+    return name
+
+
+# ----------------------------------------------------------------------------- shared groups
+
+
+def add_common(q, device: bool = True) -> None:
+    if device:
+        q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one; default)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_run_arg(q) -> None:
+    q.add_argument("run", help="run directory, or a run name under runs/ (e.g. main)")
+
+
+def add_sampler_arg(q, what: str = "sampler") -> None:
+    from .samplers import DEFAULT_SAMPLER, SAMPLERS
+
+    q.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS), metavar="NAME",
+                   help=f"{what} (default {DEFAULT_SAMPLER}; one of {', '.join(SAMPLERS)})")
+
+
+def add_sampling_args(q) -> None:
+    """--sampler, --steps, --grid, --analytic-start, --teleport, --seed: how samples are drawn."""
+    from .samplers import Grid
+
+    add_sampler_arg(q)
+    q.add_argument("--steps", type=positive_int, help="grid intervals (default 16; not with --sampler adaptive)")
+    q.add_argument("--grid", choices=[g.value for g in Grid],
+                   help="noise-level grid: karras (rho = 7), logsnr (uniform in log sigma), time (uniform in the "
+                        "process time), timesteps (a discrete model's own), fitted (steps placed where a pilot "
+                        "solve measures the error; diffusionlens.samplers.fitted_grid) or fitted-stop (the fitted "
+                        "grid ending where this sampler comes closest to the pilot's exact-flow end points; "
+                        "diffusionlens.samplers.stop_grid); default: the sampler's recommended grid")
+    q.add_argument("--analytic-start", action="store_true",
+                   help="replace the first evaluation, at sigma_max, by the data mean measured on a pilot: one "
+                        "NFE fewer for the same grid (diffusionlens.samplers.AnalyticStart)")
+    q.add_argument("--teleport", action="store_true",
+                   help="with --grid fitted-stop, unconditional runs: start below sigma_max, carried there by the "
+                        "exact flow of the Gaussian with the data's mean and covariance measured on the model "
+                        "(diffusionlens.samplers.gaussian)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise (default 0)")
+
+
+def add_plan_arg(q) -> None:
+    q.add_argument("--plan", default="auto", choices=["auto", "none"],
+                   help="auto (default): use the sampling plan stored by `diffusionlens tune` when the run has one "
+                        "(its tuned grid and start where it holds one for this sampler and NFE); none: ignore it")
+
+
+def add_data_args(q, n: int) -> None:
+    q.add_argument("--n", type=positive_int, default=n, help=f"points (default {n}; at most the split's size)")
+    q.add_argument("--split", default="test", choices=["test", "train"], help="data split (default test)")
+
+
+def _sub(sub, name: str, help: str, description: str, epilog: str):
+    return sub.add_parser(name, formatter_class=_fmt, help=help, description=textwrap.fill(description, 98),
+                          epilog=epilog)
+
+
+# ----------------------------------------------------------------------------- one builder per command
+
+
+def _train_parser(sub) -> None:
+    from .data import DATASETS
+    from .losses import Density, Weighting
+    from .parameterization import Param
+    from .training import PROCESSES, TrainConfig
+
+    D = TrainConfig()  # the defaults shown in --help are the library's own
+    q = _sub(sub, "train", "train a denoiser (writes a run directory)",
+             "Train a denoiser D(x_t/s, sigma) ~ E[x0|x_t] on a data set. Writes runs/<name>/: config.json, "
+             "checkpoints/ (safetensors + JSON, atomically), metrics.jsonl (loss and throughput) and result.json. "
+             "Budget: --steps and/or --minutes (whichever comes first). Other settings come from the defaults (the "
+             "EDM recipe), from the run's own stored configuration (--resume), from --config, and from the flags "
+             "below, in that order of precedence.",
+             "examples:\n"
+             "  diffusionlens train --dataset digits --minutes 3\n"
+             "  diffusionlens train --dataset moons --steps 2000 --name moons\n"
+             "  diffusionlens train --dataset digits --conditional --process vp --param v\n"
+             "  diffusionlens train --name moons --resume --steps 4000    # the stored configuration, more steps\n"
+             "  torchrun --standalone --nproc_per_node=2 -m diffusionlens.cli train --dataset mnist")
+    q.add_argument("--dataset", choices=DATASETS, metavar="NAME",
+                   help=f"data set: {', '.join(DATASETS)} (default digits; all ship with the package or are "
+                        "generated, nothing is downloaded)")
+    q.add_argument("--name", help="run name: the run directory is runs/<name> (default: the data set's name)")
+    q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
+    q.add_argument("--steps", type=positive_int, help=f"step budget (default {D.steps} unless --minutes is given)")
+    q.add_argument("--minutes", type=positive_float, help="time budget in minutes (wall clock unless --clock process)")
+    q.add_argument("--clock", choices=["wall", "process"],
+                   help=f"what --minutes measures: wall time or this process's CPU time (default {D.clock})")
+    q.add_argument("--process", choices=list(PROCESSES), help=f"noise process (default {D.process})")
+    q.add_argument("--param", choices=[v.value for v in Param],
+                   help=f"what the network predicts (default {D.param}; edm = preconditioned)")
+    q.add_argument("--density", choices=[v.value for v in Density],
+                   help=f"distribution of training noise levels (default {D.density})")
+    q.add_argument("--weighting", choices=[v.value for v in Weighting],
+                   help=f"loss weighting over noise levels (default {D.weighting})")
+    q.add_argument("--batch-size", type=positive_int, help=f"global batch size (default {D.batch_size})")
+    q.add_argument("--lr", type=positive_float, help=f"AdamW learning rate (default {D.lr:g})")
+    q.add_argument("--warmup-steps", type=nonneg_int, help=f"linear learning-rate warm-up steps (default "
+                                                            f"{D.warmup_steps})")
+    q.add_argument("--cooldown", type=nonneg_float,
+                   help=f"fraction of the budget at the end over which the learning rate falls linearly to 0 "
+                        f"(default {D.cooldown:g}; 0 = constant)")
+    q.add_argument("--ema", choices=["power", "exp", "none"], help=f"EMA of the weights (default {D.ema}; power = "
+                                                                   "EDM2's)")
+    q.add_argument("--conditional", action="store_true", help="class-conditional (digits, mnist) with label "
+                                                              "dropout, for classifier-free guidance")
+    q.add_argument("--label-dropout", type=nonneg_float,
+                   help=f"probability of dropping the label (default {D.label_dropout:g})")
+    q.add_argument("--n-train", type=positive_int, help="use only the first N training examples")
+    q.add_argument("--seed", type=nonneg_int, help="seed of every random choice (default 0)")
+    q.add_argument("--log-every", type=positive_int, help="steps between metrics.jsonl lines")
+    q.add_argument("--ckpt-every", type=nonneg_int, help="steps between checkpoints (0: only at the end)")
+    q.add_argument("--config", help="JSON file of TrainConfig fields (flags given here override it)")
+    q.add_argument("--resume", action="store_true", help="continue the run in the run directory exactly where its "
+                                                         "last checkpoint left off, with its stored configuration "
+                                                         "(flags given here override it)")
+    q.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in; slow to start)")
+    add_common(q)
+
+
+def _sample_parser(sub) -> None:
+    q = _sub(sub, "sample", "draw samples from a trained run",
+             "Draw samples from a trained run's EMA denoiser with any sampler and step count. Writes "
+             "<run>/samples-<sampler>-<steps>.safetensors (tensor 'x', and labels 'y' for conditional runs) and a "
+             ".png beside it (an image grid next to real test images, or a scatter plot over held-out points for "
+             "2-D data). Prints the NFE (denoiser evaluations per sample). Sample i depends only on the seed and "
+             "i: --n 10 gives the first 10 samples of --n 100.",
+             "examples:\n"
+             "  diffusionlens sample main --sampler dpmpp_2m --steps 10 --n 100\n"
+             "  diffusionlens sample main --sampler unipc --steps 9 --grid fitted-stop --analytic-start\n"
+             "  diffusionlens sample runs/cond --guidance 2 --label 3")
+    add_run_arg(q)
+    add_sampling_args(q)
+    q.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
+    q.add_argument("--guidance", type=nonneg_float, default=1.0,
+                   help="classifier-free guidance weight for conditional runs (1 = conditional, 0 = unconditional)")
+    q.add_argument("--label", type=nonneg_int, help="class of every sample (conditional runs; default: cycle 0-9)")
+    q.add_argument("--out", help="output path without extension, in an existing directory (default "
+                                 "<run>/samples-<sampler>-<steps>)")
+    add_plan_arg(q)
+    add_common(q)
+
+
+def _evaluate_parser(sub) -> None:
+    from .run import DEFAULT_NFE, DEFAULT_SWEEP
+
+    q = _sub(sub, "evaluate", "score a run: metric vs floor, quality vs NFE",
+             "Sample a trained run and score the samples against the held-out split, each metric next to its noise "
+             "floor (the same metric between exact samples). Images: Fréchet distance in the features of the "
+             "project's digits classifier, floor = train split vs test split, and test bits/dim. 2-D and oracle "
+             "data: sliced W2 and MMD with floors, the true log-density of the samples, the PF-ODE log-likelihood "
+             "of test points, and (oracle, ring8) the gap to the exact E[x0|x_t]. Also sweeps several samplers over "
+             "NFE budgets. Writes <run>/evaluation.json and samples.safetensors.",
+             "examples:\n"
+             "  diffusionlens evaluate main\n"
+             "  diffusionlens evaluate runs/moons --samplers euler,heun --nfe 4,8,16\n"
+             "  diffusionlens evaluate main --no-sweep --bpd-n 0      # quick: headline only")
+    add_run_arg(q)
+    add_sampler_arg(q, "headline sampler")
+    q.add_argument("--steps", type=positive_int, default=16, help="headline sampler's steps (default 16)")
+    q.add_argument("--n", type=positive_int, help="samples to score (default: the train split's size for images, "
+                                                  "5000 otherwise)")
+    q.add_argument("--samplers", type=sampler_list,
+                   help="comma-separated entries of the quality-vs-NFE sweep, each a sampler or sampler@grid "
+                        f"(default {','.join(DEFAULT_SWEEP)})")
+    q.add_argument("--nfe", type=int_list, help=f"NFE budgets of the sweep (default "
+                                                f"{','.join(map(str, DEFAULT_NFE))})")
+    q.add_argument("--no-sweep", action="store_true", help="skip the quality-vs-NFE sweep")
+    q.add_argument("--bpd-n", type=nonneg_int, default=100, help="test points for bits/dim or log-likelihood "
+                                                                  "(0 skips; default 100)")
+    q.add_argument("--guidance", type=nonneg_float, default=1.0, help="guidance weight (conditional runs)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    add_plan_arg(q)
+    add_common(q)
+
+
+def _tune_parser(sub) -> None:
+    from .run.plan import TUNED_NFES, TUNED_SAMPLERS
+
+    q = _sub(sub, "tune", "measure a run's sampling plan once and store it",
+             "Solve a pilot on the model once (its error density over the noise levels, the data mean and the "
+             "Gaussian moments) and, for each sampler and NFE budget, choose the grid's stop and start that come "
+             "closest to the pilot's exact solutions. Writes <run>/plan.json and plan.safetensors (atomically); "
+             "sample and evaluate then use it by default (--plan none turns it off). Unconditional runs.",
+             "examples:\n"
+             "  diffusionlens tune main\n"
+             "  diffusionlens tune runs/moons --samplers unipc --nfe 4,8,16")
+    add_run_arg(q)
+    q.add_argument("--samplers", type=lambda t: tuple(v.strip() for v in t.split(",") if v.strip()),
+                   default=TUNED_SAMPLERS, help=f"comma-separated deterministic samplers (default "
+                                                f"{','.join(TUNED_SAMPLERS)})")
+    q.add_argument("--nfe", type=int_list, default=TUNED_NFES,
+                   help=f"NFE budgets (default {','.join(map(str, TUNED_NFES))})")
+    add_common(q)
+
+
+def _likelihood_parser(sub) -> None:
+    q = _sub(sub, "likelihood", "test bits/dim or log-likelihood (PF-ODE)",
+             "Exact log-likelihood of held-out data through the probability-flow ODE, with mean ± standard error "
+             "over the points. Images: uniformly dequantized bits per dimension (an upper bound on the discrete "
+             "NLL; Hutchinson trace). 2-D data: nats per point (exact divergence), next to the true density where "
+             "it is known. Conditional runs are scored unconditionally (null label). Writes <run>/likelihood.json.",
+             "examples:\n"
+             "  diffusionlens likelihood main --n 300\n"
+             "  diffusionlens likelihood runs/moons --n 1000")
+    add_run_arg(q)
+    add_data_args(q, 100)
+    q.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probes per point (images)")
+    q.add_argument("--rtol", type=positive_float, default=1e-4, help="ODE solver tolerance (default 1e-4)")
+    q.add_argument("--batch-size", type=positive_int, help="points per solver batch (default: a tenth of --n)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of dequantization and probes")
+    add_common(q)
+
+
+def _encode_parser(sub) -> None:
+    from .samplers import DETERMINISTIC
+
+    q = _sub(sub, "encode", "data -> latent noise -> data; round-trip error",
+             "Encode held-out data into the model's latent noise by integrating the probability-flow ODE from "
+             "sigma_min to sigma_max, decode it back, and report the round-trip error ||x_rec - x|| / ||x|| (the "
+             "ODE is a bijection: the error is the solver's). Writes <run>/latents.safetensors (x, z, x_rec) and "
+             "encode.json.",
+             "examples:\n"
+             "  diffusionlens encode main --n 16                       # adaptive solver\n"
+             "  diffusionlens encode main --steps 20 --sampler heun    # fixed grid")
+    add_run_arg(q)
+    add_data_args(q, 16)
+    q.add_argument("--rtol", type=positive_float, help="adaptive solver tolerance (default 1e-5; not with --steps)")
+    q.add_argument("--steps", type=positive_int, help="use a fixed log-uniform grid of this many steps instead")
+    q.add_argument("--sampler", choices=sorted(DETERMINISTIC - {"adaptive"}),
+                   help="deterministic sampler for --steps (default heun)")
+    add_common(q)
+
+
+def _report_parser(sub) -> None:
+    q = _sub(sub, "report", "write report.html with figures for an evaluated run",
+             "Draw the figures (samples next to real data, loss curve, quality vs NFE with the floor, denoising at "
+             "several noise levels, implied loss weighting, and the expectation gap for oracle data) and write "
+             "<run>/report.html beside them. Needs `diffusionlens evaluate` first.",
+             "example:\n  diffusionlens report main && xdg-open runs/main/report.html")
+    add_run_arg(q)
+    add_common(q)
+
+
+def _main_parser(sub) -> None:
+    from .data import DATASETS
+    from .run import DEFAULT_NFE
+
+    q = _sub(sub, "main", "the whole job: train, sample, evaluate, report",
+             f"The README's main job: train the default model on the 8x8 digits for {MAIN_STEPS} steps (or "
+             "--minutes), sample it with a fast sampler, evaluate it (Fréchet distance vs the train-vs-test floor, "
+             "test bits/dim, quality vs NFE for several samplers) and write runs/main/report.html with PNG figures. "
+             "About 7 minutes on 2 idle CPU cores. Running it again resumes runs/main (extends training to a "
+             "larger budget, or only re-evaluates); --overwrite starts afresh.",
+             "examples:\n"
+             "  diffusionlens main\n"
+             "  diffusionlens main --steps 300 --name quick\n"
+             "  diffusionlens main --dataset mnist --minutes 20 --device cuda")
+    q.add_argument("--dataset", default="digits", choices=DATASETS, metavar="NAME",
+                   help=f"data set: {', '.join(DATASETS)} (default digits)")
+    q.add_argument("--minutes", type=positive_float, help="training budget in minutes (instead of, or with, --steps)")
+    q.add_argument("--steps", type=positive_int, help=f"training budget in steps (default {MAIN_STEPS} unless "
+                                                      "--minutes is given)")
+    q.add_argument("--name", default="main", help="run name: runs/<name> (default main)")
+    q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
+    q.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    add_sampler_arg(q, "headline sampler")
+    q.add_argument("--sampler-steps", type=positive_int, default=16, help="headline sampler steps (default 16)")
+    q.add_argument("--nfe", type=int_list, default=DEFAULT_NFE,
+                   help=f"NFE budgets of the sweep (default {','.join(map(str, DEFAULT_NFE))})")
+    q.add_argument("--n-samples", type=positive_int, help="samples per evaluation (default: the train split's "
+                                                          "size, 1497 for the digits)")
+    q.add_argument("--bpd-n", type=nonneg_int, default=100, help="test images for bits/dim (default 100)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    add_plan_arg(q)
+    add_common(q)
+
+
+EPILOG = f"""\
+commands, in the order of a workflow:
+  train       train a denoiser on a data set and write a run directory (runs/<name>)
+  sample      draw samples from a trained run with any sampler, write .safetensors + .png
+  evaluate    sample and score a run against held-out data (metric next to its floor), quality vs NFE
+  tune        measure a run's sampling plan once and store it (sample and evaluate then use it)
+  likelihood  test-set bits/dim (images) or log-likelihood in nats (2-D) through the PF-ODE
+  encode      map test data to latent noise through the PF-ODE and back; report the round-trip error
+  report      draw the figures and write report.html for an evaluated run
+  main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
+
+quick start:
+  diffusionlens main --steps 300                 # a quick end-to-end run, then open runs/main/report.html
+  diffusionlens train --dataset moons --steps 2000 --name moons
+  diffusionlens sample moons --sampler dpmpp_2m --steps 10
+"""
+
+PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
+           _report_parser, _main_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="diffusionlens", formatter_class=_fmt, epilog=EPILOG,
+                description="Diffusion models as one system seen from every angle: train one denoiser, then sample "
+                            "it, score it, compute its likelihood and encode data with it.")
+    p.add_argument("--version", action="version", version=f"diffusionlens {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in PARSERS:
+        add(sub)
+    return p

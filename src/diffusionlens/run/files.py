@@ -1,0 +1,51 @@
+"""Writing into a run directory: atomic files with the user's permissions, checked before computing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from torch import Tensor
+
+
+def check_writable(directory) -> None:
+    """Raise PermissionError (one line, naming the directory) unless a file can be created in it; called
+    before any long computation whose result is written there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"directory {str(directory)!r} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+    except OSError as e:
+        raise PermissionError(f"cannot write to {str(directory)!r}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def output_stem(out, default: Path) -> Path:
+    """The output path without extension: ``out`` (its parent must exist: nothing is created elsewhere) or
+    ``default``."""
+    if out is None:
+        return default
+    stem = Path(str(out).removesuffix(".safetensors").removesuffix(".png"))
+    if not stem.parent.is_dir():
+        raise FileNotFoundError(f"output directory {str(stem.parent)!r} does not exist (create it first)")
+    return stem
+
+
+def save_json(path, obj) -> None:
+    """Atomic JSON write (unique temporary name, then rename)."""
+    from ..training.checkpoint import atomic_write
+
+    atomic_write(Path(path), (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def save_tensors(path, tensors: dict[str, Tensor]) -> None:
+    """Atomic safetensors write (unique temporary name, so concurrent writers never share one)."""
+    from safetensors.torch import save
+
+    from ..training.checkpoint import atomic_write
+
+    atomic_write(Path(path), save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))

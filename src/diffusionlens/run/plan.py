@@ -1,0 +1,73 @@
+"""The run's sampling plan: measured once on the model (``tune``), stored in the run directory, used by
+sampling and evaluation unless turned off.
+
+Every call into the samplers layer's plan API is in this module: ``samplers.tune``,
+``samplers.SamplingPlan.save`` / ``.load`` and the ``plan=`` argument of ``samplers.sample``
+(:func:`plan_kwargs`). A samplers layer without that API gives runs without a plan.
+"""
+
+from __future__ import annotations
+
+from .. import samplers as _samplers
+from ._core import LEVELS, Run, sampling_range
+from .files import check_writable
+
+TUNED_SAMPLERS = ("deis", "unipc")
+"""Samplers a run's plan is tuned for: the default sampler and the one of the sweep's tuned entry."""
+TUNED_NFES = (4, 6, 8, 10, 12, 16, 24, 32)
+"""NFE budgets a run's plan is tuned for: the sweep's and the samplers layer's defaults."""
+
+
+def available() -> bool:
+    """Whether the samplers layer offers sampling plans."""
+    return hasattr(_samplers, "tune") and hasattr(_samplers, "SamplingPlan")
+
+
+def load_plan(run_dir):
+    """The plan stored in ``run_dir``, or None (ValueError naming the file when it is unreadable)."""
+    if not available():
+        return None
+    return _samplers.SamplingPlan.load(run_dir)
+
+
+def plan_kwargs(plan) -> dict:
+    """Keyword arguments of ``samplers.sample`` that apply ``plan`` (none without one)."""
+    return {} if plan is None else {"plan": plan}
+
+
+def has_tuned(plan, sampler: str, nfe: int) -> bool:
+    """Whether ``plan`` holds a tuned configuration for ``sampler`` at ``nfe`` evaluations."""
+    return plan is not None and (sampler, int(nfe)) in plan.tuned
+
+
+def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES) -> object:
+    """Measure the run's sampling plan once (the pilot's error density and stops, the data mean and
+    Gaussian moments) and store it in the run directory (atomic); returns it."""
+    if not available():
+        raise ValueError("this version of diffusionlens.samplers has no sampling plans (samplers.tune)")
+    if run.config.conditional:
+        raise ValueError(f"{str(run.path)!r} is class-conditional: a sampling plan is measured on an "
+                         "unconditional model")
+    from ..data import load_dataset
+
+    check_writable(run.path)
+    small = None if run.config.dataset in LEVELS else 2  # only the shape is needed
+    shape = tuple(load_dataset(run.config.dataset, "test", seed=run.config.seed, n=small).data_shape)
+    smin, smax = sampling_range(run.config)
+    plan = _samplers.tune(run.denoiser, shape, samplers, nfes, sigma_min=smin, sigma_max=smax, device=run.device)
+    plan.save(run.path)
+    return plan
+
+
+def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes) -> object:
+    """:func:`tune` for what an evaluation will ask of the plan: the sweep's ``@fitted-stop`` samplers at its
+    budgets, and the headline sampler at its step count when it is deterministic with a fixed grid."""
+    from ..samplers import DETERMINISTIC
+    from .sampling import sweep_entry
+
+    names = [name for name, grid in map(sweep_entry, sweep) if grid == "fitted-stop"]
+    budgets = set(nfes)
+    if sampler in DETERMINISTIC and sampler not in ("adaptive", "heun"):  # one evaluation per step
+        names.append(sampler)
+        budgets.add(steps)
+    return tune(run, samplers=tuple(dict.fromkeys(names)), nfes=tuple(sorted(budgets)))

@@ -1,0 +1,190 @@
+"""Sampling a run: batch-invariant per-sample noise, one pilot per condition, samples written to files."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from .._util import device_of
+from ..samplers import DEFAULT_SAMPLER
+from ._core import LEVELS, Run, progress_bar, sampling_range
+from .files import check_writable, output_stem, save_tensors
+
+
+def sweep_entry(entry: str) -> tuple[str, str | None]:
+    """A sweep entry, ``"sampler"`` or ``"sampler@grid"`` (a :class:`diffusionlens.samplers.Grid` value), as
+    (sampler, grid or None for the sampler's recommended grid); raises ValueError naming a bad part."""
+    from ..samplers import SAMPLERS, Grid
+
+    name, _, grid = str(entry).partition("@")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} in sweep entry {entry!r}; choose one of: {', '.join(SAMPLERS)}")
+    if not grid:
+        return name, None
+    try:
+        return name, Grid(grid).value
+    except ValueError:
+        raise ValueError(f"unknown grid {grid!r} in sweep entry {entry!r}; choose one of: "
+                         f"{', '.join(g.value for g in Grid)}") from None
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """Grid intervals giving about ``nfe`` evaluations (Heun spends 2 per step but the last)."""
+    return max(1, (nfe + 1) // 2) if sampler == "heun" else max(1, nfe)
+
+
+def _sample_batch(den, noise, *, sampler, steps, smin, smax, grid, seeds, progress, analytic_start, mean, gauss,
+                  plan):
+    from ..samplers import sample
+    from .plan import plan_kwargs
+
+    # only the starts asked for: an explicit plain start would override the plan's tuned one
+    start = {k: v for k, v in (("analytic_start", analytic_start), ("data_mean", mean), ("teleport", gauss))
+             if v is not None and v is not False}
+    return sample(den, noise, sampler=sampler, steps=steps, sigma_min=smin, sigma_max=smax, grid=grid,
+                  generator=seeds, return_info=True, progress=progress, **start, **plan_kwargs(plan))
+
+
+class _Conditions:
+    """The denoiser of each condition sampled: one (None) for unconditional runs, one per class otherwise."""
+
+    def __init__(self, denoiser, cfg, num_classes: int, guidance: float, label: int | None):
+        from ..guidance import ClassifierFree
+
+        self.denoiser = denoiser
+        self.guided = ClassifierFree(denoiser, guidance) if cfg.conditional else None
+        self.classes = [None] if self.guided is None else ([int(label)] if label is not None
+                                                            else list(range(num_classes)))
+
+    def of(self, c):
+        if c is None:
+            return self.denoiser
+        return lambda x, s: self.guided(x, s, y=torch.full((x.shape[0],), c, dtype=torch.long, device=x.device))
+
+    def batch(self, yb: Tensor | None):
+        if yb is None:
+            return self.denoiser
+        return lambda x, s: self.guided(x, s, y=yb)
+
+
+def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, guidance, analytic_start, gauss,
+                cache, dev, progress: bool = False):
+    """(grid tensor, per-class data means) of a fitted or fitted-stop grid: one pilot for all batches (per
+    class: the solver calls the denoiser on subsets of the pilot batch, so labels cannot be bound by position)."""
+    from ..samplers import ORDER, ErrorDensity, error_density, stop_grid
+
+    key = ("pilots", tuple(conds.classes), guidance, gauss is not None)
+    pilots = None if cache is None else cache.get(key)
+    if pilots is None:
+        pilots = []
+        bar = progress_bar(progress, len(conds.classes), "pilot solve", "condition")
+        for c in conds.classes:
+            if c is None:
+                dens = error_density(conds.of(c), shape, smin, smax, device=dev, pilot=256 if gauss is not None else 64)
+            else:
+                dens = error_density(conds.of(c), shape, smin, smax, pilot=max(8, 64 // len(conds.classes)),
+                                     device=dev, generator=torch.Generator().manual_seed(c))
+            pilots.append((conds.of(c), dens))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if cache is not None:
+            cache[key] = pilots
+    dens = pilots[0][1] if conds.guided is None else ErrorDensity.average([p for _, p in pilots])
+    if grid == "fitted":
+        sigmas = dens.grid(steps, ORDER.get(sampler, 3))
+    else:
+        sigmas = stop_grid(conds.denoiser, dens, sampler, steps, pilots=None if gauss is not None else pilots,
+                           analytic_start=analytic_start, teleport=gauss)
+    return sigmas, {c: p.data_mean for c, (_, p) in zip(conds.classes, pilots)}
+
+
+@torch.no_grad()
+def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = 16, seed: int = 0,
+             batch_size: int = 1000, guidance: float = 1.0, grid: str | None = None, label: int | None = None,
+             analytic_start: bool = False, progress: bool = False, teleport: bool = False,
+             pilot_cache: dict | None = None, plan=None) -> tuple[Tensor, Tensor | None, float]:
+    """n samples (n, *data_shape) of a trained denoiser, their labels (conditional runs) and the NFE per sample.
+
+    Sample i's initial noise and sampler noise depend only on ``seed`` and i (per-sample streams), so
+    the result does not depend on ``n`` or ``batch_size`` and two samplers given the same seed start
+    from the same noise. Conditional runs: labels cycle through the classes (or are all ``label``),
+    guided with weight ``guidance``. ``grid="fitted"`` / ``"fitted-stop"`` run one pilot for all
+    batches (one per class); ``analytic_start`` replaces the first evaluation by the data mean (per
+    class); ``teleport`` (unconditional, ``"fitted-stop"``) starts below sigma_max by the flow of the
+    Gaussian measured on the model. ``pilot_cache``: a dict kept across calls on the same model and
+    conditions, so the (deterministic) pilots are solved once. ``plan``: the run's stored sampling plan
+    (unconditional runs), whose tuned grid and start the sampler uses where it has one for this budget
+    and no grid is asked for.
+    """
+    from ..data import load_dataset
+    from ..samplers import data_mean, gaussian_model, noise_seeds, randn
+
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
+    if teleport and (cfg.conditional or grid != "fitted-stop"):
+        raise ValueError("teleport needs an unconditional run and grid 'fitted-stop' (one Gaussian model of the "
+                         f"data, the start chosen on the pilot); got conditional={cfg.conditional}, grid={grid!r}")
+    data = load_dataset(cfg.dataset, "test", seed=cfg.seed, n=2 if cfg.dataset not in LEVELS else None)
+    shape = tuple(data.data_shape)
+    smin, smax = sampling_range(cfg)
+    dev = device_of(denoiser)
+    labels = None
+    if cfg.conditional:
+        labels = torch.full((n,), int(label)) if label is not None else torch.arange(n) % data.num_classes
+    conds = _Conditions(denoiser, cfg, data.num_classes if cfg.conditional else 0, guidance, label)
+    gauss = None
+    if teleport:
+        gauss = None if pilot_cache is None else pilot_cache.get("gaussian")
+        if gauss is None:
+            gauss = gaussian_model(denoiser, shape, smax, device=dev)
+            if pilot_cache is not None:
+                pilot_cache["gaussian"] = gauss
+    means = None
+    if grid in ("fitted", "fitted-stop") and sampler != "adaptive":
+        grid, means = _pilot_grid(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
+                                  guidance=guidance, analytic_start=analytic_start, gauss=gauss, cache=pilot_cache,
+                                  dev=dev, progress=progress)
+    if analytic_start and means is None:
+        means = {c: data_mean(conds.of(c), shape, smax, device=dev) for c in conds.classes}
+    g = torch.Generator().manual_seed(seed)
+    noise_ids, sampler_ids = noise_seeds(g, n), noise_seeds(g, n)  # two per-sample streams: start, sampler
+    out, nfe = [], 0.0
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        noise = randn((b,) + shape, noise_ids[i:i + b]).to(dev)
+        yb = None if labels is None else labels[i:i + b]
+        mean = None
+        if analytic_start and gauss is None:
+            mean = means[None] if yb is None else torch.stack([means[int(c)] for c in yb])
+        x, info = _sample_batch(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=sampler, steps=steps,
+                                smin=smin, smax=smax, grid=grid, seeds=sampler_ids[i:i + b].to(dev),
+                                progress=progress, analytic_start=analytic_start, mean=mean, gauss=gauss,
+                                plan=None if cfg.conditional else plan)
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(f"sampler {sampler!r} produced a non-finite sample (batch starting at {i})")
+        out.append(x.cpu())
+        nfe = info.nfe
+    return torch.cat(out), labels, nfe
+
+
+def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **options) -> dict:
+    """Sample a run (options of :func:`generate`) and write ``<stem>.safetensors`` ('x', and 'y' for
+    conditional runs) and a ``<stem>.png`` figure; returns {"nfe", "seconds", "stem"}."""
+    from ..data import load_dataset
+    from ..report import figures
+
+    sampler, steps = options.get("sampler", DEFAULT_SAMPLER), options.get("steps", 16)
+    stem = output_stem(out, run.path / f"samples-{sampler}-{steps}")
+    check_writable(stem.parent)
+    t0 = time.perf_counter()
+    x, y, nfe = generate(run.denoiser, run.config, n, progress=progress, plan=run.plan, **options)
+    secs = time.perf_counter() - t0
+    save_tensors(stem.with_name(stem.name + ".safetensors"), {"x": x} if y is None else {"x": x, "y": y})
+    test = load_dataset(run.config.dataset, "test", seed=run.config.seed)
+    guided = f", guidance {options.get('guidance', 1.0):g}" if run.config.conditional else ""
+    figures.sample_figure(x, str(stem) + ".png", reference=test.x, title=f"{sampler}, NFE {nfe:g}{guided}")
+    return {"nfe": nfe, "seconds": secs, "stem": stem}
