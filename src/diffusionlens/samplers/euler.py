@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .._util import Choice
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
+from .spec import sampler
 
 __all__ = ["HeunForm", "euler_update", "heun_update", "churn_gamma", "churn", "euler", "heun"]
 
@@ -89,6 +90,7 @@ def _churn_grid(sigmas, s_churn):
     return grid_floats(sigmas, allow_increasing=s_churn == 0, name="a sampler with churn")
 
 
+@sampler(order=1)
 def euler(
     denoiser,
     x: Tensor,
@@ -126,6 +128,7 @@ def euler(
     return run(step, x, s, callback=callback)
 
 
+@sampler(order=2, nfe_per_step=2, nfe_extra=-1)
 def heun(
     denoiser,
     x: Tensor,

@@ -77,30 +77,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._util import Choice, device_of
+from ..processes import karras_grid, logsnr_grid
 from ._common import AnalyticStart
 from .adaptive import solve_exp_rk32
 from .gaussian import GaussianModel
+from .registry import resolve_sampler
 
-__all__ = ["ErrorDensity", "ORDER", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
+__all__ = ["ErrorDensity", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
            "stop_candidates", "stop_grid"]
-
-
-ORDER: dict[str, int] = {
-    "euler": 1,
-    "ddim": 1,
-    "ddpm": 1,
-    "euler_maruyama": 1,
-    "heun": 2,
-    "dpmpp_2m": 2,
-    "dpmpp_2m_sde": 2,
-    "deis": 3,
-    "dpmpp_3m": 3,
-    "dpmpp_3m_sde": 3,
-    "unipc": 4,
-    "lms": 4,
-}
-"""Order used for each sampler's fitted grid (its local truncation error is O(h^(p+1))) with the
-sampler's default options; unlisted samplers use 3. UniPC is UniP-3 with the UniC corrector, order 4."""
 
 
 def _one_step(steps: int, order: int) -> bool:
@@ -326,7 +310,7 @@ def fitted_grid(
         shape: the shape of one sample (without the batch dimension).
         steps: number of grid intervals (as for the Karras grid: ``steps`` positive levels, then 0).
         sigma_min, sigma_max: the ends of the positive part of the grid.
-        order: order p of the sampler the grid is for (:data:`ORDER`); density exponent 3 / (p + 1).
+        order: order p of the sampler the grid is for (its spec's ``order``); density exponent 3 / (p + 1).
         **pilot_options: ``pilot`` (64), ``tol`` (1e-3), ``generator``, ``device``, ``dtype``, ``cells``
             of :func:`error_density`. For grids of several lengths, call :func:`error_density` once and
             its ``.grid(steps, order)`` for each.
@@ -392,7 +376,7 @@ def stop_grid(
         sampler: a name in ``SAMPLERS`` or a sampler function; ``sampler_options`` are passed to it.
         steps: grid intervals (the last is the jump from sigma_L to 0).
         base: ``"fitted"`` (the density's own grid, for ``order``), ``"karras"`` or ``"logsnr"``.
-        order: for ``base="fitted"``: the sampler's order (default :data:`ORDER` of its name, else 3).
+        order: for ``base="fitted"``: the sampler's order (default: its spec's ``order``).
         candidates: last levels to try, each in [sigma_min, sigma_max) (default :func:`stop_candidates`).
         pilots: (denoiser, density) pairs whose pilots are pooled for the error instead of ``density``'s
             own (e.g. one pilot per class of a conditional model, each with its class's denoiser, while
@@ -408,9 +392,8 @@ def stop_grid(
             starts at the chosen s1; ``sample(..., teleport=...)`` carries the noise there. Choosing two
             levels needs a larger pilot than one: build ``density`` with ``pilot=256``.
     """
-    from . import _resolve_sampler, make_grid  # they live in the package, which imports this module
-
-    name, fn = _resolve_sampler(sampler)
+    fn, spec = resolve_sampler(sampler)
+    name = spec.name
     base = StopBase.parse(base)
     pilots = [(denoiser, density)] if pilots is None else list(pilots)
     if not pilots:
@@ -424,7 +407,10 @@ def stop_grid(
         if (p.sigma_min, p.sigma_max) != (density.sigma_min, density.sigma_max):
             raise ValueError(f"pilot range [{p.sigma_min}, {p.sigma_max}] differs from the density's "
                              f"[{density.sigma_min}, {density.sigma_max}]")
-    order = order if order is not None else ORDER.get(name, 3)
+    order = order if order is not None else spec.order
+    if order is None and base is StopBase.FITTED:
+        raise ValueError(f"sampler {name!r} has no order for the fitted grid: pass order=, or give the function "
+                         "a spec with @diffusionlens.samplers.sampler(order=...)")
     top = density.sigma_max
     if teleport is not None and len(pilots) > 1:
         raise ValueError("teleport takes one pilot: pooled pilots (one per condition) would need one Gaussian "
@@ -435,7 +421,7 @@ def stop_grid(
     for f in firsts:
         if not (density.sigma_min < f <= top):
             raise ValueError(f"a start must be in (sigma_min, sigma_max] = ({density.sigma_min}, {top}], got {f}")
-    if _one_step(steps, order):
+    if _one_step(steps, order if order is not None else 1):
         grid = torch.tensor([top, 0.0], dtype=torch.float64)
         return (grid, {}) if return_errors else grid
     cands = stop_candidates(density.sigma_min, top) if candidates is None else list(candidates)
@@ -451,7 +437,7 @@ def stop_grid(
     def grid_for(first: float, last: float) -> Tensor:
         if base is StopBase.FITTED:
             return density.grid(steps, order, sigma_last=last, sigma_first=first)
-        return make_grid(base.value, steps, last, first)
+        return (karras_grid if base is StopBase.KARRAS else logsnr_grid)(steps, last, first)
 
     errors: dict = {}
     best, best_err = None, math.inf

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .._util import Choice
 from ._common import Callback, call, grid_floats, lincomb, run
+from .spec import sampler
 
 __all__ = ["Basis", "lms_coefficients", "lms_coefficients_log", "lms_update", "lms", "deis"]
 
@@ -82,6 +83,7 @@ def lms_update(
     return lincomb((1.0, x), *zip(coefs, history))
 
 
+@sampler(order=4)
 def lms(
     denoiser,
     x: Tensor,
@@ -116,6 +118,7 @@ def lms(
     return run(step, x, s, state=(), callback=callback)
 
 
+@sampler(order=3)
 def deis(denoiser, x: Tensor, sigmas, *, generator=None, callback: Callback | None = None, order: int = 3) -> Tensor:
     """DEIS, log-rho multistep (Zhang & Chen 2023; diffusers ``DEISMultistepScheduler``): Adams–Bashforth
     for dx/dsigma with the noise prediction interpolated in log sigma. Order ``order`` (default 3,

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from .._util import Choice, expand
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
+from .spec import sampler
 
 __all__ = [
     "LangevinStep",
@@ -88,6 +89,7 @@ def _stochastic_grid(sigmas, name):
     return grid_floats(sigmas, allow_increasing=False, name=name)
 
 
+@sampler(order=1, deterministic=False)
 def euler_maruyama(denoiser, x: Tensor, sigmas, *, generator=None, callback: Callback | None = None) -> Tensor:
     """Reverse-SDE Euler–Maruyama (Song et al. 2021) in the Brownian clock u = sigma^2.
 
@@ -105,6 +107,7 @@ def euler_maruyama(denoiser, x: Tensor, sigmas, *, generator=None, callback: Cal
     return run(step, x, s, callback=callback)
 
 
+@sampler(order=1, nfe_per_step=2, nfe_extra=-1, deterministic=False)
 def pc(
     denoiser,
     x: Tensor,
@@ -145,6 +148,7 @@ def pc(
     return run(step, x, s, callback=callback)
 
 
+@sampler(order=1, nfe_per_step=10, nfe_extra=1, deterministic=False)
 def langevin(
     denoiser,
     x: Tensor,
