@@ -62,6 +62,7 @@ from .fitted import (
 )
 from .gaussian import GaussianModel, gaussian_model
 from .lms import Basis, deis, lms, lms_coefficients, lms_coefficients_log, lms_update
+from .plan import DEFAULT_NFES, SamplingPlan, Tuned, tune
 from .registry import DEFAULT_SAMPLER, SAMPLERS, SPECS, resolve_sampler
 from .resolve import DEFAULT_STEPS, SIGMA_MAX, SIGMA_MIN, Resolved, resolve
 from .sde import LangevinStep, em_update, euler_maruyama, langevin, langevin_update, pc
@@ -87,6 +88,10 @@ __all__ = [
     "resolve_sampler",
     "Resolved",
     "resolve",
+    "SamplingPlan",
+    "Tuned",
+    "tune",
+    "DEFAULT_NFES",
     "Start",
     "NoiseStart",
     "MeanStart",

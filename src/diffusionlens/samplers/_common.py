@@ -320,8 +320,7 @@ class NoiseStream:
         # Box-Muller on (0, 1] x [0, 1): radius from the high word (never log 0), angle from the low word,
         # sqrt(-2 log((hi + 0.5) 2^-32)) * (cos, sin)(lo 2 pi 2^-32) in float64, in place: four large buffers
         # (the two integer ones reused as float64 for cos and sin), no temporaries: large allocations cost
-        # more than this arithmetic on the CPU (a ddpm step with 4096 x 64 noise took 1.4x longer with the
-        # dozen temporaries of the direct form; the values are bit-identical)
+        # more than this arithmetic on the CPU (the direct form's values are bit-identical)
         z = torch.empty((2, B, half), dtype=torch.float64, device=like.device)
         r, theta = z[0], z[1]
         torch.bitwise_right_shift(h, 32, out=t)

@@ -26,6 +26,7 @@ import math
 from torch import Tensor
 
 from .._util import Choice
+from ..parameterization import eps_from_denoiser
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 from .spec import sampler
 
@@ -60,8 +61,8 @@ def heun_update(
     ``EXPONENTIAL``: x_euler + phi_2(h) (D' - D), the exact integral of a linearly interpolated D in log sigma.
     """
     if form is HeunForm.EDM:
-        d = (x - denoised) / sigma
-        d_next = (x_euler - denoised_next) / sigma_next
+        d = eps_from_denoiser(denoised, x, sigma)
+        d_next = eps_from_denoiser(denoised_next, x_euler, sigma_next)
         return x + (0.5 * (sigma_next - sigma)) * (d + d_next)
     h = math.log(sigma / sigma_next)
     phi2 = 1.0 + math.expm1(-h) / h

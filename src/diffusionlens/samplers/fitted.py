@@ -22,16 +22,14 @@ variation of D which drives one drives the other. The fitted density for an orde
 The mean is taken over the pilot's step densities rather than over the error constants C_b (which
 the equidistribution of a summed error would suggest) because C_b has sharp, sample-specific peaks
 where a trajectory crosses between mixture components; a grid shared by all samples cannot resolve
-those, and a mean of C_b spends steps on them (in the exploration that chose the form, with DEIS at
-NFE 8-32 on six oracle mixtures, it was the less accurate of the two at most points; the committed
-benchmark runs only the chosen form). Using the error estimate instead of the controller's step sizes keeps
+those, and a mean of C_b spends steps on them (the comparison of the two forms is in
+benchmarks/samplers.md). Using the error estimate instead of the controller's step sizes keeps
 the controller's start-up steps (chosen before any error was measured) out of the density.
 
 The grid places ``steps`` noise levels at equal quantiles of the integral of (*) from sigma_max to
-sigma_min, then appends 0 (the final Tweedie step of every sampler). The pilot's cost is a one-off
-per model and sigma range (64 pilot samples; 64-72 NFE each on the oracle mixtures at tol 1e-3, with the
-data mean's evaluation and the final one):
-compute the grid once and pass it to :func:`diffusionlens.sample` as ``grid=`` for every batch.
+sigma_min, then appends 0 (the final Tweedie step of every sampler). The pilot's cost (its NFE is
+``ErrorDensity.pilot_nfe``) is a one-off per model and sigma range: compute the grid once and pass it
+to :func:`diffusionlens.sample` as ``grid=`` for every batch (or store it: :func:`~diffusionlens.samplers.tune`).
 
 Where to stop (:func:`stop_grid`, ``grid="fitted-stop"``). Every sampler's last step jumps from the
 last positive level sigma_L to 0 and returns D(x, sigma_L), the posterior mean. With few steps,
@@ -42,22 +40,21 @@ the model and the step count, so it is measured rather than assumed: the pilot's
 (its noise and its end points at sigma = 0) are kept, the sampler is run on the pilot noise for
 each candidate sigma_L (about four per decade between sigma_min and sigma_max), and the candidate
 with the smallest RMS error against the pilot's solutions wins. One scalar is chosen per (model,
-sampler, steps) from 64 pilot trajectories, so it does not overfit the way a search over every
-level does (tried: a Nelder-Mead search over all levels reached pilot error 0.02 and held-out 0.27
-on a d = 16 mixture). The early stop returns posterior means, whose spread within a mode is shrunk
-by s^2 / (s^2 + sigma_L^2): the chosen sigma_L is the one that keeps the samples closest to the
-exact flow's end points, which is the criterion; a user who wants sharp samples at any price keeps
-sigma_min. As the step count grows the measured optimum falls towards sigma_min by itself.
+sampler, steps) from 64 pilot trajectories, so it does not overfit the way a search over every level
+of the grid would (many free levels fit the pilot's own noise). The early stop returns posterior
+means, whose spread within a mode is shrunk by s^2 / (s^2 + sigma_L^2): the chosen sigma_L is the
+one that keeps the samples closest to the exact flow's end points, which is the criterion; a user
+who wants sharp samples at any price keeps sigma_min. As the step count grows the measured optimum
+falls towards sigma_min by itself.
 
-Where to start (``stop_grid(..., teleport=model)``, ``sample(..., teleport=...)``). At large sigma the
+Where to start (``stop_grid(..., teleport=model)``, ``sample(..., start=Teleport())``). At large sigma the
 flow is that of a Gaussian with the data's mean and covariance (:mod:`.gaussian`), whose exact
 solution costs no evaluations; how far down it stays right is a property of the data. With a
 :class:`~diffusionlens.samplers.GaussianModel` measured on the denoiser, the first level s1 is chosen
 from sigma_max / 2^k (k < 6) together with the last, by the same pilot error, the pilot noise carried
 to s1 by the Gaussian flow (and the first evaluation, with the analytic start, the Gaussian's
-denoiser). Two levels are chosen, so the pilot should be larger: with 64 pilot samples the choice
-overfitted on a d = 16 mixture at NFE 5-6 (pilot error below the plain stop's, evaluation error
-above it), with 256 it did not.
+denoiser). Two levels are chosen, so the pilot should be larger (256 samples; with 64 the joint
+choice can fit the pilot's noise: benchmarks/samplers.md).
 
 Equidistribution is an asymptotic (small-step) criterion: at NFE <= 6 the fixed Karras grid is often
 the better one. The samplers benchmark (benchmarks/samplers.md) reports both. The idea of adapting the

@@ -26,6 +26,7 @@ import numpy as np
 from torch import Tensor
 
 from .._util import Choice
+from ..parameterization import eps_from_denoiser
 from ._common import Callback, call, grid_floats, lincomb, run
 from .spec import sampler
 
@@ -109,7 +110,7 @@ def lms(
 
     def step(i, x, sigma, sigma_next, history):
         denoised = call(denoiser, x, sigma)
-        history = ((x - denoised) / sigma,) + history[: order - 1]
+        history = (eps_from_denoiser(denoised, x, sigma),) + history[: order - 1]
         if sigma_next == 0 and basis is Basis.LOG_SIGMA:
             return denoised, history, denoised
         nodes = [s[i - j] for j in range(len(history))]

@@ -131,8 +131,11 @@ def resolve(
             if spec.order is None:
                 raise ValueError(f"sampler {spec.name!r} has no order for a fitted grid: give it a spec with "
                                  "@diffusionlens.samplers.sampler(order=...)")
-            density = error_density(denoiser, shape, sigma_min, sigma_max, device=device, dtype=dtype,
-                                    pilot=pilot or (256 if isinstance(start, Teleport) else 64))
+            if g is Grid.FITTED and plan is not None and (plan.sigma_min, plan.sigma_max) == (sigma_min, sigma_max):
+                density = plan.density  # the stored pilot's density: no new pilot
+            else:
+                density = error_density(denoiser, shape, sigma_min, sigma_max, device=device, dtype=dtype,
+                                        pilot=pilot or (256 if isinstance(start, Teleport) else 64))
             if g is Grid.FITTED:
                 sigmas = density.grid(steps, spec.order, sigma_first=top)
             else:

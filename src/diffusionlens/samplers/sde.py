@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .._util import Choice, expand
+from ..parameterization import score_from_denoiser
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
 from .spec import sampler
 
@@ -70,7 +71,7 @@ def em_update(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, z: T
 
 def langevin_update(x: Tensor, denoised: Tensor, sigma: float, step: Tensor | float, z: Tensor) -> Tensor:
     """Langevin step x + step * score + sqrt(2 step) z; ``step`` a float or (batch,) tensor."""
-    score = (denoised - x) / sigma**2
+    score = score_from_denoiser(denoised, x, sigma)
     if isinstance(step, Tensor):
         return x + expand(step, x) * score + expand(torch.sqrt(2 * step), x) * z
     return x + step * score + math.sqrt(2 * step) * z
@@ -78,7 +79,7 @@ def langevin_update(x: Tensor, denoised: Tensor, sigma: float, step: Tensor | fl
 
 def langevin_snr_step_size(x: Tensor, denoised: Tensor, sigma: float, z: Tensor, snr: float) -> Tensor:
     """Song et al. 2021 Alg. 4: eps = 2 (snr ||z|| / ||score||)^2 per sample, capped at sigma^2; (batch,)."""
-    score = (denoised - x) / sigma**2
+    score = score_from_denoiser(denoised, x, sigma)
     gn = score.reshape(x.shape[0], -1).norm(dim=1)
     zn = z.reshape(x.shape[0], -1).norm(dim=1)
     eps = 2 * (snr * zn / gn.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
