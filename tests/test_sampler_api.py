@@ -157,3 +157,17 @@ def test_a_corrupt_plan_fails_in_one_line_naming_the_file(tmp_path):
         with pytest.raises(ValueError, match="plan.json") as e:
             SamplingPlan.load(tmp_path)
         assert "\n" not in str(e.value)
+
+
+def test_the_default_last_level_rises_from_ten_steps():
+    """Named grid families stop at LATE_SIGMA_MIN from LATE_STEPS intervals, at SIGMA_MIN below; an
+    explicit sigma_min, fitted grids' pilot range and the adaptive sampler's end are not affected."""
+    from diffusionlens.samplers.resolve import LATE_SIGMA_MIN, LATE_STEPS, SIGMA_MIN
+
+    gm = random_mixture(3, 2, seed=3)
+    for steps, last in ((LATE_STEPS - 1, SIGMA_MIN), (LATE_STEPS, LATE_SIGMA_MIN), (32, LATE_SIGMA_MIN)):
+        for grid in ("karras", "logsnr"):
+            r = resolve(gm, (3,), steps=steps, grid=grid)
+            assert abs(r.sigmas[-2].item() - last) < 1e-12 * last and abs(r.sigmas[0].item() - 80.0) < 1e-12 * 80
+    assert abs(resolve(gm, (3,), steps=16, sigma_min=0.002).sigmas[-2].item() - 0.002) < 1e-12 * 0.002
+    assert resolve(gm, (3,), "adaptive").sigmas.tolist() == [80.0, SIGMA_MIN, 0.0]

@@ -22,12 +22,19 @@ from .registry import DEFAULT_SAMPLER, resolve_sampler
 from .spec import Grid, SamplerSpec, make_grid
 from .starts import NoiseStart, Start, Teleport
 
-__all__ = ["Resolved", "resolve", "DEFAULT_STEPS", "SIGMA_MIN", "SIGMA_MAX"]
+__all__ = ["Resolved", "resolve", "DEFAULT_STEPS", "SIGMA_MIN", "SIGMA_MAX", "LATE_STEPS", "LATE_SIGMA_MIN"]
 
 DEFAULT_STEPS = 16
 """Grid intervals when neither ``steps`` nor ``nfe`` is given."""
 SIGMA_MIN = 0.002
-"""Default last positive level of the grid (EDM's)."""
+"""Default last positive level of the grid (EDM's), for the fitted grids' range, the adaptive sampler, and
+named grid families of fewer than :data:`LATE_STEPS` intervals."""
+LATE_STEPS = 10
+LATE_SIGMA_MIN = 0.01
+"""Default last positive level of a named grid family (Karras, log-SNR, time) of at least
+:data:`LATE_STEPS` intervals: the steps EDM's 0.002 spends below 0.01, where the flow barely moves, are
+worth more higher up (chosen on the standard oracle mixtures, confirmed on held-out ones for the default
+sampler at NFE 10-32: benchmarks/samplers.md, "The default last level"). Fewer steps keep 0.002."""
 SIGMA_MAX = 80.0
 """Default first level of the grid (EDM's)."""
 
@@ -82,7 +89,9 @@ def resolve(
         grid: None (the plan's tuned grid for this sampler and NFE when there is one, else the spec's
             preferred family), a :class:`Grid` name, or an explicit decreasing tensor ending at 0.
         start: :class:`NoiseStart` (default), :class:`MeanStart` or :class:`Teleport`.
-        sigma_min, sigma_max: the grid's range (default :data:`SIGMA_MIN`, :data:`SIGMA_MAX`, or the plan's).
+        sigma_min, sigma_max: the grid's range (default :data:`SIGMA_MAX` and, for named families,
+            :data:`SIGMA_MIN` below :data:`LATE_STEPS` intervals, :data:`LATE_SIGMA_MIN` from there; the
+            fitted grids' pilot range and the adaptive sampler's end: :data:`SIGMA_MIN` or the plan's).
         plan: a :class:`~diffusionlens.samplers.SamplingPlan` measured on this denoiser, or None.
         options: the sampler's keyword options (e.g. ``eta``), as it will be run (the stop is chosen for them).
         pilot: samples of the fitted grids' pilot (default 64; 256 with a teleported start, which chooses
@@ -97,9 +106,9 @@ def resolve(
         if tuned is not None:
             return replace(tuned, sampler=fn, spec=spec, options=options)
     if plan is not None:
-        sigma_min = plan.sigma_min if sigma_min is None else sigma_min
         sigma_max = plan.sigma_max if sigma_max is None else sigma_max
-    sigma_min = SIGMA_MIN if sigma_min is None else float(sigma_min)
+    named_min = sigma_min  # None: the rule by step count below
+    sigma_min = (plan.sigma_min if plan is not None else SIGMA_MIN) if sigma_min is None else float(sigma_min)
     sigma_max = SIGMA_MAX if sigma_max is None else float(sigma_max)
     start = NoiseStart() if start is None else start
     if not hasattr(start, "begin"):
@@ -144,7 +153,9 @@ def resolve(
                                    sampler_options=options, teleport=tp,
                                    starts=None if tp is None or start.first is None else [start.first])
         else:
-            sigmas = make_grid(g, steps, sigma_min, top, process=process, rho=rho, spacing=spacing)
+            if named_min is None:
+                named_min = LATE_SIGMA_MIN if steps >= LATE_STEPS else SIGMA_MIN
+            sigmas = make_grid(g, steps, float(named_min), top, process=process, rho=rho, spacing=spacing)
     start = start.measured(denoiser, like, sigmas, density)
     return Resolved(fn, spec, sigmas, start, sigma_max, options)
 

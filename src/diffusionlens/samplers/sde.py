@@ -16,7 +16,7 @@ processes only relabel time). The score is read from the denoiser, score = (D - 
   ||score||^2 ~ d / sigma^2); ``NORM`` their ratio per sample, capped at sigma^2 (so the drift
   (eps / sigma^2)(D - x) never overshoots D). In low dimension the per-sample ratio is heavy-tailed
   (F(d, d)-like: infinite mean for d = 2) and the capped steps inflate the within-mode variance by
-  1 / (1 - eps / 2v) — measurably (about 1.4x in std on the 2-D ring), hence the default.
+  1 / (1 - eps / 2v) — measurably on the 2-D ring, hence the default.
 * Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1): ``n_steps_each`` Langevin steps
   x += (alpha / 2) score + sqrt(alpha) z at every noise level, with alpha = step_scale * sigma^2
   (their alpha_i = eps sigma_i^2 / sigma_L^2, i.e. step_scale = eps / sigma_L^2; 0.2 in their
