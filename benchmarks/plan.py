@@ -44,7 +44,7 @@ def plan_table(cases: dict, n: int) -> list:
     rows = []
     for case, gm in cases.items():
         noise = noise_for(gm, n)
-        plan = tune(gm, (gm.dim,), [DEFAULT_SAMPLER], NFES, dtype=torch.float64)
+        plan = tune(gm, (gm.dim,), nfes=NFES, dtype=torch.float64)
         ref80 = reference(case, gm, noise, 80.0)
         for nfe in NFES:
             best = (math.inf, "-")
@@ -60,7 +60,7 @@ def plan_table(cases: dict, n: int) -> list:
             x_tun, i_tun = sample(gm, noise, nfe=nfe, plan=plan, return_info=True)
             assert i_def.nfe <= nfe and i_tun.nfe <= nfe, (i_def.nfe, i_tun.nfe)
             rows.append((case, nfe, best[1], best[0], rmse(x_def, ref80), rmse(x_tun, ref80),
-                         type(i_tun.start).__name__))
+                         f"{plan.best_sampler(nfe)} {type(i_tun.start).__name__}"))
         print(f"{case}: plan table done", flush=True)
     return rows
 
@@ -86,9 +86,11 @@ def report(cmd: str, rows: list, stops_std: dict, stops_held: dict, secs: float)
          "oracle, one CPU thread). RMSE per coordinate against the exact PF-ODE solution from the same noise.", "",
          "## Peers' best vs our untuned default vs our tuned plan (held-out mixtures)", "",
          f"Default: `sample(gm, noise, nfe=k)` ({DEFAULT_SAMPLER}, its default grid). Tuned: `tune(gm, shape)` once, "
-         "then `sample(gm, noise, nfe=k, plan=plan)`. Peer: the lowest RMSE over every k-diffusion and "
+         "then `sample(gm, noise, nfe=k, plan=plan)` (the plan's sampler of lower pilot error). "
+         "Peer: the lowest RMSE over every k-diffusion and "
          "diffusers configuration of the samplers benchmark at that NFE.", "",
-         "| mixture | NFE | best peer | peer RMSE | default | tuned | tuned start | default / peer | tuned / peer |",
+         "| mixture | NFE | best peer | peer RMSE | default | tuned | tuned sampler, start | default / peer "
+         "| tuned / peer |",
          "|---|---|---|---|---|---|---|---|---|"]
     for case, nfe, name, pe, de, te, st in rows:
         L.append(f"| {case} | {nfe} | {name} | {fmt(pe)} | {fmt(de)} | {fmt(te)} | {st} | {fmt(de / pe)} | "

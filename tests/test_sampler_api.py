@@ -122,18 +122,21 @@ def test_a_denoiser_of_the_wrong_shape_batch_or_dtype_fails_in_one_line(name):
 
 def test_a_plan_round_trips_and_is_what_sample_uses(tmp_path):
     gm = random_mixture(4, 3, seed=5)
-    plan = tune(gm, (4,), ["deis"], [6, 8], dtype=torch.float64, pilot=64)
-    assert set(plan.tuned) == {("deis", 6), ("deis", 8)}
+    plan = tune(gm, (4,), ["deis", "unipc"], [6, 8], dtype=torch.float64, pilot=64)
+    assert set(plan.tuned) == {(s, n) for s in ("deis", "unipc") for n in (6, 8)}
     plan.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "plan.safetensors"]  # no temporaries
     back = SamplingPlan.load(tmp_path)
     noise = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for nfe in (6, 8):
-        t = plan.tuned[("deis", nfe)]
-        assert torch.equal(back.tuned[("deis", nfe)].sigmas, t.sigmas)
-        x, info = sample(gm, noise, nfe=nfe, plan=back, return_info=True)
-        assert info.nfe == nfe and torch.equal(info.sigmas, t.sigmas)
-        assert torch.equal(x, sample(gm, noise, nfe=nfe, plan=plan))
+        best = plan.best_sampler(nfe)
+        assert plan.tuned[(best, nfe)].pilot_rmse == min(plan.tuned[(s, nfe)].pilot_rmse for s in ("deis", "unipc"))
+        for name in ("deis", "unipc", None):  # None: the plan's best at this budget
+            t = plan.tuned[(name or best, nfe)]
+            assert torch.equal(back.tuned[(name or best, nfe)].sigmas, t.sigmas)
+            x, info = sample(gm, noise, sampler=name, nfe=nfe, plan=back, return_info=True)
+            assert info.nfe == nfe and torch.equal(info.sigmas, t.sigmas)
+            assert torch.equal(x, sample(gm, noise, sampler=name or best, nfe=nfe, plan=plan))
     # a budget the plan has not tuned: the untuned default, in the plan's range
     _, info = sample(gm, noise, nfe=7, plan=back, return_info=True)
     assert isinstance(info.start, NoiseStart) and info.nfe == 7

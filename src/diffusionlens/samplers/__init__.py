@@ -186,7 +186,7 @@ def sample(
     denoiser,
     noise: Tensor,
     *,
-    sampler: str | Callable = DEFAULT_SAMPLER,
+    sampler: str | Callable | None = None,
     steps: int | None = None,
     nfe: int | None = None,
     grid: Grid | str | Tensor | None = None,
@@ -203,7 +203,8 @@ def sample(
     Args:
         denoiser: canonical D(x_hat, sigma) — a callable or a :class:`diffusionlens.Denoiser` of any process.
         noise: (batch, ...) standard normal in the output shape (see :func:`randn` for batch-invariant noise).
-        sampler: a name in :data:`SAMPLERS` or a sampler function (with a spec, :func:`sampler`).
+        sampler: a name in :data:`SAMPLERS` or a sampler function (with a spec, :func:`sampler`); None
+            (default): the plan's best tuned sampler at this budget, else :data:`DEFAULT_SAMPLER`.
         steps: grid intervals; or ``nfe``: an evaluation budget (the most steps whose NFE is at most it).
             Neither: the plan's, else :data:`DEFAULT_STEPS`. An adaptive sampler takes neither.
         grid: None (the plan's tuned grid, else the sampler's preferred family), a :class:`Grid` name

@@ -29,7 +29,7 @@ from .registry import DEFAULT_SAMPLER, resolve_sampler
 from .resolve import DEFAULT_STEPS, SIGMA_MAX, SIGMA_MIN, Resolved
 from .starts import MeanStart, NoiseStart, Teleport
 
-__all__ = ["Tuned", "SamplingPlan", "tune", "PLAN_JSON", "PLAN_TENSORS", "DEFAULT_NFES"]
+__all__ = ["Tuned", "SamplingPlan", "tune", "PLAN_JSON", "PLAN_TENSORS", "DEFAULT_NFES", "TUNED_SAMPLERS"]
 
 PLAN_JSON = "plan.json"
 PLAN_TENSORS = "plan.safetensors"
@@ -37,6 +37,10 @@ FORMAT = "diffusionlens-sampling-plan"
 VERSION = 1
 DEFAULT_NFES = (6, 8, 10, 12, 16, 24, 32)
 """The NFE budgets :func:`tune` measures by default."""
+TUNED_SAMPLERS = (DEFAULT_SAMPLER, "unipc")
+"""The samplers :func:`tune` measures by default: the default one and UniPC, the most accurate of the
+multistep samplers from about 16 steps (benchmarks/samplers.md); ``sample(plan=plan)`` without a sampler
+takes whichever had the smaller pilot error at the budget."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class SamplingPlan:
         else:
             st = Teleport(self.gaussian, analytic=True, first=float(t.sigmas[0]))
         return Resolved(fn, spec, t.sigmas.clone(), st, self.sigma_max)
+
+    def best_sampler(self, nfe: int) -> str | None:
+        """The tuned sampler with the smallest pilot error at ``nfe`` evaluations, or None."""
+        at = [t for (_, n), t in self.tuned.items() if n == nfe]
+        return min(at, key=lambda t: t.pilot_rmse).sampler if at else None
 
     # ------------------------------------------------------------------ files
 
@@ -175,7 +184,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def tune(
     denoiser,
     shape,
-    samplers=(DEFAULT_SAMPLER,),
+    samplers=TUNED_SAMPLERS,
     nfes=DEFAULT_NFES,
     *,
     sigma_min: float = SIGMA_MIN,

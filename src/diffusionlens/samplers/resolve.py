@@ -62,7 +62,7 @@ class Resolved:
 def resolve(
     denoiser,
     shape,
-    sampler: str | Callable = DEFAULT_SAMPLER,
+    sampler: str | Callable | None = None,
     *,
     steps: int | None = None,
     nfe: int | None = None,
@@ -83,7 +83,8 @@ def resolve(
     Args:
         denoiser: canonical D(x_hat, sigma) (a :class:`~diffusionlens.Denoiser` gives its process's range).
         shape: the shape of one sample. device, dtype: of the sampling batch (for the measured starts).
-        sampler: a name in ``SAMPLERS`` or a sampler function (its spec from ``fn.spec``).
+        sampler: a name in ``SAMPLERS`` or a sampler function (its spec from ``fn.spec``); None: the
+            plan's best tuned sampler at this budget (``nfe``, else ``steps``), else ``DEFAULT_SAMPLER``.
         steps: grid intervals; nfe: an evaluation budget instead (the most steps whose NFE fits it, the
             start's saved evaluation included). Neither: the plan's or :data:`DEFAULT_STEPS`.
         grid: None (the plan's tuned grid for this sampler and NFE when there is one, else the spec's
@@ -97,6 +98,9 @@ def resolve(
         pilot: samples of the fitted grids' pilot (default 64; 256 with a teleported start, which chooses
             two levels on it).
     """
+    if sampler is None:  # the plan's best tuned sampler at this budget, else the default
+        budget = nfe if nfe is not None else (DEFAULT_STEPS if steps is None else steps)
+        sampler = (plan.best_sampler(budget) if plan is not None else None) or DEFAULT_SAMPLER
     fn, spec = resolve_sampler(sampler)
     options = dict(options or {})
     if steps is not None and nfe is not None:
