@@ -174,3 +174,4 @@ def test_the_default_last_level_rises_from_ten_steps():
             assert abs(r.sigmas[-2].item() - last) < 1e-12 * last and abs(r.sigmas[0].item() - 80.0) < 1e-12 * 80
     assert abs(resolve(gm, (3,), steps=16, sigma_min=0.002).sigmas[-2].item() - 0.002) < 1e-12 * 0.002
     assert resolve(gm, (3,), "adaptive").sigmas.tolist() == [80.0, SIGMA_MIN, 0.0]
+    assert abs(resolve(gm, (3,), "ddpm", steps=16).sigmas[-2].item() - SIGMA_MIN) < 1e-12 * SIGMA_MIN

@@ -32,9 +32,10 @@ named grid families of fewer than :data:`LATE_STEPS` intervals."""
 LATE_STEPS = 10
 LATE_SIGMA_MIN = 0.01
 """Default last positive level of a named grid family (Karras, log-SNR, time) of at least
-:data:`LATE_STEPS` intervals: the steps EDM's 0.002 spends below 0.01, where the flow barely moves, are
-worth more higher up (chosen on the standard oracle mixtures, confirmed on held-out ones for the default
-sampler at NFE 10-32: benchmarks/samplers.md, "The default last level"). Fewer steps keep 0.002."""
+:data:`LATE_STEPS` intervals, for deterministic samplers: the steps EDM's 0.002 spends below 0.01,
+where the flow barely moves, are worth more higher up (chosen on the standard oracle mixtures,
+confirmed on held-out ones for the default sampler at NFE 10-32: benchmarks/samplers.md, "The default
+last level"). Fewer steps keep 0.002."""
 SIGMA_MAX = 80.0
 """Default first level of the grid (EDM's)."""
 
@@ -91,7 +92,8 @@ def resolve(
             preferred family), a :class:`Grid` name, or an explicit decreasing tensor ending at 0.
         start: :class:`NoiseStart` (default), :class:`MeanStart` or :class:`Teleport`.
         sigma_min, sigma_max: the grid's range (default :data:`SIGMA_MAX` and, for named families,
-            :data:`SIGMA_MIN` below :data:`LATE_STEPS` intervals, :data:`LATE_SIGMA_MIN` from there; the
+            :data:`SIGMA_MIN` below :data:`LATE_STEPS` intervals, :data:`LATE_SIGMA_MIN` from there for
+            deterministic samplers; the
             fitted grids' pilot range and the adaptive sampler's end: :data:`SIGMA_MIN` or the plan's).
         plan: a :class:`~diffusionlens.samplers.SamplingPlan` measured on this denoiser, or None.
         options: the sampler's keyword options (e.g. ``eta``), as it will be run (the stop is chosen for them).
@@ -158,7 +160,9 @@ def resolve(
                                    starts=None if tp is None or start.first is None else [start.first])
         else:
             if named_min is None:
-                named_min = LATE_SIGMA_MIN if steps >= LATE_STEPS else SIGMA_MIN
+                # deterministic samplers only: the level is chosen for the error against the exact flow;
+                # a stochastic sampler's samples would lose within-mode spread to the earlier final denoising
+                named_min = LATE_SIGMA_MIN if steps >= LATE_STEPS and spec.deterministic else SIGMA_MIN
             sigmas = make_grid(g, steps, float(named_min), top, process=process, rho=rho, spacing=spacing)
     start = start.measured(denoiser, like, sigmas, density)
     return Resolved(fn, spec, sigmas, start, sigma_max, options)
