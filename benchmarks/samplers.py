@@ -21,7 +21,6 @@ from diffusionlens.ode import solve
 from diffusionlens.oracle import random_mixture, standard_cases
 from diffusionlens.processes import Discrete, karras_grid, logsnr_grid
 from diffusionlens.samplers import (
-    ORDER,
     SAMPLERS,
     AnalyticStart,
     Counted,
@@ -41,7 +40,8 @@ TP_SAMPLERS = ("lms", "deis", "dpmpp_3m", "unipc")
 
 
 def steps_for(name: str, nfe: int) -> int:
-    """Grid intervals giving at most ``nfe`` evaluations (two-evaluation methods: 2 steps - 1)."""
+    """Grid intervals giving at most ``nfe`` evaluations for a peer's configuration (two-evaluation
+    methods: 2 steps - 1); ours read it from their spec."""
     base = name.split(" [")[0]
     return (nfe + 1) // 2 if base in TWO_EVAL else nfe
 
@@ -121,13 +121,14 @@ def ours(name: str, grid: str, **opts):
     afs = grid.endswith("+as") or grid.endswith("+tp")
     tp = grid.endswith("+tp")
     family = grid[: -len("+as")] if afs else grid
+    spec = SAMPLERS[name].spec
 
     def run(gm, noise, nfe):
-        steps = steps_for(name, nfe + 1 if afs else nfe)
+        steps = spec.steps_for_nfe(nfe + 1 if afs else nfe)
         if family.endswith("-stop"):
             sig = stopped(gm, name, steps, family[: -len("-stop")], afs, tp)
         elif family == "fitted":
-            sig = pilot_density(gm).grid(steps, ORDER.get(name, 3))
+            sig = pilot_density(gm).grid(steps, spec.order)
         else:
             sig = karras_grid(steps) if family == "karras" else logsnr_grid(steps)
         c = Counted(gm)
@@ -316,7 +317,7 @@ def metric_distribution(cases: dict, n: int, nfes: list[int]):
         for name in names:
             rows[name] = {}
             for nfe in nfes:
-                steps = nfe if name not in ("pc", "langevin") else (nfe // 2 if name == "pc" else max(nfe // 10, 1))
+                steps = SAMPLERS[name].spec.steps_for_nfe(nfe)
                 x = sample(gm, noise, sampler=name, steps=steps, generator=torch.Generator().manual_seed(3))
                 rows[name][nfe] = sliced_w2(x, exact_a)
         # the peers' best ODE configurations of table 1 at low NFE: their default/trailing grids end at

@@ -37,6 +37,7 @@ from diffusionlens.samplers import (
 )
 from diffusionlens.samplers._common import _mix, _mix_int, _s64, check_grid
 from diffusionlens.samplers.adaptive import exp_rk32_step
+from diffusionlens.samplers.resolve import LATE_SIGMA_MIN
 
 SMOOTH = random_mixture(3, 4, seed=1, std_range=(0.3, 0.8))  # trajectories without mode switches
 _SLOW = pytest.mark.slow
@@ -361,7 +362,7 @@ def test_every_sampler_runs_with_defaults_at_few_steps(name):
     img = GaussianMixture(gm.means, gm.covs, gm.weights, data_shape=(1, 4, 4))
     bound = 10 * (gm.means.abs().max().item() + 1) if name in DETERMINISTIC else 6 * 80.0
     for model, shape in ((gm, (64, 16)), (img, (64, 1, 4, 4))):
-        for steps in (3, 5) if name != "adaptive" else (1,):
+        for steps in (3, 5) if not SAMPLERS[name].spec.adaptive else (None,):
             g = torch.Generator().manual_seed(0)
             x, info = sample(model, torch.randn(shape, generator=g), sampler=name, steps=steps, generator=g,
                              return_info=True)
@@ -373,8 +374,8 @@ def test_every_sampler_runs_with_defaults_at_few_steps(name):
 def test_default_sampler_and_grids():
     gm = SMOOTH
     noise = torch.randn(4, gm.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    _, info = sample(gm, noise, return_info=True)  # deis on the Karras grid, 16 steps
-    assert info.nfe == 16 and torch.equal(info.sigmas, karras_grid(16))
+    _, info = sample(gm, noise, return_info=True)  # deis on the Karras grid, 16 steps, stopping at 0.01
+    assert info.nfe == 16 and torch.equal(info.sigmas, karras_grid(16, LATE_SIGMA_MIN))
     for name in ("unipc", "dpmpp_2m", "dpmpp_3m_sde"):  # exponential integrators: log-SNR grid
         _, info = sample(gm, noise, sampler=name, steps=7, generator=torch.Generator(), return_info=True)
         assert torch.equal(info.sigmas, logsnr_grid(7)), name
@@ -586,8 +587,9 @@ def test_deterministic_set_is_deterministic():
     gm = ring()
     noise = torch.randn(8, 2, dtype=torch.float64)
     for name in DETERMINISTIC:
-        a = sample(gm, noise, sampler=name, steps=5, generator=torch.Generator().manual_seed(0))
-        b = sample(gm, noise, sampler=name, steps=5, generator=torch.Generator().manual_seed(1))
+        steps = None if SAMPLERS[name].spec.adaptive else 5
+        a = sample(gm, noise, sampler=name, steps=steps, generator=torch.Generator().manual_seed(0))
+        b = sample(gm, noise, sampler=name, steps=steps, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

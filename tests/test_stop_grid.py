@@ -200,7 +200,7 @@ def test_stop_chosen_for_the_analytic_start():
     noise = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     _, info = sample(gm, noise, sampler="unipc", steps=6, grid="fitted-stop", analytic_start=True, return_info=True)
     assert info.nfe == 5 and torch.equal(info.sigmas, g)
-    with pytest.raises(ValueError, match="data_mean must have the shape"):
+    with pytest.raises(ValueError, match="mean must have the shape"):
         sample(gm, noise, analytic_start=True, data_mean=torch.zeros(3))
     with pytest.raises(ValueError, match="adaptive"):
         sample(gm, noise, sampler="adaptive", analytic_start=True)

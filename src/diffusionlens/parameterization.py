@@ -125,14 +125,14 @@ def target(kind: Param | str, x0: Tensor, noise: Tensor, c: Coefs, sigma_data: f
     return from_denoiser(kind, x0, x0 + expand(c.sigma, x0) * noise, c, sigma_data)
 
 
-def eps_from_denoiser(D: Tensor, x_hat: Tensor, sigma: Tensor) -> Tensor:
-    """eps = (x_hat - D) / sigma for sigma (batch,)."""
-    return (x_hat - D) / expand(sigma, x_hat)
+def eps_from_denoiser(D: Tensor, x_hat: Tensor, sigma: Tensor | float) -> Tensor:
+    """eps = (x_hat - D) / sigma for sigma (batch,) or one float (the samplers' host-side levels)."""
+    return (x_hat - D) / (sigma if isinstance(sigma, float) else expand(sigma, x_hat))
 
 
-def score_from_denoiser(D: Tensor, x_hat: Tensor, sigma: Tensor) -> Tensor:
-    """Score of the scale-free marginal p(x_hat): (D - x_hat) / sigma^2 (Tweedie)."""
-    return (D - x_hat) / expand(sigma, x_hat) ** 2
+def score_from_denoiser(D: Tensor, x_hat: Tensor, sigma: Tensor | float) -> Tensor:
+    """Score of the scale-free marginal p(x_hat): (D - x_hat) / sigma^2 (Tweedie); sigma (batch,) or a float."""
+    return (D - x_hat) / (sigma**2 if isinstance(sigma, float) else expand(sigma, x_hat) ** 2)
 
 
 def x0_weight(kind: Param | str, c: Coefs, sigma_data: float = 0.5) -> Tensor:

@@ -33,6 +33,7 @@ from .._util import as_tensor
 __all__ = [
     "AnalyticStart",
     "Counted",
+    "check_output",
     "NoiseStream",
     "noise_seeds",
     "randn",
@@ -144,7 +145,10 @@ class Counted:
     ``calls`` is the number of batched calls; ``rows`` the number of sample evaluations (the sum of
     the batch sizes of all calls). For a batch of B samples, ``rows / B`` is the mean NFE per sample
     (samplers that evaluate only some samples in a call, like the adaptive one, make them differ).
-    Non-finite values are caught by the sampling loop, which knows the step index.
+    Non-finite values are caught by the sampling loop, which knows the step index. The first
+    evaluation's output is checked once against its input (a tensor of the same shape, batch, dtype and
+    device), so that a plain callable returning something else fails here with one line instead of
+    giving a wrong sample.
     """
 
     def __init__(self, denoiser: Denoiser):
@@ -155,7 +159,22 @@ class Counted:
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
         self.calls += 1
         self.rows += x.shape[0]
-        return self.denoiser(x, sigma, **cond)
+        out = self.denoiser(x, sigma, **cond)
+        if self.calls == 1:
+            check_output(out, x)
+        return out
+
+
+def check_output(out, x: Tensor) -> None:
+    """Raise one TypeError/ValueError unless ``out`` is a tensor like ``x`` (shape, dtype, device)."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the denoiser must return a tensor like its input, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}: "
+                         "D(x_hat, sigma) must have the shape of x_hat (batch included)")
+    if out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"the denoiser returned {out.dtype} on {out.device} for an input of {x.dtype} on "
+                         f"{x.device}: D(x_hat, sigma) must keep the input's dtype and device")
 
 
 class AnalyticStart:
@@ -301,8 +320,7 @@ class NoiseStream:
         # Box-Muller on (0, 1] x [0, 1): radius from the high word (never log 0), angle from the low word,
         # sqrt(-2 log((hi + 0.5) 2^-32)) * (cos, sin)(lo 2 pi 2^-32) in float64, in place: four large buffers
         # (the two integer ones reused as float64 for cos and sin), no temporaries: large allocations cost
-        # more than this arithmetic on the CPU (a ddpm step with 4096 x 64 noise took 1.4x longer with the
-        # dozen temporaries of the direct form; the values are bit-identical)
+        # more than this arithmetic on the CPU (the direct form's values are bit-identical)
         z = torch.empty((2, B, half), dtype=torch.float64, device=like.device)
         r, theta = z[0], z[1]
         torch.bitwise_right_shift(h, 32, out=t)

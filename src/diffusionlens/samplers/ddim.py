@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .._util import Choice
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
+from .spec import sampler
 
 __all__ = ["Variance", "ddim_update", "ddim", "ddpm"]
 
@@ -61,6 +62,7 @@ def ddim_update(
     return lincomb((w, x), (1.0 - w, denoised))
 
 
+@sampler(order=1)
 def ddim(
     denoiser,
     x: Tensor,
@@ -96,6 +98,7 @@ def ddim(
     return run(step, x, s, callback=callback)
 
 
+@sampler(order=1, deterministic=False)
 def ddpm(
     denoiser,
     x: Tensor,

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .._util import Choice
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
+from .spec import Grid, sampler
 
 __all__ = ["SecondOrder", "dpmpp_update", "dpmpp", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde"]
 
@@ -148,11 +149,13 @@ def dpmpp(
     return run(step, x, s, state=(), callback=callback)
 
 
+@sampler(order=2, grid=Grid.LOGSNR)
 def dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, solver_type=SecondOrder.MIDPOINT) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): second-order multistep on the PF-ODE. NFE = steps."""
     return dpmpp(denoiser, x, sigmas, order=2, solver_type=solver_type, generator=generator, callback=callback)
 
 
+@sampler(order=3, grid=Grid.LOGSNR)
 def dpmpp_3m(
     denoiser, x, sigmas, *, generator=None, callback=None, solver_type=SecondOrder.HEUN, peer_3m: bool = False
 ) -> Tensor:
@@ -166,6 +169,7 @@ def dpmpp_3m(
     )
 
 
+@sampler(order=2, deterministic=False, grid=Grid.LOGSNR)
 def dpmpp_2m_sde(
     denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0, s_noise=1.0, solver_type=SecondOrder.MIDPOINT
 ) -> Tensor:
@@ -176,6 +180,7 @@ def dpmpp_2m_sde(
     )
 
 
+@sampler(order=3, deterministic=False, grid=Grid.LOGSNR)
 def dpmpp_3m_sde(
     denoiser, x, sigmas, *, generator=None, callback=None, eta=1.0, s_noise=1.0, peer_3m: bool = False
 ) -> Tensor:

@@ -26,7 +26,9 @@ import math
 from torch import Tensor
 
 from .._util import Choice
+from ..parameterization import eps_from_denoiser
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
+from .spec import sampler
 
 __all__ = ["HeunForm", "euler_update", "heun_update", "churn_gamma", "churn", "euler", "heun"]
 
@@ -59,8 +61,8 @@ def heun_update(
     ``EXPONENTIAL``: x_euler + phi_2(h) (D' - D), the exact integral of a linearly interpolated D in log sigma.
     """
     if form is HeunForm.EDM:
-        d = (x - denoised) / sigma
-        d_next = (x_euler - denoised_next) / sigma_next
+        d = eps_from_denoiser(denoised, x, sigma)
+        d_next = eps_from_denoiser(denoised_next, x_euler, sigma_next)
         return x + (0.5 * (sigma_next - sigma)) * (d + d_next)
     h = math.log(sigma / sigma_next)
     phi2 = 1.0 + math.expm1(-h) / h
@@ -89,6 +91,7 @@ def _churn_grid(sigmas, s_churn):
     return grid_floats(sigmas, allow_increasing=s_churn == 0, name="a sampler with churn")
 
 
+@sampler(order=1)
 def euler(
     denoiser,
     x: Tensor,
@@ -126,6 +129,7 @@ def euler(
     return run(step, x, s, callback=callback)
 
 
+@sampler(order=2, nfe_per_step=2, nfe_extra=-1)
 def heun(
     denoiser,
     x: Tensor,

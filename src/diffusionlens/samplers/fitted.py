@@ -22,16 +22,14 @@ variation of D which drives one drives the other. The fitted density for an orde
 The mean is taken over the pilot's step densities rather than over the error constants C_b (which
 the equidistribution of a summed error would suggest) because C_b has sharp, sample-specific peaks
 where a trajectory crosses between mixture components; a grid shared by all samples cannot resolve
-those, and a mean of C_b spends steps on them (in the exploration that chose the form, with DEIS at
-NFE 8-32 on six oracle mixtures, it was the less accurate of the two at most points; the committed
-benchmark runs only the chosen form). Using the error estimate instead of the controller's step sizes keeps
+those, and a mean of C_b spends steps on them (the comparison of the two forms is in
+benchmarks/samplers.md). Using the error estimate instead of the controller's step sizes keeps
 the controller's start-up steps (chosen before any error was measured) out of the density.
 
 The grid places ``steps`` noise levels at equal quantiles of the integral of (*) from sigma_max to
-sigma_min, then appends 0 (the final Tweedie step of every sampler). The pilot's cost is a one-off
-per model and sigma range (64 pilot samples; 64-72 NFE each on the oracle mixtures at tol 1e-3, with the
-data mean's evaluation and the final one):
-compute the grid once and pass it to :func:`diffusionlens.sample` as ``grid=`` for every batch.
+sigma_min, then appends 0 (the final Tweedie step of every sampler). The pilot's cost (its NFE is
+``ErrorDensity.pilot_nfe``) is a one-off per model and sigma range: compute the grid once and pass it
+to :func:`diffusionlens.sample` as ``grid=`` for every batch (or store it: :func:`~diffusionlens.samplers.tune`).
 
 Where to stop (:func:`stop_grid`, ``grid="fitted-stop"``). Every sampler's last step jumps from the
 last positive level sigma_L to 0 and returns D(x, sigma_L), the posterior mean. With few steps,
@@ -42,22 +40,21 @@ the model and the step count, so it is measured rather than assumed: the pilot's
 (its noise and its end points at sigma = 0) are kept, the sampler is run on the pilot noise for
 each candidate sigma_L (about four per decade between sigma_min and sigma_max), and the candidate
 with the smallest RMS error against the pilot's solutions wins. One scalar is chosen per (model,
-sampler, steps) from 64 pilot trajectories, so it does not overfit the way a search over every
-level does (tried: a Nelder-Mead search over all levels reached pilot error 0.02 and held-out 0.27
-on a d = 16 mixture). The early stop returns posterior means, whose spread within a mode is shrunk
-by s^2 / (s^2 + sigma_L^2): the chosen sigma_L is the one that keeps the samples closest to the
-exact flow's end points, which is the criterion; a user who wants sharp samples at any price keeps
-sigma_min. As the step count grows the measured optimum falls towards sigma_min by itself.
+sampler, steps) from 64 pilot trajectories, so it does not overfit the way a search over every level
+of the grid would (many free levels fit the pilot's own noise). The early stop returns posterior
+means, whose spread within a mode is shrunk by s^2 / (s^2 + sigma_L^2): the chosen sigma_L is the
+one that keeps the samples closest to the exact flow's end points, which is the criterion; a user
+who wants sharp samples at any price keeps sigma_min. As the step count grows the measured optimum
+falls towards sigma_min by itself.
 
-Where to start (``stop_grid(..., teleport=model)``, ``sample(..., teleport=...)``). At large sigma the
+Where to start (``stop_grid(..., teleport=model)``, ``sample(..., start=Teleport())``). At large sigma the
 flow is that of a Gaussian with the data's mean and covariance (:mod:`.gaussian`), whose exact
 solution costs no evaluations; how far down it stays right is a property of the data. With a
 :class:`~diffusionlens.samplers.GaussianModel` measured on the denoiser, the first level s1 is chosen
 from sigma_max / 2^k (k < 6) together with the last, by the same pilot error, the pilot noise carried
 to s1 by the Gaussian flow (and the first evaluation, with the analytic start, the Gaussian's
-denoiser). Two levels are chosen, so the pilot should be larger: with 64 pilot samples the choice
-overfitted on a d = 16 mixture at NFE 5-6 (pilot error below the plain stop's, evaluation error
-above it), with 256 it did not.
+denoiser). Two levels are chosen, so the pilot should be larger (256 samples; with 64 the joint
+choice can fit the pilot's noise: benchmarks/samplers.md).
 
 Equidistribution is an asymptotic (small-step) criterion: at NFE <= 6 the fixed Karras grid is often
 the better one. The samplers benchmark (benchmarks/samplers.md) reports both. The idea of adapting the
@@ -77,30 +74,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._util import Choice, device_of
+from ..processes import karras_grid, logsnr_grid
 from ._common import AnalyticStart
 from .adaptive import solve_exp_rk32
 from .gaussian import GaussianModel
+from .registry import resolve_sampler
 
-__all__ = ["ErrorDensity", "ORDER", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
+__all__ = ["ErrorDensity", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
            "stop_candidates", "stop_grid"]
-
-
-ORDER: dict[str, int] = {
-    "euler": 1,
-    "ddim": 1,
-    "ddpm": 1,
-    "euler_maruyama": 1,
-    "heun": 2,
-    "dpmpp_2m": 2,
-    "dpmpp_2m_sde": 2,
-    "deis": 3,
-    "dpmpp_3m": 3,
-    "dpmpp_3m_sde": 3,
-    "unipc": 4,
-    "lms": 4,
-}
-"""Order used for each sampler's fitted grid (its local truncation error is O(h^(p+1))) with the
-sampler's default options; unlisted samplers use 3. UniPC is UniP-3 with the UniC corrector, order 4."""
 
 
 def _one_step(steps: int, order: int) -> bool:
@@ -326,7 +307,7 @@ def fitted_grid(
         shape: the shape of one sample (without the batch dimension).
         steps: number of grid intervals (as for the Karras grid: ``steps`` positive levels, then 0).
         sigma_min, sigma_max: the ends of the positive part of the grid.
-        order: order p of the sampler the grid is for (:data:`ORDER`); density exponent 3 / (p + 1).
+        order: order p of the sampler the grid is for (its spec's ``order``); density exponent 3 / (p + 1).
         **pilot_options: ``pilot`` (64), ``tol`` (1e-3), ``generator``, ``device``, ``dtype``, ``cells``
             of :func:`error_density`. For grids of several lengths, call :func:`error_density` once and
             its ``.grid(steps, order)`` for each.
@@ -392,7 +373,7 @@ def stop_grid(
         sampler: a name in ``SAMPLERS`` or a sampler function; ``sampler_options`` are passed to it.
         steps: grid intervals (the last is the jump from sigma_L to 0).
         base: ``"fitted"`` (the density's own grid, for ``order``), ``"karras"`` or ``"logsnr"``.
-        order: for ``base="fitted"``: the sampler's order (default :data:`ORDER` of its name, else 3).
+        order: for ``base="fitted"``: the sampler's order (default: its spec's ``order``).
         candidates: last levels to try, each in [sigma_min, sigma_max) (default :func:`stop_candidates`).
         pilots: (denoiser, density) pairs whose pilots are pooled for the error instead of ``density``'s
             own (e.g. one pilot per class of a conditional model, each with its class's denoiser, while
@@ -408,9 +389,8 @@ def stop_grid(
             starts at the chosen s1; ``sample(..., teleport=...)`` carries the noise there. Choosing two
             levels needs a larger pilot than one: build ``density`` with ``pilot=256``.
     """
-    from . import _resolve_sampler, make_grid  # they live in the package, which imports this module
-
-    name, fn = _resolve_sampler(sampler)
+    fn, spec = resolve_sampler(sampler)
+    name = spec.name
     base = StopBase.parse(base)
     pilots = [(denoiser, density)] if pilots is None else list(pilots)
     if not pilots:
@@ -424,7 +404,10 @@ def stop_grid(
         if (p.sigma_min, p.sigma_max) != (density.sigma_min, density.sigma_max):
             raise ValueError(f"pilot range [{p.sigma_min}, {p.sigma_max}] differs from the density's "
                              f"[{density.sigma_min}, {density.sigma_max}]")
-    order = order if order is not None else ORDER.get(name, 3)
+    order = order if order is not None else spec.order
+    if order is None and base is StopBase.FITTED:
+        raise ValueError(f"sampler {name!r} has no order for the fitted grid: pass order=, or give the function "
+                         "a spec with @diffusionlens.samplers.sampler(order=...)")
     top = density.sigma_max
     if teleport is not None and len(pilots) > 1:
         raise ValueError("teleport takes one pilot: pooled pilots (one per condition) would need one Gaussian "
@@ -435,7 +418,7 @@ def stop_grid(
     for f in firsts:
         if not (density.sigma_min < f <= top):
             raise ValueError(f"a start must be in (sigma_min, sigma_max] = ({density.sigma_min}, {top}], got {f}")
-    if _one_step(steps, order):
+    if _one_step(steps, order if order is not None else 1):
         grid = torch.tensor([top, 0.0], dtype=torch.float64)
         return (grid, {}) if return_errors else grid
     cands = stop_candidates(density.sigma_min, top) if candidates is None else list(candidates)
@@ -451,7 +434,7 @@ def stop_grid(
     def grid_for(first: float, last: float) -> Tensor:
         if base is StopBase.FITTED:
             return density.grid(steps, order, sigma_last=last, sigma_first=first)
-        return make_grid(base.value, steps, last, first)
+        return (karras_grid if base is StopBase.KARRAS else logsnr_grid)(steps, last, first)
 
     errors: dict = {}
     best, best_err = None, math.inf

@@ -26,7 +26,9 @@ import numpy as np
 from torch import Tensor
 
 from .._util import Choice
+from ..parameterization import eps_from_denoiser
 from ._common import Callback, call, grid_floats, lincomb, run
+from .spec import sampler
 
 __all__ = ["Basis", "lms_coefficients", "lms_coefficients_log", "lms_update", "lms", "deis"]
 
@@ -82,6 +84,7 @@ def lms_update(
     return lincomb((1.0, x), *zip(coefs, history))
 
 
+@sampler(order=4)
 def lms(
     denoiser,
     x: Tensor,
@@ -107,7 +110,7 @@ def lms(
 
     def step(i, x, sigma, sigma_next, history):
         denoised = call(denoiser, x, sigma)
-        history = ((x - denoised) / sigma,) + history[: order - 1]
+        history = (eps_from_denoiser(denoised, x, sigma),) + history[: order - 1]
         if sigma_next == 0 and basis is Basis.LOG_SIGMA:
             return denoised, history, denoised
         nodes = [s[i - j] for j in range(len(history))]
@@ -116,6 +119,7 @@ def lms(
     return run(step, x, s, state=(), callback=callback)
 
 
+@sampler(order=3)
 def deis(denoiser, x: Tensor, sigmas, *, generator=None, callback: Callback | None = None, order: int = 3) -> Tensor:
     """DEIS, log-rho multistep (Zhang & Chen 2023; diffusers ``DEISMultistepScheduler``): Adams–Bashforth
     for dx/dsigma with the noise prediction interpolated in log sigma. Order ``order`` (default 3,

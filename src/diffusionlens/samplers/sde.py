@@ -16,7 +16,7 @@ processes only relabel time). The score is read from the denoiser, score = (D - 
   ||score||^2 ~ d / sigma^2); ``NORM`` their ratio per sample, capped at sigma^2 (so the drift
   (eps / sigma^2)(D - x) never overshoots D). In low dimension the per-sample ratio is heavy-tailed
   (F(d, d)-like: infinite mean for d = 2) and the capped steps inflate the within-mode variance by
-  1 / (1 - eps / 2v) — measurably (about 1.4x in std on the 2-D ring), hence the default.
+  1 / (1 - eps / 2v) — measurably on the 2-D ring, hence the default.
 * Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1): ``n_steps_each`` Langevin steps
   x += (alpha / 2) score + sqrt(alpha) z at every noise level, with alpha = step_scale * sigma^2
   (their alpha_i = eps sigma_i^2 / sigma_L^2, i.e. step_scale = eps / sigma_L^2; 0.2 in their
@@ -39,7 +39,9 @@ import torch
 from torch import Tensor
 
 from .._util import Choice, expand
+from ..parameterization import score_from_denoiser
 from ._common import Callback, NoiseStream, call, grid_floats, lincomb, run
+from .spec import sampler
 
 __all__ = [
     "LangevinStep",
@@ -69,7 +71,7 @@ def em_update(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, z: T
 
 def langevin_update(x: Tensor, denoised: Tensor, sigma: float, step: Tensor | float, z: Tensor) -> Tensor:
     """Langevin step x + step * score + sqrt(2 step) z; ``step`` a float or (batch,) tensor."""
-    score = (denoised - x) / sigma**2
+    score = score_from_denoiser(denoised, x, sigma)
     if isinstance(step, Tensor):
         return x + expand(step, x) * score + expand(torch.sqrt(2 * step), x) * z
     return x + step * score + math.sqrt(2 * step) * z
@@ -77,7 +79,7 @@ def langevin_update(x: Tensor, denoised: Tensor, sigma: float, step: Tensor | fl
 
 def langevin_snr_step_size(x: Tensor, denoised: Tensor, sigma: float, z: Tensor, snr: float) -> Tensor:
     """Song et al. 2021 Alg. 4: eps = 2 (snr ||z|| / ||score||)^2 per sample, capped at sigma^2; (batch,)."""
-    score = (denoised - x) / sigma**2
+    score = score_from_denoiser(denoised, x, sigma)
     gn = score.reshape(x.shape[0], -1).norm(dim=1)
     zn = z.reshape(x.shape[0], -1).norm(dim=1)
     eps = 2 * (snr * zn / gn.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
@@ -88,6 +90,7 @@ def _stochastic_grid(sigmas, name):
     return grid_floats(sigmas, allow_increasing=False, name=name)
 
 
+@sampler(order=1, deterministic=False)
 def euler_maruyama(denoiser, x: Tensor, sigmas, *, generator=None, callback: Callback | None = None) -> Tensor:
     """Reverse-SDE Euler–Maruyama (Song et al. 2021) in the Brownian clock u = sigma^2.
 
@@ -105,6 +108,7 @@ def euler_maruyama(denoiser, x: Tensor, sigmas, *, generator=None, callback: Cal
     return run(step, x, s, callback=callback)
 
 
+@sampler(order=1, nfe_per_step=2, nfe_extra=-1, deterministic=False)
 def pc(
     denoiser,
     x: Tensor,
@@ -145,6 +149,7 @@ def pc(
     return run(step, x, s, callback=callback)
 
 
+@sampler(order=1, nfe_per_step=10, nfe_extra=1, deterministic=False)
 def langevin(
     denoiser,
     x: Tensor,

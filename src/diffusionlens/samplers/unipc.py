@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .._util import Choice
 from ._common import Callback, call, grid_floats, lincomb, run
+from .spec import Grid, sampler
 
 __all__ = ["BFunction", "unipc_coefficients", "unip_update", "unic_update", "unipc"]
 
@@ -114,6 +115,7 @@ def unic_update(
     return _combine(x_prev, denoised_prev, sigma_prev, sigma, history, rks, rho, B_h, new=denoised_new)
 
 
+@sampler(order=4, grid=Grid.LOGSNR)
 def unipc(
     denoiser,
     x: Tensor,

@@ -1,0 +1,235 @@
+"""A sampling plan: what a pilot measured on one model, stored with it, so that the tuned configuration
+is what :func:`~diffusionlens.samplers.sample` gives by default.
+
+:func:`tune` solves the pilot once (:func:`~diffusionlens.samplers.error_density`: the error density and
+the data mean; :func:`~diffusionlens.samplers.gaussian_model`: the Gaussian moments of the teleported
+start) and, for each (sampler, NFE) asked for, chooses on the pilot between the fitted grid with its stop
+and the analytic start (:class:`MeanStart`) and the same with a teleported start (:class:`Teleport`),
+keeping whichever reproduces the pilot's exact solutions better. :meth:`SamplingPlan.save` writes
+``plan.safetensors`` (tensors) then ``plan.json`` (everything else, with the tensor file's SHA-256), each
+through a temporary file and ``os.replace``; :meth:`SamplingPlan.load` never unpickles and fails with one
+line naming the file when either is unreadable or inconsistent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .fitted import ErrorDensity, error_density, stop_grid
+from .gaussian import GaussianModel, gaussian_model
+from .registry import DEFAULT_SAMPLER, resolve_sampler
+from .resolve import DEFAULT_STEPS, SIGMA_MAX, SIGMA_MIN, Resolved
+from .starts import MeanStart, NoiseStart, Teleport
+
+__all__ = ["Tuned", "SamplingPlan", "tune", "PLAN_JSON", "PLAN_TENSORS", "DEFAULT_NFES", "TUNED_SAMPLERS"]
+
+PLAN_JSON = "plan.json"
+PLAN_TENSORS = "plan.safetensors"
+FORMAT = "diffusionlens-sampling-plan"
+VERSION = 1
+DEFAULT_NFES = (6, 8, 10, 12, 16, 24, 32)
+"""The NFE budgets :func:`tune` measures by default."""
+TUNED_SAMPLERS = (DEFAULT_SAMPLER, "unipc")
+"""The samplers :func:`tune` measures by default: the default one and UniPC, the most accurate of the
+multistep samplers from about 16 steps (benchmarks/samplers.md); ``sample(plan=plan)`` without a sampler
+takes whichever had the smaller pilot error at the budget."""
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One tuned configuration: ``sampler`` at ``nfe`` evaluations runs ``steps`` intervals of ``sigmas``
+    from a mean start (``start="mean"``) or a teleported one (``"teleport"``, from ``sigmas[0]``);
+    ``pilot_rmse`` is its error against the pilot's exact solutions."""
+
+    sampler: str
+    nfe: int
+    steps: int
+    start: str
+    sigmas: Tensor
+    pilot_rmse: float
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What :func:`tune` measured on one model (see the module docstring).
+
+    Attributes:
+        shape: one sample's shape. sigma_min, sigma_max: the range the pilot covered.
+        density: the pilot's error density (without the pilot's samples; it cuts fitted grids of any length).
+        data_mean: (*shape) float64 E[x0]. gaussian: the data's :class:`GaussianModel`, or None.
+        tuned: {(sampler, nfe): :class:`Tuned`}.
+    """
+
+    shape: tuple
+    sigma_min: float
+    sigma_max: float
+    density: ErrorDensity
+    data_mean: Tensor
+    gaussian: GaussianModel | None = None
+    tuned: dict = field(default_factory=dict)
+
+    def lookup(self, sampler: str, *, steps: int | None = None, nfe: int | None = None, start=None,
+               options: dict | None = None) -> Resolved | None:
+        """The tuned configuration for ``sampler`` at this budget (``nfe``, or the NFE of ``steps``, or of
+        the default steps), or None when the plan has none or the request asks for something else
+        (sampler options, or a plain start)."""
+        fn, spec = resolve_sampler(sampler)
+        if options or isinstance(start, NoiseStart):
+            return None
+        if nfe is None:
+            nfe = spec.nfe(DEFAULT_STEPS if steps is None else steps)
+        t = self.tuned.get((spec.name, nfe))
+        if t is None or (isinstance(start, MeanStart) and t.start != "mean"):
+            return None
+        if isinstance(start, MeanStart) and start.mean is not None:
+            st = start
+        elif t.start == "mean":
+            st = MeanStart(self.data_mean)
+        else:
+            st = Teleport(self.gaussian, analytic=True, first=float(t.sigmas[0]))
+        return Resolved(fn, spec, t.sigmas.clone(), st, self.sigma_max)
+
+    def best_sampler(self, nfe: int) -> str | None:
+        """The tuned sampler with the smallest pilot error at ``nfe`` evaluations, or None."""
+        at = [t for (_, n), t in self.tuned.items() if n == nfe]
+        return min(at, key=lambda t: t.pilot_rmse).sampler if at else None
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, run_dir) -> None:
+        """Write ``plan.safetensors`` then ``plan.json`` into ``run_dir`` (each atomically)."""
+        from safetensors.torch import save
+
+        run_dir = Path(run_dir)
+        tensors = {"density/mesh": self.density.mesh, "density/n": self.density.n, "data_mean": self.data_mean}
+        if self.gaussian is not None:
+            tensors |= {"gaussian/mean": self.gaussian.mean, "gaussian/eigvals": self.gaussian.eigvals,
+                        "gaussian/eigvecs": self.gaussian.eigvecs}
+        for (name, nfe), t in self.tuned.items():
+            tensors[f"grid/{name}/{nfe}"] = t.sigmas
+        blob = save({k: v.detach().to("cpu", torch.float64).contiguous() for k, v in tensors.items()})
+        meta = {
+            "format": FORMAT, "version": VERSION, "tensors": PLAN_TENSORS,
+            "sha256": hashlib.sha256(blob).hexdigest(), "shape": list(self.shape),
+            "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "pilot_nfe": self.density.pilot_nfe,
+            "gaussian_sigma": None if self.gaussian is None else self.gaussian.sigma,
+            "tuned": [{"sampler": t.sampler, "nfe": t.nfe, "steps": t.steps, "start": t.start,
+                       "pilot_rmse": t.pilot_rmse} for t in self.tuned.values()],
+        }
+        _atomic_write(run_dir / PLAN_TENSORS, blob)
+        _atomic_write(run_dir / PLAN_JSON, (json.dumps(meta, indent=1) + "\n").encode())
+
+    @classmethod
+    def load(cls, run_dir) -> SamplingPlan | None:
+        """The plan stored in ``run_dir``, or None when there is none; ValueError naming the file when
+        it is unreadable, of another format, or inconsistent with its tensor file."""
+        from safetensors.torch import load
+
+        jpath = Path(run_dir) / PLAN_JSON
+        if not jpath.exists():
+            return None
+        try:
+            meta = json.loads(jpath.read_text())
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise ValueError(f"not a version-{VERSION} sampling plan")
+            tpath = jpath.parent / PLAN_TENSORS
+            blob = tpath.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+                raise ValueError(f"{tpath} does not match its SHA-256 in the plan")
+            ts = load(blob)
+            shape = tuple(int(v) for v in meta["shape"])
+            dens = ErrorDensity(float(meta["sigma_min"]), float(meta["sigma_max"]), ts["density/mesh"],
+                                ts["density/n"], float(meta["pilot_nfe"]), data_mean=ts["data_mean"])
+            gauss = None
+            if "gaussian/mean" in ts:
+                gauss = GaussianModel(ts["gaussian/mean"], ts["gaussian/eigvals"], ts["gaussian/eigvecs"],
+                                      meta["gaussian_sigma"])
+            tuned = {}
+            for e in meta["tuned"]:
+                t = Tuned(str(e["sampler"]), int(e["nfe"]), int(e["steps"]), str(e["start"]),
+                          ts[f"grid/{e['sampler']}/{e['nfe']}"], float(e["pilot_rmse"]))
+                if t.start not in ("mean", "teleport") or t.sigmas.shape != (t.steps + 1,) or (
+                        t.start == "teleport" and gauss is None):
+                    raise ValueError(f"inconsistent entry for {t.sampler} at NFE {t.nfe}")
+                tuned[(t.sampler, t.nfe)] = t
+            if tuple(ts["data_mean"].shape) != shape:
+                raise ValueError(f"data_mean has shape {tuple(ts['data_mean'].shape)}, the plan says {shape}")
+        except Exception as e:  # any failure to read names the file in one line
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"unreadable sampling plan {jpath}: {msg}") from None
+        return cls(shape, dens.sigma_min, dens.sigma_max, dens, ts["data_mean"], gauss, tuned)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def tune(
+    denoiser,
+    shape,
+    samplers=TUNED_SAMPLERS,
+    nfes=DEFAULT_NFES,
+    *,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    teleport: bool = True,
+    pilot: int = 256,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> SamplingPlan:
+    """Measure the pilot once and tune each (deterministic, fixed-grid) sampler at each NFE budget.
+
+    For each budget the fitted grid with its stop chosen on the pilot (:func:`stop_grid`) is tried with
+    the analytic mean start and, with ``teleport``, with the teleported start (its first level chosen
+    jointly with the stop); the one with the smaller pilot error is kept. ``pilot``: samples of the pilot
+    (two levels are chosen on it with the teleported start: 256 keeps that from overfitting). The
+    denoiser is called on subsets of the pilot batch: for a conditional model, tune a denoiser bound to
+    one condition.
+    """
+    nfes = sorted({int(n) for n in nfes})
+    if not nfes or nfes[0] < 2:
+        raise ValueError(f"nfes must be integers >= 2 (the analytic start saves one), got {nfes}")
+    specs = []
+    for s in samplers:
+        fn, spec = resolve_sampler(s)
+        if not spec.deterministic or spec.adaptive or spec.order is None:
+            raise ValueError(f"tune takes deterministic fixed-grid samplers with an order, got {spec.name!r}")
+        specs.append((fn, spec))
+    with torch.no_grad():
+        dens = error_density(denoiser, shape, sigma_min, sigma_max, pilot=pilot, device=device, dtype=dtype)
+        gauss = gaussian_model(denoiser, shape, sigma_max, device=device, dtype=dtype) if teleport else None
+    if gauss is not None:  # row-major, as it loads: a plan samples the same before and after a save
+        gauss = replace(gauss, eigvecs=gauss.eigvecs.contiguous())
+    tuned = {}
+    for fn, spec in specs:
+        for nfe in nfes:
+            steps = spec.steps_for_nfe(nfe + 1)
+            if steps < 2:
+                continue
+            best = None
+            for start in ("mean",) + (("teleport",) if gauss is not None else ()):
+                grid, errs = stop_grid(denoiser, dens, fn, steps, analytic_start=True, return_errors=True,
+                                       teleport=gauss if start == "teleport" else None)
+                err = min(errs.values())
+                if best is None or err < best.pilot_rmse:
+                    best = Tuned(spec.name, nfe, steps, start, grid, err)
+            tuned[(spec.name, nfe)] = best
+    light = ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, dens.pilot_nfe, data_mean=dens.data_mean)
+    return SamplingPlan(tuple(shape), sigma_min, sigma_max, light, dens.data_mean, gauss, tuned)
