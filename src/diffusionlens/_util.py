@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -107,3 +109,30 @@ def read_jsonl(path) -> list[dict]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+def umask() -> int:
+    """The process umask (read without changing it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace.
+
+    The file gets the permissions of any file the user creates (0o666 less the umask), not the
+    owner-only mode of the temporary file: runs and reports are meant to be shared."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -19,10 +19,8 @@ Sampling uses the noise-level range the model was trained on, clipped to [0.002,
 :func:`diffusionlens.samplers.randn`), so ``n=10`` gives the first 10 samples of ``n=100``.
 
 Modules: :mod:`._core` (opening a run), :mod:`.files` (atomic writes), :mod:`.sampling` (generate),
-:mod:`.measure` (evaluate, likelihood, round trip). Calls into other layers whose interface is
-changing are isolated one per function: ``_core._load`` (training's ``load_denoiser``),
-``_core._loss_range`` (training's loss), ``sampling._sample_batch`` (``samplers.sample``),
-``sampling._pilot_grid`` (the fitted grids).
+:mod:`.measure` (evaluate, likelihood, round trip), :mod:`.plan`
+(the stored sampling plan).
 """
 
 from ._core import LEVELS, RUNS, Run, find_run, open_run, sampling_range

@@ -54,15 +54,9 @@ def open_run(path, *, device: str = "cpu", plan: bool = True) -> Run:
     return Run(path, den, cfg, str(device), load_plan(path) if plan else None)
 
 
-def _loss_range(cfg) -> tuple[float, float]:
-    from ..training import make_loss
-
-    return make_loss(cfg).sigma_range
-
-
 def sampling_range(cfg) -> tuple[float, float]:
     """(sigma_min, sigma_max) for sampling a model trained with ``cfg``: its training range within [0.002, 80]."""
-    lo, hi = _loss_range(cfg)
+    lo, hi = cfg.sigma_range
     return max(0.002, lo), min(80.0, hi)
 
 

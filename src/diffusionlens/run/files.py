@@ -37,7 +37,7 @@ def output_stem(out, default: Path) -> Path:
 
 def save_json(path, obj) -> None:
     """Atomic JSON write (unique temporary name, then rename)."""
-    from ..training.checkpoint import atomic_write
+    from .._util import atomic_write
 
     atomic_write(Path(path), (json.dumps(obj, indent=1) + "\n").encode())
 
@@ -46,6 +46,6 @@ def save_tensors(path, tensors: dict[str, Tensor]) -> None:
     """Atomic safetensors write (unique temporary name, so concurrent writers never share one)."""
     from safetensors.torch import save
 
-    from ..training.checkpoint import atomic_write
+    from .._util import atomic_write
 
     atomic_write(Path(path), save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))

@@ -1,10 +1,5 @@
 """The run's sampling plan: measured once on the model (``tune``), stored in the run directory, used by
-sampling and evaluation unless turned off.
-
-Every call into the samplers layer's plan API is in this module: ``samplers.tune``,
-``samplers.SamplingPlan.save`` / ``.load`` and the ``plan=`` argument of ``samplers.sample``
-(:func:`plan_kwargs`). A samplers layer without that API gives runs without a plan.
-"""
+sampling and evaluation unless turned off (:class:`diffusionlens.samplers.SamplingPlan`)."""
 
 from __future__ import annotations
 
@@ -18,15 +13,8 @@ TUNED_NFES = (4, 6, 8, 10, 12, 16, 24, 32)
 """NFE budgets a run's plan is tuned for: the sweep's and the samplers layer's defaults."""
 
 
-def available() -> bool:
-    """Whether the samplers layer offers sampling plans."""
-    return hasattr(_samplers, "tune") and hasattr(_samplers, "SamplingPlan")
-
-
 def load_plan(run_dir):
     """The plan stored in ``run_dir``, or None (ValueError naming the file when it is unreadable)."""
-    if not available():
-        return None
     return _samplers.SamplingPlan.load(run_dir)
 
 
@@ -43,8 +31,6 @@ def has_tuned(plan, sampler: str, nfe: int) -> bool:
 def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES) -> object:
     """Measure the run's sampling plan once (the pilot's error density and stops, the data mean and
     Gaussian moments) and store it in the run directory (atomic); returns it."""
-    if not available():
-        raise ValueError("this version of diffusionlens.samplers has no sampling plans (samplers.tune)")
     if run.config.conditional:
         raise ValueError(f"{str(run.path)!r} is class-conditional: a sampling plan is measured on an "
                          "unconditional model")
@@ -62,12 +48,12 @@ def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES) -> object:
 def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes) -> object:
     """:func:`tune` for what an evaluation will ask of the plan: the sweep's ``@fitted-stop`` samplers at its
     budgets, and the headline sampler at its step count when it is deterministic with a fixed grid."""
-    from ..samplers import DETERMINISTIC
     from .sampling import sweep_entry
 
     names = [name for name, grid in map(sweep_entry, sweep) if grid == "fitted-stop"]
     budgets = set(nfes)
-    if sampler in DETERMINISTIC and sampler not in ("adaptive", "heun"):  # one evaluation per step
-        names.append(sampler)
+    spec = _samplers.SAMPLERS[sampler].spec
+    if spec.deterministic and not spec.adaptive and spec.nfe_per_step == 1 and spec.nfe_extra == 0:
+        names.append(sampler)  # one evaluation per step: its step count is its budget
         budgets.add(steps)
     return tune(run, samplers=tuple(dict.fromkeys(names)), nfes=tuple(sorted(budgets)))

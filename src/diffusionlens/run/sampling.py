@@ -31,18 +31,22 @@ def sweep_entry(entry: str) -> tuple[str, str | None]:
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:
-    """Grid intervals giving about ``nfe`` evaluations (Heun spends 2 per step but the last)."""
-    return max(1, (nfe + 1) // 2) if sampler == "heun" else max(1, nfe)
+    """Grid intervals giving about ``nfe`` evaluations (from the sampler's spec)."""
+    from ..samplers import SAMPLERS
+
+    return SAMPLERS[sampler].spec.steps_for_nfe(nfe)
 
 
 def _sample_batch(den, noise, *, sampler, steps, smin, smax, grid, seeds, progress, analytic_start, mean, gauss,
                   plan):
-    from ..samplers import sample
+    from ..samplers import SAMPLERS, sample
     from .plan import plan_kwargs
 
     # only the starts asked for: an explicit plain start would override the plan's tuned one
     start = {k: v for k, v in (("analytic_start", analytic_start), ("data_mean", mean), ("teleport", gauss))
              if v is not None and v is not False}
+    if SAMPLERS[sampler].spec.adaptive:  # it chooses its own steps
+        steps = None
     return sample(den, noise, sampler=sampler, steps=steps, sigma_min=smin, sigma_max=smax, grid=grid,
                   generator=seeds, return_info=True, progress=progress, **start, **plan_kwargs(plan))
 
@@ -73,7 +77,7 @@ def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, 
                 cache, dev, progress: bool = False):
     """(grid tensor, per-class data means) of a fitted or fitted-stop grid: one pilot for all batches (per
     class: the solver calls the denoiser on subsets of the pilot batch, so labels cannot be bound by position)."""
-    from ..samplers import ORDER, ErrorDensity, error_density, stop_grid
+    from ..samplers import SAMPLERS, ErrorDensity, error_density, stop_grid
 
     key = ("pilots", tuple(conds.classes), guidance, gauss is not None)
     pilots = None if cache is None else cache.get(key)
@@ -95,7 +99,7 @@ def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, 
             cache[key] = pilots
     dens = pilots[0][1] if conds.guided is None else ErrorDensity.average([p for _, p in pilots])
     if grid == "fitted":
-        sigmas = dens.grid(steps, ORDER.get(sampler, 3))
+        sigmas = dens.grid(steps, SAMPLERS[sampler].spec.order)
     else:
         sigmas = stop_grid(conds.denoiser, dens, sampler, steps, pilots=None if gauss is not None else pilots,
                            analytic_start=analytic_start, teleport=gauss)
@@ -121,7 +125,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     and no grid is asked for.
     """
     from ..data import load_dataset
-    from ..samplers import data_mean, gaussian_model, noise_seeds, randn
+    from ..samplers import SAMPLERS, data_mean, gaussian_model, noise_seeds, randn
 
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
@@ -144,7 +148,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
             if pilot_cache is not None:
                 pilot_cache["gaussian"] = gauss
     means = None
-    if grid in ("fitted", "fitted-stop") and sampler != "adaptive":
+    if grid in ("fitted", "fitted-stop") and not SAMPLERS[sampler].spec.adaptive:
         grid, means = _pilot_grid(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
                                   guidance=guidance, analytic_start=analytic_start, gauss=gauss, cache=pilot_cache,
                                   dev=dev, progress=progress)

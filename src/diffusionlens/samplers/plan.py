@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .._util import atomic_write
 from .fitted import ErrorDensity, error_density, stop_grid
 from .gaussian import GaussianModel, gaussian_model
 from .registry import DEFAULT_SAMPLER, resolve_sampler
@@ -124,8 +123,8 @@ class SamplingPlan:
             "tuned": [{"sampler": t.sampler, "nfe": t.nfe, "steps": t.steps, "start": t.start,
                        "pilot_rmse": t.pilot_rmse} for t in self.tuned.values()],
         }
-        _atomic_write(run_dir / PLAN_TENSORS, blob)
-        _atomic_write(run_dir / PLAN_JSON, (json.dumps(meta, indent=1) + "\n").encode())
+        atomic_write(run_dir / PLAN_TENSORS, blob)
+        atomic_write(run_dir / PLAN_JSON, (json.dumps(meta, indent=1) + "\n").encode())
 
     @classmethod
     def load(cls, run_dir) -> SamplingPlan | None:
@@ -166,19 +165,6 @@ class SamplingPlan:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"unreadable sampling plan {jpath}: {msg}") from None
         return cls(shape, dens.sigma_min, dens.sigma_max, dens, ts["data_mean"], gauss, tuned)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def tune(

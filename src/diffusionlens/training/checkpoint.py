@@ -31,38 +31,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._util import atomic_write, umask
+
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "atomic_write",
            "acquire_lock", "release_lock", "clean_stale", "required"]
 
 FORMAT = "diffusionlens-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})\.json$")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace.
-
-    The file gets the permissions of any file the user creates (0o666 less the umask), not the
-    owner-only mode of the temporary file: runs and reports are meant to be shared."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(path: Path) -> str:
@@ -211,7 +187,7 @@ def acquire_lock(run_dir: Path) -> Path:
     path = Path(run_dir) / LOCK
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~umask())
         except FileExistsError:
             pid = _holder(path)
             if pid is not None and _alive(pid):
