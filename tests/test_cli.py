@@ -277,7 +277,8 @@ def test_sample_is_batch_invariant(in_toy, capsys, sampler):
         assert rc == 0, err
     a = load_file(str(in_toy / "inv-10.safetensors"))["x"]
     b = load_file(str(in_toy / "inv-100.safetensors"))["x"]
-    assert torch.equal(a, b[:10])
+    # the same noise: equal up to float32 rounding of the network's batched matrix products
+    torch.testing.assert_close(a, b[:10], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -386,13 +387,6 @@ def test_main_help_states_the_step_budget(capsys):
     assert rc == 0 and f"{MAIN_STEPS} steps" in " ".join(out.split()) and "About 7 minutes" in " ".join(out.split())
 
 
-def _plans():
-    from diffusionlens.run import plan
-
-    return plan.available()
-
-
-@pytest.mark.skipif(not _plans(), reason="the samplers layer has no sampling plans")
 def test_tune_stores_a_plan_that_sample_uses_unless_turned_off(in_toy, capsys):
     import shutil
 
@@ -409,6 +403,7 @@ def test_tune_stores_a_plan_that_sample_uses_unless_turned_off(in_toy, capsys):
     rc, out, err = run_cli([*base, "--plan", "none", "--out", "off"], capsys)
     assert rc == 0, err
     rc, out, err = run_cli([*base, "--out", "on"], capsys)
-    assert rc == 0, err and "NFE 4 per sample" in out  # the tuned configuration keeps the budget
+    assert rc == 0, err
+    assert "NFE 4 per sample" in out  # the tuned configuration keeps the budget
     before, off, on = (load_file(str(in_toy / f"{s}.safetensors"))["x"] for s in ("before", "off", "on"))
     assert torch.equal(before, off) and not torch.equal(before, on)

@@ -62,8 +62,10 @@ def test_generate_does_not_depend_on_n_or_batch_size(ring_run, sampler):
     a, _, _ = run.generate(den, cfg, 7, sampler=sampler, steps=4, seed=3)
     b, _, _ = run.generate(den, cfg, 20, sampler=sampler, steps=4, seed=3, batch_size=6)
     c, _, _ = run.generate(den, cfg, 7, sampler=sampler, steps=4, seed=4)
-    assert torch.equal(a, b[:7])
-    assert not torch.equal(a, c)
+    # equal noise, so equal up to float32 rounding of the network, which may block its matrix products
+    # differently for another batch size; a different draw would differ by O(1)
+    torch.testing.assert_close(a, b[:7], rtol=1e-5, atol=1e-5)
+    assert (a - c).abs().max() > 0.01
 
 
 def test_likelihood_and_round_trip_write_their_files(ring_run):

@@ -12,9 +12,7 @@ import argparse
 import math
 import textwrap
 
-MAIN_STEPS = 1400
-"""The main job's default training budget in steps: the budget the README's figures come from, so its
-result does not depend on the machine's speed (``--minutes`` sets a time budget instead)."""
+from .run._core import MAIN_STEPS
 
 TRAIN_FLAGS = {  # CLI flag -> TrainConfig field, for flags that override the config file
     "dataset": "dataset", "seed": "seed", "process": "process", "param": "param", "density": "density",

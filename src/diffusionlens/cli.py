@@ -332,8 +332,13 @@ def cmd_main(args) -> int:
                                     f"{args.steps} steps" if args.steps else "") if b)
     print(f"[1/3] training on {args.dataset} ({budget}) -> {run}" + (" (resuming the existing run)" if resumed else ""))
     res = train(cfg, run, resume=resumed, progress=_progress(args))
-    print(f"      {res.step} steps, {res.elapsed_s / 60:.2f} min, {res.images_per_s:.0f} images/s, loss {res.loss:.4g}")
-    use_plan = args.plan != "none" and tuning.available() and not cfg.conditional
+    rate = res.step * cfg.batch_size / res.elapsed_s if res.elapsed_s > 0 else float("nan")
+    print(f"      {res.step} steps, {res.elapsed_s / 60:.2f} min, {rate:.0f} examples/s on average, "
+          f"loss {res.loss:.4g}")
+    if res.stopped_by == "minutes" and res.step < MAIN_STEPS:
+        print(f"      note: the time budget ended at {res.step} of the {MAIN_STEPS} steps the README's figures come "
+              f"from; expect a higher Fréchet distance (run without --minutes for the reference result)")
+    use_plan = args.plan != "none" and not cfg.conditional
     if use_plan:
         print("      tuning the sampling plan")
         tuning.tune_for_evaluation(runs.open_run(run, device=cfg.device, plan=False), sampler=args.sampler,

@@ -89,7 +89,17 @@ def _training_rows(tr: dict, cfg, unit: str) -> list[tuple[str, str]]:
             ("training", f"{tr['step']:,} steps of batch {cfg.batch_size} in {tr['elapsed_s'] / 60:.2f} min "
                          f"(stopped by {tr['stopped_by']}); "
                          + (f"{rate:.0f} {unit}/s on average" if rate else "throughput unknown")),
-            ("final loss", _fmt(tr.get("loss")))]
+            ("final loss", _fmt(tr.get("loss")))] + _budget_row(tr)
+
+
+def _budget_row(tr: dict) -> list[tuple[str, str]]:
+    """Where a time budget ended training, how far it got against the main job's step budget."""
+    from ..run import MAIN_STEPS
+
+    if tr.get("stopped_by") != "minutes" or tr["step"] >= MAIN_STEPS:
+        return []
+    return [("time budget", f"training stopped at {tr['step']:,} steps, {100 * tr['step'] / MAIN_STEPS:.0f} % of the "
+             f"{MAIN_STEPS:,} steps of the main job's reference result: a slower or busier machine reaches fewer")]
 
 
 def _best_in_sweep(ev: dict) -> tuple[str, float, float] | None:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 RUNS = Path("runs")
 LEVELS = {"digits": 17, "mnist": 256}  # values per pixel: digits are 0..16, MNIST 0..255
+MAIN_STEPS = 1400
+"""The main job's default training budget in steps: the budget the README's figures come from, so its
+result does not depend on the machine's speed (``--minutes`` sets a time budget instead)."""
 
 
 @dataclass(frozen=True)
