@@ -544,3 +544,27 @@ def test_lock_records_the_host_and_a_foreign_hosts_lock_is_never_stale(tmp_path)
     with pytest.raises(ValueError, match=r"locked by pid \d+ on host other-host\.example"):
         train(_cfg(steps=30), run, resume=True, progress=False)
     assert (run / ".lock").exists()
+
+
+def test_heartbeat_shows_the_time_since_the_last_step():
+    class Bar:
+        def __init__(self):
+            self.shown = []
+
+        def set_postfix(self, refresh=True, **fields):
+            self.shown.append(fields)
+
+    bar = Bar()
+    loop_mod._Heartbeat.INTERVAL = 0.05
+    try:
+        beat = loop_mod._Heartbeat(bar)
+        beat.fields["loss"] = "0.1"
+        beat.last -= 7.0  # the last step ended 7 s ago and nothing has completed since (a hung rank)
+        time.sleep(0.3)
+        beat.stop()
+    finally:
+        loop_mod._Heartbeat.INTERVAL = 1.0
+    assert bar.shown and bar.shown[-1]["loss"] == "0.1"
+    assert 7 <= float(bar.shown[-1]["idle"].rstrip("s")) <= 60  # refreshed by the thread alone
+    beat.step_done()
+    assert float(bar.shown[-1]["idle"].rstrip("s")) < 1

@@ -461,6 +461,7 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True)
+    beat = _Heartbeat(bar)
     budget = math.inf if cfg.minutes is None else 60.0 * cfg.minutes
     total = cfg.steps if cfg.steps is not None else math.inf
     clock = time.perf_counter if cfg.clock == "wall" else time.process_time
@@ -488,8 +489,8 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
                 mean = win.close(run)
                 run.log({"step": step, "loss": mean, "lr": lr, "grad_norm": float(gn), "images_per_s": win.last_ips,
                          "elapsed_s": run.elapsed})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{win.last_ips:.0f}")
+                beat.fields.update(loss=f"{mean:.4f}", img_s=f"{win.last_ips:.0f}")
+            beat.step_done()
             if bar is not None:
                 bar.update(1)
             if _ckpt_due(run, step, wall0):
@@ -502,9 +503,45 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
             if broadcast_flag(signals.signum is not None, info):
                 _interrupted(run, step, signals.signum)
     finally:
+        beat.stop()
         if bar is not None:
             bar.close()
     return step, stopped_by, win
+
+
+class _Heartbeat:
+    """The progress line's ``idle`` field: seconds since the last completed step, refreshed by a
+    thread while the loop waits (e.g. on a hung DDP rank), so that a hang is visible."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, bar):
+        self.bar, self.fields, self.last = bar, {}, time.monotonic()
+        self._done = threading.Event()
+        self._thread = None
+        if bar is not None:
+            self._thread = threading.Thread(target=self._run, name="train-heartbeat", daemon=True)
+            self._thread.start()
+
+    def idle(self) -> float:
+        return time.monotonic() - self.last
+
+    def show(self, refresh: bool = True) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**self.fields, idle=f"{self.idle():.0f}s", refresh=refresh)
+
+    def step_done(self) -> None:
+        self.last = time.monotonic()
+        self.show(refresh=False)  # the bar's own update() redraws at its rate
+
+    def _run(self) -> None:
+        while not self._done.wait(self.INTERVAL):
+            self.show()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _finish(run: _Run, step: int, stopped_by: str, win: _Window, callback) -> TrainResult:
