@@ -518,7 +518,7 @@ def test_unwritable_run_directory_and_failed_checkpoint_writes(tmp_path, monkeyp
     assert not (tmp_path / "run").exists()  # nothing was saved: the fresh run is removed, no temporaries
 
 
-def test_lock_records_the_host_and_a_foreign_hosts_lock_is_never_stale(tmp_path):
+def test_lock_records_the_host_and_a_foreign_hosts_lock_is_never_stale(tmp_path, monkeypatch):
     import os
     import socket
 
@@ -532,12 +532,9 @@ def test_lock_records_the_host_and_a_foreign_hosts_lock_is_never_stale(tmp_path)
         seen["text"] = path.read_text()
         return path
 
-    loop_mod_acquire = loop_mod.acquire_lock
-    loop_mod.acquire_lock = spy
-    try:
-        train(_cfg(steps=20), run, resume=True, progress=False)
-    finally:
-        loop_mod.acquire_lock = loop_mod_acquire
+    monkeypatch.setattr(loop_mod, "acquire_lock", spy)
+    train(_cfg(steps=20), run, resume=True, progress=False)
+    monkeypatch.undo()
     assert seen["text"].split() == [str(os.getpid()), socket.gethostname()]
     # a pid that does not exist here, held on another host: refused, naming the host
     (run / ".lock").write_text(f"{2**22 + 7} other-host.example\n")
