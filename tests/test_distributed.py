@@ -97,3 +97,22 @@ def test_likelihood_streaming_does_not_hang_with_uneven_ranks(tmp_path):
         assert r["n"] == 12
         assert abs(r["mean"] - ref.mean) < 1e-9 * abs(ref.mean) + 1e-12, (rank, r, ref.mean)
         assert abs(r["stderr"] - ref.stderr) < 1e-9 * ref.stderr, (rank, r, ref.stderr)
+
+
+def test_timeout_reaches_the_process_group(monkeypatch):
+    import datetime
+
+    from diffusionlens.training import distributed
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: seen.update(kw, backend=backend))
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+    distributed.setup("cpu", timeout=7.5)
+    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(seconds=7.5)}
+    seen.clear()
+    distributed.setup("cpu", timeout=None)
+    assert seen == {"backend": "gloo"}  # torch's default

@@ -457,3 +457,111 @@ def test_sigterm_saves_a_checkpoint_and_says_so(tmp_path):
     assert "interrupted by SIGTERM at step" in err.decode() and "saved checkpoint" in err.decode()
     ckpts = loop_mod.list_checkpoints(tmp_path / "run" / "checkpoints")
     assert ckpts and ckpts[-1][0] >= 3 and not (tmp_path / "run" / ".lock").exists()
+
+
+def test_overwrite_starts_over_and_only_removes_a_runs_own_files(tmp_path):
+    run = tmp_path / "run"
+    first = train(_cfg(steps=20), run, progress=False)
+    with pytest.raises(FileExistsError, match=r"overwrite=True \(--overwrite\)"):
+        train(_cfg(steps=20), run, progress=False)
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(_cfg(steps=20), run, resume=True, overwrite=True, progress=False)
+    (run / "evaluation.json").write_text("{}")
+    (run / "fig_loss.png").write_bytes(b"png")
+    again = train(_cfg(steps=10, seed=1), run, overwrite=True, progress=False)
+    assert again.step == 10 and again.loss != first.loss
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "result.json"]
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.suffix == ".json"] == ["step-00000010.json"]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert max(steps) == 10
+    # a directory holding anything else is refused, and nothing is removed
+    (run / "notes.txt").write_text("mine")
+    before = _snapshot(run)
+    with pytest.raises(ValueError, match=r"refusing to overwrite .*notes\.txt"):
+        train(_cfg(steps=10), run, overwrite=True, progress=False)
+    assert _snapshot(run) == before
+    # a refused resume points to the way to start over
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(ValueError, match=r"overwrite=True \(--overwrite\)"):
+        train(_cfg(steps=10), run, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"overwrite=True \(--overwrite\)"):
+        loop_mod.resume_config(run)
+
+
+def test_unwritable_run_directory_and_failed_checkpoint_writes(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from diffusionlens.training import checkpoint as ckpt_mod
+
+    # the up-front check asks os.access (root passes any chmod, so the check itself is emulated)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(tmp_path) else real_access(p, mode))
+    with pytest.raises(OSError, match=f"cannot write the run directory {tmp_path / 'run'}: {tmp_path} is not"):
+        train(_cfg(steps=10), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(os, "access", real_access)
+
+    # the disk fills during a checkpoint write: one line naming the file, no temporary left behind
+    def full(tensors, path, *a, **kw):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", full)
+    with pytest.raises(OSError, match=r"cannot write checkpoint .*step-00000010\.safetensors: .*No space") as e:
+        train(_cfg(steps=10, ckpt_every=10), tmp_path / "run", progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()  # nothing was saved: the fresh run is removed, no temporaries
+
+
+def test_lock_records_the_host_and_a_foreign_hosts_lock_is_never_stale(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    run = tmp_path / "run"
+    train(_cfg(steps=10), run, progress=False)
+    seen = {}
+    real = loop_mod.acquire_lock
+
+    def spy(d):
+        path = real(d)
+        seen["text"] = path.read_text()
+        return path
+
+    monkeypatch.setattr(loop_mod, "acquire_lock", spy)
+    train(_cfg(steps=20), run, resume=True, progress=False)
+    monkeypatch.undo()
+    assert seen["text"].split() == [str(os.getpid()), socket.gethostname()]
+    # a pid that does not exist here, held on another host: refused, naming the host
+    (run / ".lock").write_text(f"{2**22 + 7} other-host.example\n")
+    with pytest.raises(ValueError, match=r"locked by pid \d+ on host other-host\.example"):
+        train(_cfg(steps=30), run, resume=True, progress=False)
+    assert (run / ".lock").exists()
+
+
+def test_heartbeat_shows_the_time_since_the_last_step():
+    class Bar:
+        def __init__(self):
+            self.shown = []
+
+        def set_postfix(self, refresh=True, **fields):
+            self.shown.append(fields)
+
+    bar = Bar()
+    loop_mod._Heartbeat.INTERVAL = 0.05
+    try:
+        beat = loop_mod._Heartbeat(bar)
+        beat.fields["loss"] = "0.1"
+        beat.last -= 7.0  # the last step ended 7 s ago and nothing has completed since (a hung rank)
+        time.sleep(0.3)
+        beat.stop()
+    finally:
+        loop_mod._Heartbeat.INTERVAL = 1.0
+    assert bar.shown and bar.shown[-1]["loss"] == "0.1"
+    assert 7 <= float(bar.shown[-1]["idle"].rstrip("s")) <= 60  # refreshed by the thread alone
+    beat.step_done()
+    assert float(bar.shown[-1]["idle"].rstrip("s")) < 1

@@ -35,6 +35,10 @@ calls :func:`train` can be launched this way, e.g. the CLI:
   ``OMP_NUM_THREADS`` to the cores per process). The global batch must be divisible by N * P.
   Resuming a distributed run works like a single-process one (``resume=True`` / ``--resume``),
   with any number of ranks that divides the batch.
+* A hung or stopped rank makes the others wait in the next collective; ``TrainConfig.timeout``
+  (``--timeout``, seconds; None = torch's default of 30 minutes for gloo, 10 for nccl) bounds that
+  wait, after which every rank fails. Rank 0's progress line shows ``idle``, the seconds since the
+  last completed step, updated while it waits, so a hang is visible long before the timeout.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint

@@ -14,8 +14,9 @@ checkpoint (a kill at any moment leaves either the previous complete checkpoint 
 Loading checks the format, the version, the keys, that the tensor file lies beside the JSON, and the
 hash, and raises ValueError naming the file on any mismatch or corruption.
 
-One writer per run: :func:`acquire_lock` holds ``run_dir/.lock`` (the holder's pid) while training;
-a lock whose process is gone is stale and taken over. :func:`clean_stale` removes what a kill
+One writer per run: :func:`acquire_lock` holds ``run_dir/.lock`` (the holder's pid and host) while
+training; a lock of this host whose process is gone is stale and taken over; another host's lock is
+never judged by its pid. :func:`clean_stale` removes what a kill
 can leave behind (temporary files, a tensor file whose JSON was already pruned).
 """
 
@@ -25,16 +26,20 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._util import atomic_write, umask
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "atomic_write",
-           "acquire_lock", "release_lock", "clean_stale", "required"]
+           "acquire_lock", "release_lock", "clean_stale", "required", "check_replaceable", "remove_run",
+           "check_writable", "RUN_FILES"]
 
 FORMAT = "diffusionlens-checkpoint"
 VERSION = 1
@@ -63,12 +68,18 @@ def save_checkpoint(ckpt_dir: Path, step: int, tensors: dict[str, torch.Tensor],
             os.fsync(f.fileno())
         digest = _sha256(Path(tmp))
         os.replace(tmp, tpath)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, SafetensorError)):  # disk full, read-only: one line naming the file
+            raise OSError(f"cannot write checkpoint {tpath}: {' '.join(str(e).split())}") from None
         raise
     full = {"format": FORMAT, "version": VERSION, "step": step, "tensors": tpath.name, "sha256": digest, **meta}
-    atomic_write(jpath, json.dumps(full, indent=1).encode())
+    try:
+        atomic_write(jpath, json.dumps(full, indent=1).encode())
+    except OSError as e:
+        tpath.unlink(missing_ok=True)  # a tensor file without its JSON is no checkpoint
+        raise OSError(f"cannot write checkpoint {jpath}: {' '.join(str(e).split())}") from None
     return jpath
 
 
@@ -162,6 +173,57 @@ def clean_stale(run_dir: Path) -> list[Path]:
 
 
 LOCK = ".lock"
+# what a run directory may hold: the training layout and what the run layer derives from it
+RUN_FILES = frozenset({"config.json", "metrics.jsonl", "result.json", "checkpoints", LOCK, "evaluation.json",
+                       "samples.safetensors", "report.html", "likelihood.json", "latents.safetensors",
+                       "encode.json", "plan.json", "plan.safetensors"})
+
+
+def _owned(p: Path) -> bool:
+    return (p.name in RUN_FILES or (p.name.startswith("fig_") and p.suffix == ".png")
+            or (p.name.startswith(".") and p.name.endswith(".tmp")))
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """Raise ValueError unless every entry of ``run_dir`` belongs to a run's layout (so that replacing
+    the run cannot delete anything else); reads only."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if not _owned(p))
+    if foreign:
+        raise ValueError(f"refusing to overwrite {run_dir}: it holds files that are not part of a run "
+                         f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); choose another directory")
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete the run's own files (see :func:`check_replaceable`), keeping the lock; call while holding it.
+    Checkpoint JSON first, so that a kill midway never leaves a checkpoint without its tensors."""
+    run_dir = Path(run_dir)
+    check_replaceable(run_dir)
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir():
+        for _, jpath in list_checkpoints(ckpts):
+            jpath.unlink(missing_ok=True)
+        shutil.rmtree(ckpts)
+    for p in run_dir.iterdir():
+        if p.name != LOCK and _owned(p):
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Raise OSError naming the directory if training could not write there (``run_dir`` or, when it
+    does not exist yet, its nearest existing parent); reads only."""
+    run_dir = Path(run_dir)
+    probe = run_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OSError(f"cannot write the run directory {run_dir}: {probe} is not a directory")
+    targets = [probe] + [p for p in (run_dir / "checkpoints",) if p.is_dir()]
+    for d in targets:
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise OSError(f"cannot write the run directory {run_dir}: {d} is not writable")
 
 
 def _alive(pid: int) -> bool:
@@ -174,9 +236,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _holder(path: Path) -> int | None:
+def _holder(path: Path) -> tuple[int, str] | None:
+    """(pid, host) recorded in a lock file; None for a torn or unreadable one (an older lock without a
+    host is taken as this host's)."""
     try:
-        return int(path.read_text().split()[0])
+        fields = path.read_text().split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else socket.gethostname())
     except (OSError, ValueError, IndexError):
         return None
 
@@ -189,14 +254,19 @@ def acquire_lock(run_dir: Path) -> Path:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~umask())
         except FileExistsError:
-            pid = _holder(path)
-            if pid is not None and _alive(pid):
-                raise ValueError(f"{run_dir} is being written by another process (pid {pid}, lock file {path}); "
-                                 f"wait for it or stop it") from None
+            holder = _holder(path)
+            if holder is not None:
+                pid, host = holder
+                if host != socket.gethostname():  # its pid means nothing here: never judged stale
+                    raise ValueError(f"{run_dir} is locked by pid {pid} on host {host} (lock file {path}); "
+                                     f"stop it there, or remove the lock file if that process is gone") from None
+                if _alive(pid):
+                    raise ValueError(f"{run_dir} is being written by another process (pid {pid}, lock file "
+                                     f"{path}); wait for it or stop it") from None
             path.unlink(missing_ok=True)  # stale: its writer is gone (or the file was torn)
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
         return path
     raise ValueError(f"could not take the lock {path}: other processes keep taking it")
 
@@ -204,5 +274,5 @@ def acquire_lock(run_dir: Path) -> Path:
 def release_lock(path: Path) -> None:
     """Remove a lock taken by :func:`acquire_lock` if it is still ours."""
     path = Path(path)
-    if _holder(path) == os.getpid():
+    if _holder(path) == (os.getpid(), socket.gethostname()):
         path.unlink(missing_ok=True)

@@ -67,12 +67,15 @@ from ..objectives import Batch, Objective, Streams, build_objective
 from .checkpoint import (
     acquire_lock,
     atomic_write,
+    check_replaceable,
+    check_writable,
     clean_stale,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune,
     release_lock,
+    remove_run,
     required,
     save_checkpoint,
 )
@@ -212,7 +215,8 @@ class _Run:
                 f.flush()
 
 
-def train(cfg: TrainConfig, run_dir, *, resume: bool = False, progress: bool = True, callback=None) -> TrainResult:
+def train(cfg: TrainConfig, run_dir, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          callback=None) -> TrainResult:
     """Train the model that ``cfg`` describes with its objective, writing into ``run_dir`` (see the
     module docstring).
 
@@ -220,8 +224,11 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, progress: bool = T
         cfg: the run's configuration (for a resume, :func:`resume_config` reads the run's own).
         run_dir: output directory; it must not hold a run unless ``resume``.
         resume: continue from the newest checkpoint in ``run_dir``; a missing directory or one without
-            a loadable checkpoint is a ValueError (delete the directory to start over). The stored
-            config must equal ``cfg`` except for budgets and bookkeeping fields.
+            a loadable checkpoint is a ValueError. The stored config must equal ``cfg`` except for
+            budgets and bookkeeping fields.
+        overwrite: start over in a directory that holds a run: its files (only those of a run's
+            layout; a directory holding anything else is refused) are removed once the lock is
+            taken. Not with ``resume``.
         progress: show a tqdm bar (rank 0) with loss and throughput.
         callback: ``callback(step, state: TrainState) -> dict | None`` called on rank 0 every
             ``cfg.eval_every`` steps and at the end; a returned dict is logged as an eval entry.
@@ -238,17 +245,18 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, progress: bool = T
     info = setup(cfg.device, cfg.timeout)
     try:
         with torch.random.fork_rng(devices=[]):
-            return _train(cfg, Path(run_dir), resume, progress, callback, info)
+            return _train(cfg, Path(run_dir), resume, overwrite, progress, callback, info)
     finally:
         teardown(info)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callback, info: DistInfo) -> TrainResult:
-    run = _prepare(cfg, run_dir, resume, info)
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, progress: bool, callback,
+           info: DistInfo) -> TrainResult:
+    run = _prepare(cfg, run_dir, resume, overwrite, info)
     lock = None
     try:
         if info.is_main:
-            lock = _open_run_dir(run)
+            lock = _open_run_dir(run, overwrite)
         with _Interrupts() as signals:
             step, stopped_by, window = _loop(run, progress, callback, signals)
         return _finish(run, step, stopped_by, window, callback)
@@ -261,7 +269,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, callba
             release_lock(lock)
 
 
-def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo) -> _Run:
+def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, info: DistInfo) -> _Run:
     """Load and check everything (data, config, objective, network, the checkpoint on resume); no writes."""
     data = load_dataset(cfg.dataset, "train", seed=cfg.seed, n=cfg.n_train)
     cfg = _resolve(cfg, data)
@@ -269,12 +277,17 @@ def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, info: DistInfo) -> _
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world} ranks")
     objective = build_objective(cfg, data)
     meta = tensors = ckpt = None
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True exclude each other (continue the run, or start over)")
     if resume:
         meta, tensors, ckpt = _read_resume(cfg, run_dir)
+    elif overwrite:
+        check_replaceable(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass resume=True to continue it, or choose a new directory"
-        )
+        raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, "
+                              f"overwrite=True (--overwrite) to start over, or choose a new directory")
+    if info.is_main:
+        check_writable(run_dir)
     dev = info.device
     torch.manual_seed(cfg.seed)
     net = build_net(cfg.net).to(dev)
@@ -311,7 +324,7 @@ def _read_resume(cfg: TrainConfig, run_dir: Path):
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint (checkpoints/ is missing or "
-                         f"empty); delete the directory to start over")
+                         f"empty); start over with overwrite=True (--overwrite)")
     meta, tensors = load_checkpoint(ckpt)
     diff = config_diff(stored_config(meta, ckpt), cfg)
     if diff:
@@ -346,11 +359,14 @@ def _restore(run: _Run, meta: dict, tensors: dict, ckpt: Path) -> None:
     run.metrics = cut_metrics(run.run_dir / "metrics.jsonl", run.start)
 
 
-def _open_run_dir(run: _Run) -> Path:
-    """Rank 0: create the directory, take its lock, clear what a kill left, write config and metrics."""
-    run.created = not run.run_dir.exists()
+def _open_run_dir(run: _Run, overwrite: bool) -> Path:
+    """Rank 0: create the directory, take its lock, clear what a kill left (or, with ``overwrite``, the
+    old run), write config and metrics."""
+    run.created = overwrite or not run.run_dir.exists()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(run.run_dir)
+    if overwrite:
+        remove_run(run.run_dir)
     clean_stale(run.run_dir)
     atomic_write(run.run_dir / "config.json", run.cfg.to_json().encode())
     metrics = run.run_dir / "metrics.jsonl"
@@ -445,6 +461,7 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True)
+    beat = _Heartbeat(bar)
     budget = math.inf if cfg.minutes is None else 60.0 * cfg.minutes
     total = cfg.steps if cfg.steps is not None else math.inf
     clock = time.perf_counter if cfg.clock == "wall" else time.process_time
@@ -472,8 +489,8 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
                 mean = win.close(run)
                 run.log({"step": step, "loss": mean, "lr": lr, "grad_norm": float(gn), "images_per_s": win.last_ips,
                          "elapsed_s": run.elapsed})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{win.last_ips:.0f}")
+                beat.fields.update(loss=f"{mean:.4f}", img_s=f"{win.last_ips:.0f}")
+            beat.step_done()
             if bar is not None:
                 bar.update(1)
             if _ckpt_due(run, step, wall0):
@@ -486,9 +503,45 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
             if broadcast_flag(signals.signum is not None, info):
                 _interrupted(run, step, signals.signum)
     finally:
+        beat.stop()
         if bar is not None:
             bar.close()
     return step, stopped_by, win
+
+
+class _Heartbeat:
+    """The progress line's ``idle`` field: seconds since the last completed step, refreshed by a
+    thread while the loop waits (e.g. on a hung DDP rank), so that a hang is visible."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, bar):
+        self.bar, self.fields, self.last = bar, {}, time.monotonic()
+        self._done = threading.Event()
+        self._thread = None
+        if bar is not None:
+            self._thread = threading.Thread(target=self._run, name="train-heartbeat", daemon=True)
+            self._thread.start()
+
+    def idle(self) -> float:
+        return time.monotonic() - self.last
+
+    def show(self, refresh: bool = True) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**self.fields, idle=f"{self.idle():.0f}s", refresh=refresh)
+
+    def step_done(self) -> None:
+        self.last = time.monotonic()
+        self.show(refresh=False)  # the bar's own update() redraws at its rate
+
+    def _run(self) -> None:
+        while not self._done.wait(self.INTERVAL):
+            self.show()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _finish(run: _Run, step: int, stopped_by: str, win: _Window, callback) -> TrainResult:

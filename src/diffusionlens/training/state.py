@@ -109,7 +109,8 @@ def resume_config(run_dir, **changes) -> TrainConfig:
         raise ValueError(f"cannot resume {run_dir}: no such run directory")
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint")
+        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint; "
+                         f"start over with overwrite=True (--overwrite)")
     try:
         meta = json.loads(ckpt.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
