@@ -108,12 +108,13 @@ def small_student():
 def test_progressive_distillation_approaches_the_flow_map(flow):
     z, end = flow
     kw = dict(iters=150, batch_size=256, lr=2e-3, sigma_max=SIGMA_MAX)
-    two = progressive_distill(exact_teacher, draw, steps=8, final_steps=2, student=small_student(), **kw)
-    one = progressive_distill(two, draw, steps=2, **kw)
-    grid = halvable_grid(8, 0.002, SIGMA_MAX)
+    students = progressive_distill(exact_teacher, draw, steps=16, student=small_student(), **kw)
+    assert sorted(students) == [1, 2, 4, 8]
+    one, two = students[1], students[2]
+    grid = halvable_grid(16, 0.002, SIGMA_MAX)
     with torch.no_grad():
-        r1 = rmse(samplers.sample(one, z.float(), sampler="euler", steps=1, grid=grid[::8]), end)
-        r2 = rmse(samplers.sample(two, z.float(), sampler="euler", steps=2, grid=grid[::4]), end)
+        r1 = rmse(samplers.sample(one, z.float(), sampler="euler", steps=1, grid=grid[::16]), end)
+        r2 = rmse(samplers.sample(two, z.float(), sampler="euler", steps=2, grid=grid[::8]), end)
     assert r1 < 0.3 * baseline(z, end, 1)
     assert r2 < 0.3 * baseline(z, end, 2)
 

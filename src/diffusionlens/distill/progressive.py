@@ -142,8 +142,11 @@ def progressive_distill(
     sigma_max: float = 80.0,
     seed: int = 0,
     callback: Callable[[dict], None] | None = None,
-) -> nn.Module:
-    """Rounds steps -> steps/2 -> ... -> final_steps; returns the last student (a canonical denoiser).
+) -> dict[int, nn.Module]:
+    """Rounds steps -> steps/2 -> ... -> final_steps; returns every round's student (frozen canonical
+    denoisers) by its number of steps, each to be sampled with Euler/DDIM on its grid
+    ``halvable_grid(steps, sigma_min, sigma_max)[::steps // k]`` (not the k-step Karras grid, whose
+    last positive level is sigma_min; :class:`ProgressiveDistillation` runs one round on any grid).
 
     ``student`` defaults to a copy of ``teacher`` (a module); for a teacher that is not a module
     (the exact oracle) pass the initial student. Each round trains a copy of the previous round's
@@ -160,7 +163,7 @@ def progressive_distill(
         student = copy.deepcopy(teacher)
     draw = data_sampler(data)
     rng = Streams(seed)
-    rnd = 0
+    rnd, students = 0, {}
     while len(grid) - 1 > final_steps:
         objective = ProgressiveDistillation(teacher, grid, weighting)
         student.requires_grad_(True).train()
@@ -172,8 +175,8 @@ def progressive_distill(
             loss.backward()
             opt.step()
             if callback is not None:
-                callback({"round": rnd, "steps": objective.student_steps, "iter": it, "loss": float(loss)})
+                callback({"round": rnd, "steps": objective.student_steps, "iter": it, "loss": loss.item()})
+        students[objective.student_steps] = student.requires_grad_(False).eval()
         teacher, grid, rnd = student, grid[::2], rnd + 1
         student = copy.deepcopy(student)
-    teacher.requires_grad_(False).eval()
-    return teacher
+    return students
