@@ -184,3 +184,22 @@ def test_consistency_training_curriculum_and_state():
     assert other.k == 3 and other.levels() == obj.levels()
     with pytest.raises(ValueError, match="total"):
         ConsistencyTraining(50).load_state_dict(obj.state_dict())
+
+
+@pytest.mark.slow
+def test_consistency_training_from_scratch_learns_the_ring():
+    f = consistency_net()
+    obj = ConsistencyTraining(1500, sigma_max=SIGMA_MAX)
+    opt, rng = torch.optim.Adam(f.parameters(), lr=2e-3), Streams(0)
+    for _ in range(1500):
+        loss = obj(f, Batch(draw(256, rng["data"])), rng).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
+    x = consistency_sample(f, z, (SIGMA_MAX, 0.8), generator=torch.Generator().manual_seed(1)).double()
+    assert abs(float(x.norm(dim=1).mean()) - 1.0) < 0.1
+    # Better than the exact denoiser's own two-step Euler/DEIS samples, by likelihood under the data.
+    best = max(float(RING.log_prob(samplers.sample(RING.denoise, z.double(), sampler=s, steps=2, sigma_min=0.002,
+                                                   sigma_max=SIGMA_MAX)).mean()) for s in ("euler", "deis"))
+    assert float(RING.log_prob(x).mean()) > best
