@@ -29,7 +29,7 @@ def target_variance(
     sigmas,
     *,
     reference=None,
-    targets=TARGETS,
+    targets=("data", "teacher"),
     n: int = 4096,
     generator: torch.Generator | None = None,
 ) -> dict[str, dict[str, Tensor]]:
