@@ -181,3 +181,22 @@ def test_training_with_a_regulariser_lowers_its_residual(tmp_path, name, residua
                             generator=g)
         assert bool(torch.isfinite(out[obj]["value"]).all())
     assert float(out[name]["value"].sum()) < 0.7 * float(out["denoising"]["value"].sum())
+
+
+def test_the_report_section_says_why_it_does_not_apply(tmp_path):
+    from diffusionlens.report.html import Context, NotApplicable, _regularisers
+
+    model = _cfg().denoiser(build_net(TINY))
+    with pytest.raises(NotApplicable, match="exact density"):
+        _regularisers(Context(tmp_path, {}, _cfg(dataset="digits"), model, None, torch.zeros(1, 2)))
+
+
+@pytest.mark.slow  # seconds of drawing (matplotlib) on an idle machine, more on a busy one
+def test_the_report_section_draws_the_relation(tmp_path):
+    from diffusionlens.report.html import Context, _regularisers
+
+    cfg = _cfg(dataset="ring8", sigma_data=1.0)
+    fig = _regularisers(Context(tmp_path, {}, cfg, cfg.denoiser(build_net(TINY)), None, torch.zeros(1, 2)))
+    png = tmp_path / fig.file
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert not list(tmp_path.glob("*.tmp.png"))
