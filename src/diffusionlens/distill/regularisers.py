@@ -67,7 +67,7 @@ def _divergences(s: Tensor, x: Tensor, kind: Divergence, probe_sets: list[Tensor
         probes = e.shape[1]
         div = 0.0
         for p in range(probes):
-            (v,) = torch.autograd.grad((s * e[:, p]).sum(), x, create_graph=True)
+            (v,) = torch.autograd.grad((s * e[:, p]).sum(), x, create_graph=True, materialize_grads=True)
             div = div + (v * e[:, p]).flatten(1).sum(1) / probes
         out.append(div)
     return out

@@ -266,7 +266,7 @@ def _regularisers(ctx: Context) -> Figure:
                             "denoiser is the zero reference")
     p = next(iter(ctx.denoiser.parameters()), None) if hasattr(ctx.denoiser, "parameters") else None
     dtype, device = (p.dtype, p.device) if p is not None else (torch.float64, "cpu")
-    levels = [ctx.cfg.sigma_data * k for k in (0.1, 0.3, 1.0, 3.0)]
+    levels = [ctx.cfg.sigma_data * k for k in (0.1, 0.5, 2.5)]
     curves = {}
     for name, den, dt in (("exact", gm, torch.float64), ("exact at 1.3σ", lambda x, s: gm(x, 1.3 * s), torch.float64),
                           ("this run (EMA)", ctx.denoiser, dtype)):
