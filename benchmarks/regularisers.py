@@ -5,8 +5,9 @@
 Residuals (:mod:`diffusionlens.distill.regularisers`), all per dimension and per unit ln sigma, with
 Monte-Carlo standard errors: the score Fokker–Planck residual E|r_FP|^2 at x_t = x0 + sigma n, the
 consistent-diffusion residual |E[D(x_s)|x_t] - D(x_t)|^2 / h^2 over reverse paths from sigma to
-sigma e^{-h} (h = 0.25), and Lai et al.'s relation: the consistency residual against the FP residual
-integrated along the same paths (h = 0.5, 16 steps) and the residual of their difference.
+sigma e^{-h} (h = 0.25; 256 starts x 8 paths of 16 steps), and Lai et al.'s relation: the consistency
+residual against the FP residual integrated along the same paths (h = 0.5, 16 steps) and the residual
+of their difference.
 Denoisers: the exact mixture denoiser, two perturbations that keep the score conservative (0.9 D;
 D at 1.3 sigma), and small MLPs (width 64, depth 2) trained for ``--steps`` steps on ``oracle-ring``
 with ``denoising``, ``denoising+consistency`` and ``denoising+fokker-planck`` (weight 1), two seeds
@@ -44,7 +45,7 @@ def _data(dtype):
 def residuals(den, dtype) -> dict:
     g = torch.Generator().manual_seed(0)
     fp = fokker_planck_residual(den, _data(dtype), LEVELS, n=1024, generator=g)
-    c = consistency_residual(den, _data(dtype), LEVELS, n=256, paths=8, steps=8, generator=g)
+    c = consistency_residual(den, _data(dtype), LEVELS, n=256, paths=8, steps=16, generator=g)
     x = GM.sample(2048, g, dtype=dtype)
     gap = []
     for s in LEVELS:

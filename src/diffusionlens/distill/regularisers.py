@@ -42,6 +42,8 @@ from torch import Tensor
 from .._util import as_sigma, expand
 from ..likelihood.pf_ode import Divergence, Probe, default_divergence, draw_probes
 from ..objectives.base import Batch, Objective, Streams
+from ..objectives.denoising import Denoising
+from ..objectives.denoising import build as build_denoising
 from ..samplers import NoiseStream, em_update
 from ..samplers._common import check_finite
 from .progressive import data_sampler
@@ -275,6 +277,9 @@ def consistency_fp_relation(denoiser, data: Tensor | Callable, sigmas, *, span: 
 class Regularised(Objective):
     """Denoising plus ``weight`` times a per-sample residual estimate at independent draws.
 
+    ``base``: the :class:`~diffusionlens.objectives.Denoising` objective (its loss's density supplies
+    the regulariser's noise levels too).
+
     ``residual="consistency"`` (Daras et al. 2023): from x_t at a level of the loss's density, two
     reverse-SDE paths of the model itself (``steps`` Euler–Maruyama steps, no gradient through the
     sampling) to s = t e^{-span}, and the product (D(x_s^a, s) - D(x_t, t)) . (D(x_s^b, s) - D(x_t, t))
@@ -288,7 +293,7 @@ class Regularised(Objective):
 
     streams = ("t", "noise", "regulariser")
 
-    def __init__(self, base: Objective, residual: str, weight: float, *, span: float = 0.25, steps: int = 2):
+    def __init__(self, base: Denoising, residual: str, weight: float, *, span: float = 0.25, steps: int = 2):
         if residual not in RESIDUALS:
             raise ValueError(f"unknown residual {residual!r}; choose from {', '.join(RESIDUALS)}")
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
@@ -346,8 +351,6 @@ def build_fokker_planck(cfg, data) -> Regularised:
 
 
 def _build(cfg, data, residual: str) -> Regularised:
-    from ..objectives import denoising
-
     if cfg.conditional:
         raise ValueError(f"the denoising+{residual} objective trains unconditional models; set conditional=False")
-    return Regularised(denoising.build(cfg, data), residual, 1.0)
+    return Regularised(build_denoising(cfg, data), residual, 1.0)

@@ -248,7 +248,8 @@ def regularisers_figure(curves: dict[str, dict], path) -> Path:
     ``curves``: {denoiser name: :func:`diffusionlens.distill.regularisers.consistency_fp_relation`
     output}. Left: |E[D(x_s)|x_t] - D(x_t)|^2 (markers, with two standard errors) and the score-FPE
     residual integrated along the same reverse paths (lines), per unit ln sigma, on a symmetric-log axis
-    (an exact denoiser's estimates scatter about 0). Right: one against the other, with y = x.
+    linear within the Monte-Carlo resolution (an exact denoiser's estimates scatter about 0). Right: one
+    against the other, with y = x.
     """
     plt = _plt()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
@@ -262,12 +263,12 @@ def regularisers_figure(curves: dict[str, dict], path) -> Path:
         bx.errorbar(f["value"], c["value"], xerr=2 * f["stderr"], yerr=2 * c["stderr"], fmt="o", color=col, ms=4,
                     capsize=2, label=name)
         top = max(top, float(c["value"].max()), float(f["value"].max()))
-        pos = torch.cat([c["stderr"], f["stderr"]])
-        if bool((pos > 0).any()):
-            floor = min(floor, float(pos[pos > 0].min()))
+        if bool((c["stderr"] > 0).any()):
+            floor = min(floor, float(c["stderr"][c["stderr"] > 0].min()))
     from matplotlib.ticker import FuncFormatter
 
-    lin = floor if math.isfinite(floor) else 1e-8
+    # linear within the finest Monte-Carlo resolution of the consistency estimates: "0 within noise"
+    lin = max(floor if math.isfinite(floor) else 0.0, 1e-3 * top) or 1e-12
     ax.set_xscale("log")
     _plain_ticks(ax)
     bx.set_xscale("symlog", linthresh=lin)

@@ -271,7 +271,7 @@ def _regularisers(ctx: Context) -> Figure:
     for name, den, dt in (("exact", gm, torch.float64), ("exact at 1.3σ", lambda x, s: gm(x, 1.3 * s), torch.float64),
                           ("this run (EMA)", ctx.denoiser, dtype)):
         curves[name] = consistency_fp_relation(den, lambda n, g, dt=dt: gm.sample(n, g, dtype=dt, device=device),
-                                               levels, n=32, paths=8, steps=8,
+                                               levels, n=16, paths=8, steps=16,
                                                generator=torch.Generator().manual_seed(0))
     figures.regularisers_figure(curves, ctx.path("fig_regularisers.png"))
     return Figure("fig_regularisers.png", "Two consistency notions of one denoiser, measured along its own reverse-SDE "
