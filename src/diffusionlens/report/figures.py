@@ -281,7 +281,7 @@ def regularisers_figure(curves: dict[str, dict], path) -> Path:
     ax.set_xlabel("σ (start of the reverse path)")
     ax.set_ylabel("residual² per dimension, per unit ln σ")
     ax.set_title("consistent diffusion vs score Fokker–Planck")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=2)  # below: the points stay visible
     bx.plot([0, top * 1.1], [0, top * 1.1], "k--", lw=0.8, label="y = x (Lai et al. 2023)")
     bx.set_xlabel("Fokker–Planck residual integrated along the paths")
     bx.set_ylabel("consistency residual")
