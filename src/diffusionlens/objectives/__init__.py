@@ -7,6 +7,7 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 ``build(cfg, data)`` function, and one line in :data:`OBJECTIVES`.
 """
 
+from ..distill import regularisers
 from . import denoising
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
@@ -15,6 +16,8 @@ __all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "build_ob
 
 OBJECTIVES = {
     "denoising": denoising.build,
+    "denoising+consistency": regularisers.build_consistency,
+    "denoising+fokker-planck": regularisers.build_fokker_planck,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 

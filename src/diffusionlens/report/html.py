@@ -255,6 +255,32 @@ def _gap(ctx: Context) -> Figure:
                   "oracle) and the gap to the exact posterior mean, which is what training can still remove.")
 
 
+@section("consistency regularisers")
+def _regularisers(ctx: Context) -> Figure:
+    from ..distill.regularisers import consistency_fp_relation
+    from ..evaluate import true_density
+
+    gm = true_density(ctx.cfg.dataset)
+    if gm is None or ctx.cfg.conditional:
+        raise NotApplicable("needs unconditional data with an exact density (oracle mixtures, ring8), whose exact "
+                            "denoiser is the zero reference")
+    p = next(iter(ctx.denoiser.parameters()), None) if hasattr(ctx.denoiser, "parameters") else None
+    dtype, device = (p.dtype, p.device) if p is not None else (torch.float64, "cpu")
+    levels = [ctx.cfg.sigma_data * k for k in (0.1, 0.5, 2.5)]
+    curves = {}
+    for name, den, dt in (("exact", gm, torch.float64), ("exact at 1.3σ", lambda x, s: gm(x, 1.3 * s), torch.float64),
+                          ("this run (EMA)", ctx.denoiser, dtype)):
+        curves[name] = consistency_fp_relation(den, lambda n, g, dt=dt: gm.sample(n, g, dtype=dt, device=device),
+                                               levels, n=16, paths=8, steps=16,
+                                               generator=torch.Generator().manual_seed(0))
+    figures.regularisers_figure(curves, ctx.path("fig_regularisers.png"))
+    return Figure("fig_regularisers.png", "Two consistency notions of one denoiser, measured along its own reverse-SDE "
+                  "paths from σ to σ/e^0.5: how far E[D(x_s)|x_t] drifts from D(x_t) (Daras et al. 2023) and the score "
+                  "Fokker–Planck residual integrated along the same paths (Lai et al. 2023). Both vanish for the exact "
+                  "denoiser; for a conservative score they are equal (right: on y = x), and a trained network that is "
+                  "off the line has a non-conservative score.")
+
+
 # ----------------------------------------------------------------------------- page
 
 
