@@ -6,7 +6,6 @@ and its mean is the one of the plain estimator uniform in the schedule's time, w
 a spread tens of times larger.
 """
 
-import math
 
 import pytest
 import torch
