@@ -86,11 +86,10 @@ def implied_weighting(loss, *, points: int = 61) -> dict:
     """
     if not (isinstance(points, int) and points >= 3):
         raise ValueError(f"points must be an integer >= 3, got {points!r}")
-    t = torch.linspace(loss.t_min, loss.t_max, points, dtype=torch.float64)
-    lam = loss.process.logsnr(t)
+    lo, hi = loss.sigma_range
+    lam = torch.linspace(-2 * math.log(hi), -2 * math.log(lo), points, dtype=torch.float64)  # uniform in lambda
+    t = loss.process.t_of_sigma(torch.exp(-lam / 2)).clamp(loss.t_min, loss.t_max)
     w = loss.implied_weighting(t, normalize=True)
-    order = torch.argsort(lam)
-    lam, w = lam[order], w[order]
     # non-increasing in lambda up to rounding (a flat weighting, e.g. the ELBO's, counts as monotone)
     monotone = bool((w[1:] <= w[:-1] * (1 + 1e-9) + 1e-12).all())
     return {"logsnr": lam.tolist(), "weight": w.tolist(), "monotone": monotone,
