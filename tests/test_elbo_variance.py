@@ -36,10 +36,10 @@ def test_default_reaches_its_target_and_reports_an_honest_standard_error(case):
     o = ring() if case == "ring2d" else standard_cases()[case]
     x0 = o.sample(12, _gen(1))
     d = x0[0].numel()
-    reps = [vdm_vlb(o.denoise, x0, sigma_min=0.002, sigma_max=80.0, generator=_gen(10 + i)) for i in range(6)]
+    reps = [vdm_vlb(o.denoise, x0, sigma_min=0.002, sigma_max=80.0, generator=_gen(10 + i)) for i in range(4)]
     for r in reps:
         assert _rms(r.stderr) / d < 0.05
-    spread = torch.stack([r.total for r in reps]).std(0)  # 5 dof per point, 60 pooled: within ~±30 %
+    spread = torch.stack([r.total for r in reps]).std(0)  # 3 dof per point, 36 pooled: within ~±25 %
     ratio = _rms(spread) / _rms(torch.stack([r.stderr for r in reps]).pow(2).mean(0).sqrt())
     assert 0.6 < ratio < 1.5, ratio
 
