@@ -25,7 +25,6 @@ discretized decoder, 17 levels). Two seeds (points and draws).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
