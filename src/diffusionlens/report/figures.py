@@ -268,14 +268,14 @@ def elbo_figure(res: dict, path) -> Path:
     dd, unit = res["ddpm"], res["unit"]
     terms, sig = dd["terms"], dd["sigmas"]
     ax.plot(sig[1:], terms[1:-1], marker=".", label="KL terms L_{k-1} (per step)")
-    ax.scatter([sig[0]], [terms[0]], marker="s", c="tab:red", zorder=3, label="decoder -log p(x0|x_1)")
     ax.scatter([sig[-1]], [terms[-1]], marker="^", c="tab:green", zorder=3, label="prior KL L_T")
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_yscale("log")  # the KL terms are positive; the decoder term (a density, any sign) is in the box
     ax.set_xlabel("σ_k")
     ax.set_ylabel(f"term ({unit})")
     c, pf = res["continuous"], res.get("pf")
-    text = (f"DDPM ({dd['steps']} levels): {dd['total']:.3f} ± {dd['stderr']:.2g}\n"
+    text = (f"decoder -log p(x0|x_1): {terms[0]:.3g}\n"
+            f"DDPM ({dd['steps']} levels): {dd['total']:.3f} ± {dd['stderr']:.2g}\n"
             f"continuous time: {c['total']:.3f} ± {c['stderr']:.2g}")
     if pf is not None:
         text += f"\nprobability flow: {pf['mean']:.3f} ± {pf['stderr']:.2g}"
@@ -291,7 +291,7 @@ def langevin_figure(x: Tensor, denoised: Tensor, path, *, sigma: float, referenc
     """Annealed Langevin samples at their last noise level, and the same after one Tweedie step."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.2), squeeze=False)
-    nrow = max(1, int(math.sqrt(len(x))))
+    nrow = 8
     _panel(axes[0, 0], x, f"annealed Langevin, stopped at σ={sigma:.3g}", nrow=nrow, reference=reference)
     _panel(axes[0, 1], denoised, "after one Tweedie step D(x, σ)", nrow=nrow, reference=reference)
     return _save(fig, path)
@@ -312,7 +312,7 @@ def interpolation_figure(x: Tensor, decoded: Tensor, path, *, reference: Tensor 
     paths drawn over the data (points)."""
     plt = _plt()
     pairs, frames = decoded.shape[:2]
-    if decoded.ndim == 6:  # (pairs, frames, C, H, W)
+    if decoded.ndim == 5:  # (pairs, frames, C, H, W)
         fig, ax = plt.subplots(figsize=(0.9 * frames + 0.4, 0.9 * pairs + 0.5))
         _show_images(ax, decoded.flatten(0, 1), frames, "decoded slerp between encoded test images (ends: round trip)")
         return _save(fig, path)
