@@ -253,7 +253,7 @@ def _weighting(ctx: Context) -> Figure:
 def _latent(ctx: Context) -> Figure:
     from ..run import views
 
-    res = views.elbo(_run(ctx), n=8, steps=32, max_rounds=16)
+    res = views.elbo(_run(ctx), n=8, steps=32, max_rounds=32)
     figures.elbo_figure(res, ctx.path("fig_elbo.png"))
     c, pf, unit = res["continuous"], res["pf"], res["unit"]
     flow = (f"; the probability-flow ODE gives {pf['mean']:.3f} ± {pf['stderr']:.2g} on the evaluation's {pf['n']} "
