@@ -223,6 +223,8 @@ def _denoising(ctx: Context) -> Figure:
 
     lo, hi = _run(ctx).sigma_range
     sigmas = [s for s in (0.05, 0.2, 0.5, 1.0, 2.5) if lo <= s <= hi]
+    if not sigmas:
+        raise NotApplicable(f"the model's noise-level range [{lo:.3g}, {hi:.3g}] holds none of the levels shown")
     res = views.denoise(_run(ctx), sigmas, n=64, figure=ctx.path("fig_denoising.png"))
     mid = min(res["levels"], key=lambda r: abs(r["sigma"] - 0.5))
     exact = (f" (the exact posterior mean: {mid['exact_mse']:.3g}; red in the figure)"
