@@ -50,14 +50,14 @@ def run_cli(args, capsys):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A run trained for 30 steps on the oracle ring with a tiny MLP, in its own working directory."""
+    """A run trained for 20 steps on the oracle ring with a tiny MLP, in its own working directory."""
     root = tmp_path_factory.mktemp("views")
     (root / "tiny.json").write_text(json.dumps(TINY))
     cwd = os.getcwd()
     os.chdir(root)
     try:
         with torch.random.fork_rng(devices=[]):
-            rc = main(["train", "--dataset", "oracle-ring", "--steps", "30", "--config", "tiny.json", "--name", "t",
+            rc = main(["train", "--dataset", "oracle-ring", "--steps", "20", "--config", "tiny.json", "--name", "t",
                        "--quiet", "--device", "cpu"])
     finally:
         os.chdir(cwd)
@@ -137,10 +137,10 @@ def test_views_reproduce_the_oracle(exact_run):
 
 def test_view_commands_on_a_tiny_run(tiny, capsys, monkeypatch):
     monkeypatch.chdir(tiny)
-    rc, out, _ = run_cli(["elbo", "t", "--n", "4", "--steps", "8", "--target", "0.5", "--device", "cpu"], capsys)
+    rc, out, _ = run_cli(["elbo", "t", "--n", "2", "--steps", "4", "--target", "1", "--device", "cpu"], capsys)
     assert rc == 0 and "continuous-time bound" in out and "nats/dim" in out and "true -log p" in out
     assert (tiny / "runs" / "t" / "fig_elbo.png").is_file()
-    rc, out, _ = run_cli(["denoise", "t", "--sigma", "0.1,1", "--n", "32", "--device", "cpu"], capsys)
+    rc, out, _ = run_cli(["denoise", "t", "--sigma", "0.1,1", "--n", "16", "--show", "2", "--device", "cpu"], capsys)
     assert rc == 0 and "exact posterior mean" in out and (tiny / "runs" / "t" / "fig_denoise.png").is_file()
     rc, out, _ = run_cli(["interpolate", "t", "--pairs", "1", "--frames", "3", "--steps", "4", "--device", "cpu"],
                          capsys)
