@@ -81,16 +81,22 @@ class VelocityMatching(Objective):
 
 def fit(net, draw: Callable[[int, torch.Generator], tuple[Tensor, Tensor]], *, interpolant: Interpolant | None = None,
         steps: int = 500, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-        progress: bool = False) -> list[float]:
+        progress: bool = False, budget_s: float | None = None) -> list[float]:
     """Train ``net(x_t, t)`` by velocity regression on pairs ``draw(n, generator) -> (x0, x1)``, with Adam;
-    returns the losses. For pairs that are not a data set (reflow's (sample, source) table)."""
+    returns the losses. For pairs that are not a data set (reflow's (sample, source) table).
+    ``budget_s``: also stop after this much CPU time of this process (machines shared with other jobs)."""
+    import time
+
     from tqdm.auto import tqdm
 
     interpolant = interpolant or Interpolant()
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     losses = []
+    start = time.process_time()
     for _ in tqdm(range(steps), disable=not progress, desc="fit velocity"):
+        if budget_s is not None and time.process_time() - start > budget_s:
+            break
         x0, x1 = draw(batch_size, g)
         t = torch.rand(batch_size, generator=g, dtype=torch.float64).to(x0.dtype)
         z = torch.randn(x0.shape, generator=g, dtype=x0.dtype) if interpolant.noise else None
