@@ -16,6 +16,8 @@ A source ``src(x0, generator) -> x1`` draws source samples for a batch of target
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
@@ -65,8 +67,8 @@ def sinkhorn_plan(cost: Tensor, reg: float, iters: int = 200) -> Tensor:
     if not reg > 0:
         raise ValueError(f"sinkhorn regularisation must be > 0, got {reg}")
     n, m = cost.shape
-    log_a = torch.full((n,), -torch.log(torch.tensor(float(n))).item(), dtype=cost.dtype)
-    log_b = torch.full((m,), -torch.log(torch.tensor(float(m))).item(), dtype=cost.dtype)
+    log_a = torch.full((n,), -math.log(n), dtype=cost.dtype, device=cost.device)
+    log_b = torch.full((m,), -math.log(m), dtype=cost.dtype, device=cost.device)
     f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
     k = -cost / reg
     for _ in range(iters):
