@@ -8,6 +8,7 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 """
 
 from ..distill import regularisers
+from ..interpolants import objective as interpolant
 from . import denoising
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
@@ -18,6 +19,8 @@ OBJECTIVES = {
     "denoising": denoising.build,
     "denoising+consistency": regularisers.build_consistency,
     "denoising+fokker-planck": regularisers.build_fokker_planck,
+    "interpolant": interpolant.build_independent, "interpolant+ot": interpolant.build_ot,
+    "interpolant+sinkhorn": interpolant.build_sinkhorn,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 
