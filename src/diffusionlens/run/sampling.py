@@ -178,8 +178,8 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
 def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **options) -> dict:
     """Sample a run (options of :func:`generate`) and write ``<stem>.safetensors`` ('x', and 'y' for
     conditional runs) and a ``<stem>.png`` figure; returns {"nfe", "seconds", "stem"}."""
+    from .._plot import sample_figure
     from ..data import load_dataset
-    from ..report import figures
 
     sampler, steps = options.get("sampler", DEFAULT_SAMPLER), options.get("steps", 16)
     stem = output_stem(out, run.path / f"samples-{sampler}-{steps}")
@@ -190,5 +190,5 @@ def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **opt
     save_tensors(stem.with_name(stem.name + ".safetensors"), {"x": x} if y is None else {"x": x, "y": y})
     test = load_dataset(run.config.dataset, "test", seed=run.config.seed)
     guided = f", guidance {options.get('guidance', 1.0):g}" if run.config.conditional else ""
-    figures.sample_figure(x, str(stem) + ".png", reference=test.x, title=f"{sampler}, NFE {nfe:g}{guided}")
+    sample_figure(x, str(stem) + ".png", reference=test.x, title=f"{sampler}, NFE {nfe:g}{guided}")
     return {"nfe": nfe, "seconds": secs, "stem": stem}

@@ -126,46 +126,58 @@ def resolve(
         steps = spec.steps_for_nfe(nfe + 1 if start.analytic else nfe)
     steps = DEFAULT_STEPS if steps is None else steps
     start = start.prepare(denoiser, like, sigma_max)
-    density = None
     if isinstance(grid, Tensor):
-        sigmas = check_grid(grid, allow_increasing=False)
-        if sigmas[-1].item() != 0:
-            raise ValueError(f"sample() returns data, so an explicit grid must end at 0; got sigmas[-1] = "
-                             f"{sigmas[-1].item()}")
+        sigmas, density = _explicit(grid), None
     else:
         g = Grid.parse(grid) if grid is not None else spec.grid
-        process = denoiser.process if isinstance(denoiser, Denoiser) else None
-        if process is not None and g is not Grid.TIMESTEPS and sigma_max > process.sigma_max:
-            raise ValueError(f"sigma_max={sigma_max} exceeds the model's process range (sigma_max="
-                             f"{process.sigma_max:.6g}); pass sigma_max <= {process.sigma_max:.6g}")
-        top = start.first if isinstance(start, Teleport) and start.first is not None else sigma_max
-        if isinstance(start, Teleport) and start.first is None and g is not Grid.FITTED_STOP:
-            raise ValueError(f"a teleported start on grid {g.value!r} needs its first level: Teleport(first=...), "
-                             "or grid='fitted-stop' (which chooses it on the pilot)")
-        if g in (Grid.FITTED, Grid.FITTED_STOP):
-            if spec.order is None:
-                raise ValueError(f"sampler {spec.name!r} has no order for a fitted grid: give it a spec with "
-                                 "@diffusionlens.samplers.sampler(order=...)")
-            if g is Grid.FITTED and plan is not None and (plan.sigma_min, plan.sigma_max) == (sigma_min, sigma_max):
-                density = plan.density  # the stored pilot's density: no new pilot
-            else:
-                density = error_density(denoiser, shape, sigma_min, sigma_max, device=device, dtype=dtype,
-                                        pilot=pilot or (256 if isinstance(start, Teleport) else 64))
-            if g is Grid.FITTED:
-                sigmas = density.grid(steps, spec.order, sigma_first=top)
-            else:
-                tp = start.gaussian
-                sigmas = stop_grid(denoiser, density, fn, steps, order=spec.order, analytic_start=start.analytic,
-                                   sampler_options=options, teleport=tp,
-                                   starts=None if tp is None or start.first is None else [start.first])
-        else:
-            if named_min is None:
-                # deterministic samplers only: the level is chosen for the error against the exact flow;
-                # a stochastic sampler's samples would lose within-mode spread to the earlier final denoising
-                named_min = LATE_SIGMA_MIN if steps >= LATE_STEPS and spec.deterministic else SIGMA_MIN
-            sigmas = make_grid(g, steps, float(named_min), top, process=process, rho=rho, spacing=spacing)
+        sigmas, density = _family(denoiser, shape, g, fn, spec, steps, start, sigma_min, sigma_max, named_min,
+                                  plan=plan, rho=rho, spacing=spacing, options=options, device=device, dtype=dtype,
+                                  pilot=pilot)
     start = start.measured(denoiser, like, sigmas, density)
     return Resolved(fn, spec, sigmas, start, sigma_max, options)
+
+
+def _explicit(grid: Tensor) -> Tensor:
+    """An explicit grid: checked, decreasing, ending at 0."""
+    sigmas = check_grid(grid, allow_increasing=False)
+    if sigmas[-1].item() != 0:
+        raise ValueError(f"sample() returns data, so an explicit grid must end at 0; got sigmas[-1] = "
+                         f"{sigmas[-1].item()}")
+    return sigmas
+
+
+def _family(denoiser, shape, g: Grid, fn, spec: SamplerSpec, steps: int, start, sigma_min: float, sigma_max: float,
+            named_min: float | None, *, plan, rho, spacing, options, device, dtype, pilot):
+    """The grid of family ``g`` (a named family or a fitted one) and the pilot's density (fitted only)."""
+    process = denoiser.process if isinstance(denoiser, Denoiser) else None
+    if process is not None and g is not Grid.TIMESTEPS and sigma_max > process.sigma_max:
+        raise ValueError(f"sigma_max={sigma_max} exceeds the model's process range (sigma_max="
+                         f"{process.sigma_max:.6g}); pass sigma_max <= {process.sigma_max:.6g}")
+    top = start.first if isinstance(start, Teleport) and start.first is not None else sigma_max
+    if isinstance(start, Teleport) and start.first is None and g is not Grid.FITTED_STOP:
+        raise ValueError(f"a teleported start on grid {g.value!r} needs its first level: Teleport(first=...), "
+                         "or grid='fitted-stop' (which chooses it on the pilot)")
+    if g not in (Grid.FITTED, Grid.FITTED_STOP):
+        if named_min is None:
+            # deterministic samplers only: the level is chosen for the error against the exact flow;
+            # a stochastic sampler's samples would lose within-mode spread to the earlier final denoising
+            named_min = LATE_SIGMA_MIN if steps >= LATE_STEPS and spec.deterministic else SIGMA_MIN
+        return make_grid(g, steps, float(named_min), top, process=process, rho=rho, spacing=spacing), None
+    if spec.order is None:
+        raise ValueError(f"sampler {spec.name!r} has no order for a fitted grid: give it a spec with "
+                         "@diffusionlens.samplers.sampler(order=...)")
+    if g is Grid.FITTED and plan is not None and (plan.sigma_min, plan.sigma_max) == (sigma_min, sigma_max):
+        density = plan.density  # the stored pilot's density: no new pilot
+    else:
+        density = error_density(denoiser, shape, sigma_min, sigma_max, device=device, dtype=dtype,
+                                pilot=pilot or (256 if isinstance(start, Teleport) else 64))
+    if g is Grid.FITTED:
+        return density.grid(steps, spec.order, sigma_first=top), density
+    tp = start.gaussian
+    sigmas = stop_grid(denoiser, density, fn, steps, order=spec.order, analytic_start=start.analytic,
+                       sampler_options=options, teleport=tp,
+                       starts=None if tp is None or start.first is None else [start.first])
+    return sigmas, density
 
 
 def _adaptive(fn, spec, grid, steps, nfe, start, sigma_min, sigma_max, options) -> Resolved:
