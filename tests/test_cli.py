@@ -357,12 +357,12 @@ def test_files_get_the_users_mode(in_toy, capsys):
 def test_read_only_run_is_one_line_before_computing(in_toy, capsys, monkeypatch, command):
     import tempfile
 
-    from diffusionlens.run import files, measure, sampling
+    from diffusionlens.run import measure, sampling
 
     def refuse(*a, dir=None, **k):  # a read-only directory, also for root (who may write anywhere)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     for module in (sampling, measure):
         monkeypatch.setattr(module, "generate", lambda *a, **k: pytest.fail("computed before checking writability"))
     rc, _, err = run_cli([command[0], "toy", *command[1:], "--quiet", "--device", "cpu"], capsys)

@@ -17,13 +17,13 @@ Distributed training: ``torchrun --standalone --nproc_per_node=2 -m diffusionlen
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from ._cli_args import MAIN_STEPS, TRAIN_FLAGS, UsageError, build_parser, device
+from ._util import read_json
 
 __all__ = ["main", "build_parser"]
 
@@ -54,26 +54,14 @@ def _conflicts(pairs) -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UsageError(f"{what} {str(path)!r} not found")
-    try:
-        base = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{what} {str(path)!r} is not valid JSON: {e}") from None
-    if not isinstance(base, dict):
-        raise UsageError(f"{what} {str(path)!r} must hold a JSON object of TrainConfig fields")
-    return base
-
-
 def _train_config(args, resume_from: Path | None = None):
     """The TrainConfig of a command: the run's own stored configuration (``--resume``), then ``--config``,
     then the flags given, in increasing precedence."""
     from .training import TrainConfig
 
-    base: dict = _read_json(resume_from / "config.json", "stored configuration") if resume_from else {}
+    base: dict = read_json(resume_from / "config.json", "stored configuration") if resume_from else {}
     if getattr(args, "config", None) is not None:
-        base.update(_read_json(Path(args.config), "config file"))
+        base.update(read_json(Path(args.config), "config file"))
     for flag, field in TRAIN_FLAGS.items():
         if getattr(args, flag, None) is not None:
             base[field] = getattr(args, flag)

@@ -60,6 +60,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._util import read_jsonl
 from ..data import load_dataset
 from ..model import Denoiser
 from ..nets import build_net, count_params
@@ -70,7 +71,6 @@ from .checkpoint import (
     check_replaceable,
     check_writable,
     clean_stale,
-    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune,
@@ -90,6 +90,7 @@ from .state import (
     load_module,
     load_optimizer,
     optimizer_state,
+    resume_checkpoint,
     resume_config,
     stored_config,
 )
@@ -319,12 +320,7 @@ def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, inf
 
 def _read_resume(cfg: TrainConfig, run_dir: Path):
     """(meta, tensors, path) of the checkpoint a resume continues from, checked against ``cfg``."""
-    if not run_dir.is_dir():
-        raise ValueError(f"cannot resume {run_dir}: no such run directory")
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint (checkpoints/ is missing or "
-                         f"empty); start over with overwrite=True (--overwrite)")
+    ckpt = resume_checkpoint(run_dir)
     meta, tensors = load_checkpoint(ckpt)
     diff = config_diff(stored_config(meta, ckpt), cfg)
     if diff:
@@ -583,12 +579,8 @@ def _previous_summary(run_dir: Path, step: int) -> tuple[float, float]:
     loss = ips = math.nan
     path = run_dir / "metrics.jsonl"
     if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "loss" in rec and rec.get("step", 0) <= step:
+        for rec in read_jsonl(path):
+            if "loss" in rec and rec.get("step", 0) <= step:
                 loss, ips = float(rec["loss"]), float(rec.get("images_per_s", math.nan))
     return loss, ips
 

@@ -101,16 +101,21 @@ def cut_metrics(path: Path, step: int) -> bytes | None:
     return "".join(s + "\n" for s in keep).encode()
 
 
-def resume_config(run_dir, **changes) -> TrainConfig:
-    """The configuration stored in a run (its newest checkpoint), with budget or bookkeeping ``changes``
-    (e.g. ``steps=8000``): what ``train(..., resume=True)`` needs without repeating every setting."""
-    run_dir = Path(run_dir)
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of the run a resume continues (ValueError when there is none)."""
     if not run_dir.is_dir():
         raise ValueError(f"cannot resume {run_dir}: no such run directory")
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint; "
-                         f"start over with overwrite=True (--overwrite)")
+        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint (checkpoints/ is missing or "
+                         f"empty); start over with overwrite=True (--overwrite)")
+    return ckpt
+
+
+def resume_config(run_dir, **changes) -> TrainConfig:
+    """The configuration stored in a run (its newest checkpoint), with budget or bookkeeping ``changes``
+    (e.g. ``steps=8000``): what ``train(..., resume=True)`` needs without repeating every setting."""
+    ckpt = resume_checkpoint(Path(run_dir))
     try:
         meta = json.loads(ckpt.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
