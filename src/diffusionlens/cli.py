@@ -326,7 +326,7 @@ def cmd_main(args) -> int:
     if res.stopped_by == "minutes" and res.step < MAIN_STEPS:
         print(f"      note: the time budget ended at {res.step} of the {MAIN_STEPS} steps the README's figures come "
               f"from; expect a higher Fréchet distance (run without --minutes for the reference result)")
-    use_plan = args.plan != "none" and not cfg.conditional
+    use_plan = args.plan != "none"
     if use_plan:
         print("      tuning the sampling plan")
         tuning.tune_for_evaluation(runs.open_run(run, device=cfg.device, plan=False), sampler=args.sampler,
