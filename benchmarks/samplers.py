@@ -142,11 +142,7 @@ def kdiff(fn_name: str, grid: str, **opts):
     grid_name = grid
 
     def run(gm, noise, nfe):
-        steps = steps_for("k:" + fn_name, nfe)
-        if grid == "karras":
-            sig = K.get_sigmas_karras(steps, 0.002, 80.0, rho=7.0).double()
-        else:
-            sig = K.get_sigmas_exponential(steps, 0.002, 80.0).double()
+        sig = grid_of(nfe)
         c = Counted(gm)
         x = getattr(K, "sample_" + fn_name)(c, noise * sig[0], sig, disable=True, **opts)
         return x, c.rows / noise.shape[0], sig[0].item()

@@ -310,7 +310,8 @@ def _tune_parser(sub) -> None:
              "Solve a pilot on the model once (its error density over the noise levels, the data mean and the "
              "Gaussian moments) and, for each sampler and NFE budget, choose the grid's stop and start that come "
              "closest to the pilot's exact solutions. Writes <run>/plan.json and plan.safetensors (atomically); "
-             "sample and evaluate then use it by default (--plan none turns it off). Unconditional runs.",
+             "sample and evaluate then use it by default (--plan none turns it off). Class-conditional runs: one "
+             "pilot per class, the stops chosen on all of them, each class's own mean start.",
              "examples:\n"
              "  diffusionlens tune main\n"
              "  diffusionlens tune runs/moons --samplers unipc --nfe 4,8,16")
