@@ -333,24 +333,15 @@ def adaptive(
     s_end = s[-1] if s[-1] > 0 else s[-2]
     t0, t1 = math.log(s[0]), math.log(s_end)
 
+    exponential = method in (AdaptiveMethod.PC, AdaptiveMethod.DPM3)
     if t0 == t1:
         nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    elif method in (AdaptiveMethod.PC, AdaptiveMethod.DPM3):
-        solver = solve_exp_pc if method is AdaptiveMethod.PC else solve_exp_rk32
-        try:
-            x, nfe = solver(denoiser, x, s[0], s_end, rtol=rtol, atol=atol, max_steps=max_steps)
-        except FloatingPointError as err:
-            raise FloatingPointError(f"adaptive sampler: {err}") from None
     else:
-
-        def f(t: Tensor, y: Tensor, idx: Tensor) -> Tensor:
-            return y - denoiser(y, torch.exp(t))
-
         try:
-            x, info = solve(f, x, t0, t1, rtol=rtol, atol=atol, method=Method(method.value), max_steps=max_steps)
+            x, nfe = _solve(denoiser, x, method, s[0], s_end, rtol=rtol, atol=atol, max_steps=max_steps)
         except FloatingPointError as err:
-            raise FloatingPointError(f"adaptive sampler: {err} (t is log sigma)") from None
-        nfe = info.nfe.clone()
+            where = "" if exponential else " (t is log sigma)"
+            raise FloatingPointError(f"adaptive sampler: {err}{where}") from None
     check_finite(x, 0, s_end)
     denoised = None
     if s[-1] == 0:
@@ -361,3 +352,17 @@ def adaptive(
     if callback is not None:
         callback({"i": 0, "x": x, "sigma": s[0], "sigma_next": s[-1], "denoised": denoised, "nfe": nfe})
     return x
+
+
+def _solve(denoiser, x: Tensor, method: AdaptiveMethod, sigma_start: float, sigma_end: float, **tolerances):
+    """x at ``sigma_end`` and the per-sample NFE from the solver of ``method``: the exponential ones in lambda,
+    the explicit pairs of :func:`diffusionlens.ode.solve` on dx/dlog(sigma) = x - D."""
+    if method in (AdaptiveMethod.PC, AdaptiveMethod.DPM3):
+        solver = solve_exp_pc if method is AdaptiveMethod.PC else solve_exp_rk32
+        return solver(denoiser, x, sigma_start, sigma_end, **tolerances)
+
+    def f(t: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+        return y - denoiser(y, torch.exp(t))
+
+    x, info = solve(f, x, math.log(sigma_start), math.log(sigma_end), method=Method(method.value), **tolerances)
+    return x, info.nfe.clone()
