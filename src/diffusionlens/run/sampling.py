@@ -119,7 +119,7 @@ def _resolve(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, ana
     return r, means
 
 
-def _usable_plan(plan, cfg, guidance: float):
+def usable_plan(plan, cfg, guidance: float):
     """The stored plan where it was measured for these samples: a conditional run's plan is tuned unguided."""
     if plan is None or (plan.class_means is not None) != bool(cfg.conditional):
         return None
@@ -171,7 +171,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
             if pilot_cache is not None:
                 pilot_cache["gaussian"] = gauss
     r, means = _resolve(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
-                        analytic_start=analytic_start, gauss=gauss, plan=_usable_plan(plan, cfg, guidance),
+                        analytic_start=analytic_start, gauss=gauss, plan=usable_plan(plan, cfg, guidance),
                         cache=pilot_cache, dev=dev, progress=progress)
     g = torch.Generator().manual_seed(seed)
     noise_ids, sampler_ids = noise_seeds(g, n), noise_seeds(g, n)  # two per-sample streams: start, sampler
