@@ -237,7 +237,7 @@ def test_overwrite_starts_over_and_keeps_foreign_files(in_toy, capsys):
     import shutil
 
     run = in_toy / "runs/over"
-    shutil.copytree(in_toy / "runs/toy", run)
+    shutil.copytree(in_toy / "runs/toy", run, ignore=shutil.ignore_patterns("samples-*"))  # other tests sample into toy
     args = ["train", "--dataset", "ring8", "--steps", "5", "--config", "tiny.json", "--name", "over", "--quiet"]
     rc, _, err = run_cli([*args, "--resume", "--overwrite"], capsys)
     _one_line_error(rc, err, "--resume", "--overwrite")
@@ -410,7 +410,7 @@ def test_tune_stores_a_plan_that_sample_uses_unless_turned_off(in_toy, capsys):
     import shutil
 
     run = in_toy / "runs/tuned"
-    shutil.copytree(in_toy / "runs/toy", run)
+    shutil.copytree(in_toy / "runs/toy", run, ignore=shutil.ignore_patterns("samples-*"))  # other tests sample into toy
     base = ["sample", str(run), "--sampler", "deis", "--steps", "4", "--n", "20", "--quiet", "--device", "cpu"]
     rc, _, err = run_cli([*base, "--out", "before"], capsys)
     assert rc == 0, err
