@@ -19,15 +19,17 @@ import torch
 
 from diffusionlens.ode import solve
 from diffusionlens.oracle import random_mixture, standard_cases
-from diffusionlens.processes import Discrete, karras_grid, logsnr_grid
+from diffusionlens.processes import Discrete, karras_grid
 from diffusionlens.samplers import (
     SAMPLERS,
-    AnalyticStart,
     Counted,
+    MeanStart,
+    NoiseStart,
+    Teleport,
     error_density,
     gaussian_model,
+    resolve,
     sample,
-    stop_grid,
 )
 
 from ._write import write_results
@@ -95,21 +97,26 @@ def gaussian(gm):
     return _GAUSS[id(gm)][1]
 
 
-_STOPS: dict = {}
+_RESOLVED: dict = {}
 TP_PILOT = 256  # the teleported grids choose two levels on the pilot: a larger one (stop_grid's docs)
 
 
-def stopped(gm, name: str, steps: int, base: str, analytic_start: bool = False, teleport: bool = False):
-    """``stop_grid`` of ``base`` for this sampler and step count, chosen on the pilot of ``pilot_density``
-    (never on the evaluation noise); with ``teleport``, the start too, on the 256-sample pilot."""
-    key = (id(gm), name, steps, base, analytic_start, teleport)
-    if key not in _STOPS:
-        if teleport:
-            _STOPS[key] = stop_grid(gm, pilot_density(gm, TP_PILOT), name, steps, base=base,
-                                    analytic_start=analytic_start, teleport=gaussian(gm))
-        else:
-            _STOPS[key] = stop_grid(gm, pilot_density(gm), name, steps, base=base, analytic_start=analytic_start)
-    return _STOPS[key]
+def resolved(gm, name: str, nfe: int, grid: str):
+    """``samplers.resolve`` of our configuration ``grid`` (see :func:`ours`) at this NFE, once per mixture: the
+    pilot grids cut from the pilot of ``pilot_density`` (never the evaluation noise), with ``+tp`` the start
+    chosen too, on the 256-sample pilot."""
+    key = (id(gm), name, nfe, grid)
+    if key not in _RESOLVED:
+        family = grid.removesuffix("+as").removesuffix("+tp")
+        tp = grid.endswith("+tp")
+        start = Teleport(gaussian(gm)) if tp else MeanStart() if grid.endswith("+as") else NoiseStart()
+        pilot = pilot_density(gm, TP_PILOT if tp else 64) if family in ("fitted", *STOPS) else None
+        _RESOLVED[key] = (gm, resolve(gm, (gm.dim,), name, nfe=nfe, grid=family, start=start, sigma_min=0.002,
+                                      sigma_max=80.0, pilot=pilot, dtype=torch.float64))
+    return _RESOLVED[key][1]
+
+
+STOPS = ("fitted-stop", "karras-stop", "logsnr-stop")
 
 
 def ours(name: str, grid: str, **opts):
@@ -117,29 +124,15 @@ def ours(name: str, grid: str, **opts):
     analytic start: the first evaluation replaced by the pilot's data mean, one more step for the NFE),
     or <base>-stop+tp (teleported: the start s1 and the stop chosen on a 256-sample pilot, the noise
     carried from sigma 80 to s1 by the measured Gaussian's flow, the first evaluation the Gaussian's
-    denoiser, one more step for the NFE)."""
-    afs = grid.endswith("+as") or grid.endswith("+tp")
-    tp = grid.endswith("+tp")
-    family = grid[: -len("+as")] if afs else grid
-    spec = SAMPLERS[name].spec
+    denoiser, one more step for the NFE). Grid and start from ``samplers.resolve``."""
 
     def run(gm, noise, nfe):
-        steps = spec.steps_for_nfe(nfe + 1 if afs else nfe)
-        if family.endswith("-stop"):
-            sig = stopped(gm, name, steps, family[: -len("-stop")], afs, tp)
-        elif family == "fitted":
-            sig = pilot_density(gm).grid(steps, spec.order)
-        else:
-            sig = karras_grid(steps) if family == "karras" else logsnr_grid(steps)
+        r = resolved(gm, name, nfe, grid)
         c = Counted(gm)
-        s0 = sig[0].item()
-        if tp:
-            den = AnalyticStart(c, gaussian(gm), s0)
-            x = SAMPLERS[name](den, gaussian(gm).flow(noise * 80.0, 80.0, s0), sig, **opts)
-            return x, c.rows / noise.shape[0], 80.0  # the flow starts at sigma 80 (the reference's start)
-        den = AnalyticStart(c, pilot_density(gm).data_mean, s0) if afs else c
-        x = SAMPLERS[name](den, noise * s0, sig, **opts)
-        return x, c.rows / noise.shape[0], s0
+        x, den = r.start.begin(c, noise, r.sigmas, r.sigma_max)
+        x = r.sampler(den, x, r.sigmas, **opts)
+        # a teleported start flows from sigma 80 (the reference's start); the others start at the grid's top
+        return x, c.rows / noise.shape[0], r.sigma_max if grid.endswith("+tp") else r.sigmas[0].item()
 
     return run
 
@@ -149,11 +142,7 @@ def kdiff(fn_name: str, grid: str, **opts):
     grid_name = grid
 
     def run(gm, noise, nfe):
-        steps = steps_for("k:" + fn_name, nfe)
-        if grid == "karras":
-            sig = K.get_sigmas_karras(steps, 0.002, 80.0, rho=7.0).double()
-        else:
-            sig = K.get_sigmas_exponential(steps, 0.002, 80.0).double()
+        sig = grid_of(nfe)
         c = Counted(gm)
         x = getattr(K, "sample_" + fn_name)(c, noise * sig[0], sig, disable=True, **opts)
         return x, c.rows / noise.shape[0], sig[0].item()

@@ -237,7 +237,7 @@ def test_overwrite_starts_over_and_keeps_foreign_files(in_toy, capsys):
     import shutil
 
     run = in_toy / "runs/over"
-    shutil.copytree(in_toy / "runs/toy", run)
+    shutil.copytree(in_toy / "runs/toy", run, ignore=shutil.ignore_patterns("samples-*"))  # other tests sample into toy
     args = ["train", "--dataset", "ring8", "--steps", "5", "--config", "tiny.json", "--name", "over", "--quiet"]
     rc, _, err = run_cli([*args, "--resume", "--overwrite"], capsys)
     _one_line_error(rc, err, "--resume", "--overwrite")
@@ -357,12 +357,12 @@ def test_files_get_the_users_mode(in_toy, capsys):
 def test_read_only_run_is_one_line_before_computing(in_toy, capsys, monkeypatch, command):
     import tempfile
 
-    from diffusionlens.run import files, measure, sampling
+    from diffusionlens.run import measure, sampling
 
     def refuse(*a, dir=None, **k):  # a read-only directory, also for root (who may write anywhere)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     for module in (sampling, measure):
         monkeypatch.setattr(module, "generate", lambda *a, **k: pytest.fail("computed before checking writability"))
     rc, _, err = run_cli([command[0], "toy", *command[1:], "--quiet", "--device", "cpu"], capsys)
@@ -410,7 +410,7 @@ def test_tune_stores_a_plan_that_sample_uses_unless_turned_off(in_toy, capsys):
     import shutil
 
     run = in_toy / "runs/tuned"
-    shutil.copytree(in_toy / "runs/toy", run)
+    shutil.copytree(in_toy / "runs/toy", run, ignore=shutil.ignore_patterns("samples-*"))  # other tests sample into toy
     base = ["sample", str(run), "--sampler", "deis", "--steps", "4", "--n", "20", "--quiet", "--device", "cpu"]
     rc, _, err = run_cli([*base, "--out", "before"], capsys)
     assert rc == 0, err

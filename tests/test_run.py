@@ -76,3 +76,26 @@ def test_likelihood_and_round_trip_write_their_files(ring_run):
     for f in ("likelihood.json", "encode.json", "latents.safetensors"):
         assert (ring_run.path / f).is_file()
 
+
+
+def test_one_json_reader_and_one_writability_check(tmp_path, monkeypatch):
+    from diffusionlens._util import check_writable, read_json
+
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert read_json(tmp_path / "ok.json", "config") == {"a": 1}
+    with pytest.raises(FileNotFoundError, match=r"config '.*nope.json' not found: train first"):
+        read_json(tmp_path / "nope.json", "config", hint=": train first")
+    (tmp_path / "torn.json").write_text('{"a": ')
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        read_json(tmp_path / "torn.json", "config")
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(ValueError, match="must hold a JSON object, got list"):
+        read_json(tmp_path / "list.json", "config")
+    check_writable(tmp_path / "new" / "deeper", missing_ok=True)  # checked through its nearest existing parent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json", "ok.json", "torn.json"]  # probe removed
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="is not a directory"):
+        check_writable(tmp_path / "file", missing_ok=True)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False)  # permission bits say no (root passes chmod)
+    with pytest.raises(PermissionError, match=f"cannot write the run directory {tmp_path}: {tmp_path} is not"):
+        check_writable(tmp_path, what="the run directory")

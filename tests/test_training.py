@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from diffusionlens.data import oracle_for
 from diffusionlens.training import TrainConfig, ema_beta, load_denoiser, power_gamma, train, update_ema
+from diffusionlens.training import job as job_mod
 from diffusionlens.training import loop as loop_mod
 
 TINY = {"kind": "mlp", "data_shape": [2], "width": 32, "depth": 2, "emb_dim": 32}
@@ -552,15 +553,15 @@ def test_heartbeat_shows_the_time_since_the_last_step():
             self.shown.append(fields)
 
     bar = Bar()
-    loop_mod._Heartbeat.INTERVAL = 0.05
+    job_mod.Heartbeat.INTERVAL = 0.05
     try:
-        beat = loop_mod._Heartbeat(bar)
+        beat = job_mod.Heartbeat(bar)
         beat.fields["loss"] = "0.1"
         beat.last -= 7.0  # the last step ended 7 s ago and nothing has completed since (a hung rank)
         time.sleep(0.3)
         beat.stop()
     finally:
-        loop_mod._Heartbeat.INTERVAL = 1.0
+        job_mod.Heartbeat.INTERVAL = 1.0
     assert bar.shown and bar.shown[-1]["loss"] == "0.1"
     assert 7 <= float(bar.shown[-1]["idle"].rstrip("s")) <= 60  # refreshed by the thread alone
     beat.step_done()
@@ -571,13 +572,13 @@ def test_time_budget_bar_shows_the_projected_end():
     """Under a minutes budget the bar's total is where the budget is projected to end (capped by steps)."""
     from types import SimpleNamespace
 
-    from diffusionlens.training.loop import _project_total
+    from diffusionlens.training.job import project_total
 
     bar = SimpleNamespace(n=9, total=None)
-    _project_total(bar, SimpleNamespace(minutes=1.0, steps=None), done=10, seconds=2.0, left=58.0)
+    project_total(bar, SimpleNamespace(minutes=1.0, steps=None), done=10, seconds=2.0, left=58.0)
     assert bar.total == 10 + 58.0 * 10 / 2.0  # 5 steps/s for the 58 s left, after the step being counted
-    _project_total(bar, SimpleNamespace(minutes=1.0, steps=100), done=10, seconds=2.0, left=58.0)
+    project_total(bar, SimpleNamespace(minutes=1.0, steps=100), done=10, seconds=2.0, left=58.0)
     assert bar.total == 100
     bar.total = None
-    _project_total(bar, SimpleNamespace(minutes=None, steps=None), done=10, seconds=2.0, left=58.0)
+    project_total(bar, SimpleNamespace(minutes=None, steps=None), done=10, seconds=2.0, left=58.0)
     assert bar.total is None

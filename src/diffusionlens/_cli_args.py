@@ -135,7 +135,7 @@ def add_sampling_args(q) -> None:
                    help="with --grid fitted-stop, unconditional runs: start below sigma_max, carried there by the "
                         "exact flow of the Gaussian with the data's mean and covariance measured on the model "
                         "(diffusionlens.samplers.gaussian)")
-    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise (default 0)")
+    add_seed_arg(q, help="seed of the noise (default 0)")
 
 
 def add_plan_arg(q) -> None:
@@ -149,6 +149,43 @@ def add_data_args(q, n: int) -> None:
     q.add_argument("--split", default="test", choices=["test", "train"], help="data split (default test)")
 
 
+def add_seed_arg(q, default: int | None = 0, help: str = "seed (default 0)") -> None:
+    q.add_argument("--seed", type=nonneg_int, default=default, help=help)
+
+
+def add_guidance_arg(q) -> None:
+    q.add_argument("--guidance", type=nonneg_float, default=1.0,
+                   help="classifier-free guidance weight for conditional runs (1 = conditional, 0 = unconditional)")
+
+
+def add_nfe_arg(q, shown, default=None, what: str = "NFE budgets of the sweep") -> None:
+    q.add_argument("--nfe", type=int_list, default=default, help=f"{what} (default {','.join(map(str, shown))})")
+
+
+def add_dataset_arg(q, default: str | None = None) -> None:
+    from .data import DATASETS
+
+    q.add_argument("--dataset", default=default, choices=DATASETS, metavar="NAME",
+                   help=f"data set: {', '.join(DATASETS)} (default digits; all ship with the package or are "
+                        "generated, nothing is downloaded)")
+
+
+def add_run_dir_args(q, name: str | None, name_help: str) -> None:
+    """--name, --run-dir, --overwrite: where a training job writes its run."""
+    q.add_argument("--name", default=name, help=f"run name: the run directory is runs/<name> ({name_help})")
+    q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
+    q.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run: "
+                                                            "removes that run's own files (and nothing else) first")
+
+
+def add_budget_args(q, steps: int) -> None:
+    """--steps, --minutes: a training budget (whichever comes first)."""
+    q.add_argument("--steps", type=positive_int, help=f"training budget in steps (default {steps} unless --minutes "
+                                                      "is given)")
+    q.add_argument("--minutes", type=positive_float, help="training budget in minutes (with --steps: whichever comes "
+                                                          "first)")
+
+
 def _sub(sub, name: str, help: str, description: str, epilog: str):
     return sub.add_parser(name, formatter_class=_fmt, help=help, description=textwrap.fill(description, 98),
                           epilog=epilog)
@@ -158,7 +195,6 @@ def _sub(sub, name: str, help: str, description: str, epilog: str):
 
 
 def _train_parser(sub) -> None:
-    from .data import DATASETS
     from .losses import Density, Weighting
     from .parameterization import Param
     from .training import PROCESSES, TrainConfig
@@ -176,13 +212,9 @@ def _train_parser(sub) -> None:
              "  diffusionlens train --dataset digits --conditional --process vp --param v\n"
              "  diffusionlens train --name moons --resume --steps 4000    # the stored configuration, more steps\n"
              "  torchrun --standalone --nproc_per_node=2 -m diffusionlens.cli train --dataset mnist")
-    q.add_argument("--dataset", choices=DATASETS, metavar="NAME",
-                   help=f"data set: {', '.join(DATASETS)} (default digits; all ship with the package or are "
-                        "generated, nothing is downloaded)")
-    q.add_argument("--name", help="run name: the run directory is runs/<name> (default: the data set's name)")
-    q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
-    q.add_argument("--steps", type=positive_int, help=f"step budget (default {D.steps} unless --minutes is given)")
-    q.add_argument("--minutes", type=positive_float, help="time budget in minutes (wall clock unless --clock process)")
+    add_dataset_arg(q)
+    add_run_dir_args(q, None, "default: the data set's name")
+    add_budget_args(q, D.steps)
     q.add_argument("--clock", choices=["wall", "process"],
                    help=f"what --minutes measures: wall time or this process's CPU time (default {D.clock})")
     q.add_argument("--process", choices=list(PROCESSES), help=f"noise process (default {D.process})")
@@ -206,15 +238,13 @@ def _train_parser(sub) -> None:
     q.add_argument("--label-dropout", type=nonneg_float,
                    help=f"probability of dropping the label (default {D.label_dropout:g})")
     q.add_argument("--n-train", type=positive_int, help="use only the first N training examples")
-    q.add_argument("--seed", type=nonneg_int, help="seed of every random choice (default 0)")
+    add_seed_arg(q, None, "seed of every random choice (default 0)")
     q.add_argument("--log-every", type=positive_int, help="steps between metrics.jsonl lines")
     q.add_argument("--ckpt-every", type=nonneg_int, help="steps between checkpoints (0: only at the end)")
     q.add_argument("--config", help="JSON file of TrainConfig fields (flags given here override it)")
     q.add_argument("--resume", action="store_true", help="continue the run in the run directory exactly where its "
                                                          "last checkpoint left off, with its stored configuration "
                                                          "(flags given here override it)")
-    q.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run: "
-                                                            "removes that run's own files (and nothing else) first")
     q.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in; slow to start)")
     add_common(q)
 
@@ -233,8 +263,7 @@ def _sample_parser(sub) -> None:
     add_run_arg(q)
     add_sampling_args(q)
     q.add_argument("--n", type=positive_int, default=100, help="number of samples (default 100)")
-    q.add_argument("--guidance", type=nonneg_float, default=1.0,
-                   help="classifier-free guidance weight for conditional runs (1 = conditional, 0 = unconditional)")
+    add_guidance_arg(q)
     q.add_argument("--label", type=nonneg_int, help="class of every sample (conditional runs; default: cycle 0-9)")
     q.add_argument("--out", help="output path without extension, in an existing directory (default "
                                  "<run>/samples-<sampler>-<steps>)")
@@ -264,13 +293,12 @@ def _evaluate_parser(sub) -> None:
     q.add_argument("--samplers", type=sampler_list,
                    help="comma-separated entries of the quality-vs-NFE sweep, each a sampler or sampler@grid "
                         f"(default {','.join(DEFAULT_SWEEP)})")
-    q.add_argument("--nfe", type=int_list, help=f"NFE budgets of the sweep (default "
-                                                f"{','.join(map(str, DEFAULT_NFE))})")
+    add_nfe_arg(q, DEFAULT_NFE)
     q.add_argument("--no-sweep", action="store_true", help="skip the quality-vs-NFE sweep")
     q.add_argument("--bpd-n", type=nonneg_int, default=100, help="test points for bits/dim or log-likelihood "
                                                                   "(0 skips; default 100)")
-    q.add_argument("--guidance", type=nonneg_float, default=1.0, help="guidance weight (conditional runs)")
-    q.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    add_guidance_arg(q)
+    add_seed_arg(q)
     add_plan_arg(q)
     add_common(q)
 
@@ -282,7 +310,8 @@ def _tune_parser(sub) -> None:
              "Solve a pilot on the model once (its error density over the noise levels, the data mean and the "
              "Gaussian moments) and, for each sampler and NFE budget, choose the grid's stop and start that come "
              "closest to the pilot's exact solutions. Writes <run>/plan.json and plan.safetensors (atomically); "
-             "sample and evaluate then use it by default (--plan none turns it off). Unconditional runs.",
+             "sample and evaluate then use it by default (--plan none turns it off). Class-conditional runs: one "
+             "pilot per class, the stops chosen on all of them, each class's own mean start.",
              "examples:\n"
              "  diffusionlens tune main\n"
              "  diffusionlens tune runs/moons --samplers unipc --nfe 4,8,16")
@@ -290,8 +319,7 @@ def _tune_parser(sub) -> None:
     q.add_argument("--samplers", type=lambda t: tuple(v.strip() for v in t.split(",") if v.strip()),
                    default=TUNED_SAMPLERS, help=f"comma-separated deterministic samplers (default "
                                                 f"{','.join(TUNED_SAMPLERS)})")
-    q.add_argument("--nfe", type=int_list, default=TUNED_NFES,
-                   help=f"NFE budgets (default {','.join(map(str, TUNED_NFES))})")
+    add_nfe_arg(q, TUNED_NFES, TUNED_NFES, "NFE budgets")
     add_common(q)
 
 
@@ -309,7 +337,7 @@ def _likelihood_parser(sub) -> None:
     q.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probes per point (images)")
     q.add_argument("--rtol", type=positive_float, default=1e-4, help="ODE solver tolerance (default 1e-4)")
     q.add_argument("--batch-size", type=positive_int, help="points per solver batch (default: a tenth of --n)")
-    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of dequantization and probes")
+    add_seed_arg(q, help="seed of dequantization and probes (default 0)")
     add_common(q)
 
 
@@ -344,7 +372,6 @@ def _report_parser(sub) -> None:
 
 
 def _main_parser(sub) -> None:
-    from .data import DATASETS
     from .run import DEFAULT_NFE
 
     q = _sub(sub, "main", "the whole job: train, sample, evaluate, report",
@@ -357,22 +384,16 @@ def _main_parser(sub) -> None:
              "  diffusionlens main\n"
              "  diffusionlens main --steps 300 --name quick\n"
              "  diffusionlens main --dataset mnist --minutes 20 --device cuda")
-    q.add_argument("--dataset", default="digits", choices=DATASETS, metavar="NAME",
-                   help=f"data set: {', '.join(DATASETS)} (default digits)")
-    q.add_argument("--minutes", type=positive_float, help="training budget in minutes (instead of, or with, --steps)")
-    q.add_argument("--steps", type=positive_int, help=f"training budget in steps (default {MAIN_STEPS} unless "
-                                                      "--minutes is given)")
-    q.add_argument("--name", default="main", help="run name: runs/<name> (default main)")
-    q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
-    q.add_argument("--overwrite", action="store_true", help="start over: remove an existing run's own files first")
+    add_dataset_arg(q, "digits")
+    add_budget_args(q, MAIN_STEPS)
+    add_run_dir_args(q, "main", "default main")
     add_sampler_arg(q, "headline sampler")
     q.add_argument("--sampler-steps", type=positive_int, default=16, help="headline sampler steps (default 16)")
-    q.add_argument("--nfe", type=int_list, default=DEFAULT_NFE,
-                   help=f"NFE budgets of the sweep (default {','.join(map(str, DEFAULT_NFE))})")
+    add_nfe_arg(q, DEFAULT_NFE, DEFAULT_NFE)
     q.add_argument("--n-samples", type=positive_int, help="samples per evaluation (default: the train split's "
                                                           "size, 1497 for the digits)")
     q.add_argument("--bpd-n", type=nonneg_int, default=100, help="test images for bits/dim (default 100)")
-    q.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    add_seed_arg(q)
     add_plan_arg(q)
     add_common(q)
 

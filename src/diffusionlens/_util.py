@@ -111,6 +111,50 @@ def read_jsonl(path) -> list[dict]:
     return out
 
 
+def read_json(path, what: str, *, hint: str = "") -> dict:
+    """The JSON object stored in ``path``. A missing file is a FileNotFoundError, an unparsable one or one
+    holding something else a ValueError: one line naming ``what`` and the file, then ``hint`` (what to do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} not found{hint}")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON ({e}){hint}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(obj).__name__}{hint}")
+    return obj
+
+
+def check_writable(directory, *, missing_ok: bool = False, what: str = "to", also=()) -> None:
+    """Raise an OSError (one line, naming the directory) unless files can be created in ``directory``;
+    called before any long computation whose result is written there.
+
+    ``missing_ok``: a directory that does not exist yet is checked through its nearest existing parent
+    (where it will be created); otherwise it is a FileNotFoundError. ``also``: subdirectories that must be
+    writable too where they exist. Asks ``os.access``, then creates and removes a probe file, which also
+    catches what permission bits do not tell (a read-only mount, a process whose access a policy narrows).
+    """
+    directory = Path(directory)
+    probe = directory
+    if missing_ok:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+    elif not directory.is_dir():
+        raise FileNotFoundError(f"directory {str(directory)!r} does not exist")
+    if not probe.is_dir():
+        raise OSError(f"cannot write {what} {directory}: {probe} is not a directory")
+    for d in [probe] + [directory / a for a in also if (directory / a).is_dir()]:
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write {what} {directory}: {d} is not writable")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=probe)
+    except OSError as e:
+        raise PermissionError(f"cannot write {what} {directory}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def umask() -> int:
     """The process umask (read without changing it)."""
     mask = os.umask(0)

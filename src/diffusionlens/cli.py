@@ -17,7 +17,6 @@ Distributed training: ``torchrun --standalone --nproc_per_node=2 -m diffusionlen
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from ._cli_args import MAIN_STEPS, TRAIN_FLAGS, UsageError, build_parser, device
+from ._util import read_json
 
 __all__ = ["main", "build_parser"]
 
@@ -55,26 +55,14 @@ def _conflicts(pairs) -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UsageError(f"{what} {str(path)!r} not found")
-    try:
-        base = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{what} {str(path)!r} is not valid JSON: {e}") from None
-    if not isinstance(base, dict):
-        raise UsageError(f"{what} {str(path)!r} must hold a JSON object of TrainConfig fields")
-    return base
-
-
 def _train_config(args, resume_from: Path | None = None):
     """The TrainConfig of a command: the run's own stored configuration (``--resume``), then ``--config``,
     then the flags given, in increasing precedence."""
     from .training import TrainConfig
 
-    base: dict = _read_json(resume_from / "config.json", "stored configuration") if resume_from else {}
+    base: dict = read_json(resume_from / "config.json", "stored configuration") if resume_from else {}
     if getattr(args, "config", None) is not None:
-        base.update(_read_json(Path(args.config), "config file"))
+        base.update(read_json(Path(args.config), "config file"))
     for flag, field in TRAIN_FLAGS.items():
         if getattr(args, flag, None) is not None:
             base[field] = getattr(args, flag)
@@ -339,7 +327,7 @@ def cmd_main(args) -> int:
     if res.stopped_by == "minutes" and res.step < MAIN_STEPS:
         print(f"      note: the time budget ended at {res.step} of the {MAIN_STEPS} steps the README's figures come "
               f"from; expect a higher Fréchet distance (run without --minutes for the reference result)")
-    use_plan = args.plan != "none" and not cfg.conditional
+    use_plan = args.plan != "none"
     if use_plan:
         print("      tuning the sampling plan")
         tuning.tune_for_evaluation(runs.open_run(run, device=cfg.device, plan=False), sampler=args.sampler,

@@ -111,9 +111,17 @@ def _std_normal_pdf(z: Tensor) -> Tensor:
 
 
 class _Value:
-    """A small frozen choice with its own parameters: JSON form {"kind": ..., **params}, readable str."""
+    """A small frozen choice with its own parameters: JSON form {"kind": ..., **params}, readable str.
+
+    Every parameter is a finite number, checked on construction; those named in ``positive`` must be > 0.
+    """
 
     kind: ClassVar[Choice]
+    positive: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            self._need(f.name, f.name in self.positive)
 
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -147,10 +155,7 @@ class LogNormal(_Value):
     p_mean: float = -1.2
     p_std: float = 1.2
     kind: ClassVar[Choice] = Density.LOGNORMAL
-
-    def __post_init__(self):
-        self._need("p_mean", False)
-        self._need("p_std", True)
+    positive: ClassVar[tuple[str, ...]] = ("p_std",)
 
 
 @dataclass(frozen=True)
@@ -160,10 +165,7 @@ class LogitNormal(_Value):
     mean: float = 0.0
     std: float = 1.0
     kind: ClassVar[Choice] = Density.LOGIT_NORMAL
-
-    def __post_init__(self):
-        self._need("mean", False)
-        self._need("std", True)
+    positive: ClassVar[tuple[str, ...]] = ("std",)
 
 
 @dataclass(frozen=True)
@@ -179,9 +181,7 @@ class MinSNR(_Value):
 
     gamma: float = 5.0
     kind: ClassVar[Choice] = Weighting.MIN_SNR
-
-    def __post_init__(self):
-        self._need("gamma", True)
+    positive: ClassVar[tuple[str, ...]] = ("gamma",)
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,6 @@ class Sigmoid(_Value):
 
     bias: float = 2.0
     kind: ClassVar[Choice] = Weighting.SIGMOID
-
-    def __post_init__(self):
-        self._need("bias", False)
 
 
 @dataclass(frozen=True)

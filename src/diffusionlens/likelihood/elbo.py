@@ -226,8 +226,8 @@ def _tile_cond(cond: dict, reps: int, B: int) -> dict:
     return out
 
 
-def _eval_denoiser(denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict) -> Tensor:
-    """||x0 - D(x0 + sigma n, sigma)||^2 for x0 tiled R times: x0 (B, ...), sigma (R*B,), noise (R*B, ...)."""
+def _eval_denoiser(denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict) -> tuple[Tensor, Tensor]:
+    """D(x0 + sigma n, sigma) and ||x0 - D||^2 for x0 tiled R times: x0 (B, ...), sigma (R*B,), noise (R*B, ...)."""
     B = x0.shape[0]
     R = sigma.shape[0] // B
     xr = x0.repeat((R,) + (1,) * (x0.ndim - 1))
@@ -235,11 +235,10 @@ def _eval_denoiser(denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dic
         D = denoiser(xr + expand(sigma, xr) * noise, sigma, **_tile_cond(cond, R, B))
     if D.shape != xr.shape:
         raise ValueError(f"denoiser output shape {tuple(D.shape)} differs from its input's {tuple(xr.shape)}")
-    err = (xr - D).flatten(1).double().pow(2).sum(1)
-    if not bool(torch.isfinite(err).all()):
-        bad = int(torch.nonzero(~torch.isfinite(err))[0])
+    if not bool(torch.isfinite(D).all()):
+        bad = int(torch.nonzero(~torch.isfinite(D.flatten(1)).all(1))[0])
         raise FloatingPointError(f"non-finite denoiser output at sigma={sigma[bad].item():.6g}")
-    return err
+    return D, (xr - D).flatten(1).double().pow(2).sum(1)
 
 
 def _check_x0(x0):
@@ -300,7 +299,7 @@ def ddpm_vlb(
     pv = PosteriorVar.parse(posterior_var)
     dec = Decoder.parse(decoder)
     cond = dict(cond or {})
-    dev, dtype = x0.device, x0.dtype
+    dev = x0.device
     sig, sc = _chain(sigmas, process, scales, dev)
     T = sig.numel()
     B, d = x0.shape[0], x0[0].numel()
@@ -308,38 +307,14 @@ def ddpm_vlb(
     if not prior_var > 0:
         raise ValueError(f"prior_var must be > 0, got {prior_var}")
 
-    # per-step KL coefficients for k = 2..T (index j = k - 1 = 1..T-1 in the terms)
-    s_prev, s_k = sig[:-1], sig[1:]
-    _, c_x0, var_q = posterior_coefs(s_k, s_prev)
-    var_large = (sc[1:] / sc[:-1]) ** 2 * (s_k**2 - s_prev**2)
-    var_p = var_q if pv is PosteriorVar.SMALL else var_large
-    if decoder_var is None:
-        if pv is PosteriorVar.LARGE:
-            decoder_var = float(sc[0] ** 2 * sig[0] ** 2)
-        else:
-            decoder_var = float(sc[0] ** 2 * posterior_coefs(sig[1], sig[0])[2])
-    if not decoder_var > 0:
-        raise ValueError(f"decoder_var must be > 0, got {decoder_var}")
-
+    c_x0, var_q, var_p, decoder_var = _kl_coefficients(sig, sc, pv, decoder_var)
     terms = torch.zeros(samples, B, T + 1, dtype=torch.float64, device=dev)
     per_call = max(1, max_batch // B)
     for r in range(samples):
         for lo in range(0, T, per_call):
             hi = min(T, lo + per_call)
             steps = torch.arange(lo, hi, device=dev)  # 0-based: step k = index + 1
-            sigma = sig[steps].repeat_interleave(B).to(dtype)
-            gdev = generator.device if generator is not None else dev
-            noise = torch.randn(((hi - lo) * B,) + tuple(x0.shape[1:]), generator=generator, device=gdev,
-                                dtype=dtype).to(dev)
-            with torch.no_grad():
-                xr = x0.repeat((hi - lo,) + (1,) * (x0.ndim - 1))
-                D = denoiser(xr + expand(sigma, xr) * noise, sigma, **_tile_cond(cond, hi - lo, B))
-            if D.shape != xr.shape:
-                raise ValueError(f"denoiser output shape {tuple(D.shape)} differs from its input's {tuple(xr.shape)}")
-            if not bool(torch.isfinite(D).all()):
-                bad = int(torch.nonzero(~torch.isfinite(D.flatten(1)).all(1))[0])
-                raise FloatingPointError(f"non-finite denoiser output at sigma={sigma[bad].item():.6g}")
-            err = (xr - D).flatten(1).double().pow(2).sum(1).reshape(hi - lo, B)
+            D, err = _denoise_steps(denoiser, x0, sig[steps], generator, cond)
             for j, step in enumerate(steps.tolist()):
                 if step == 0:  # the decoder needs D itself, not only its squared error
                     terms[r, :, 0] = decoder_nll(x0, D[:B], decoder_var, dec, levels=levels, binning=binning)
@@ -359,6 +334,34 @@ def ddpm_vlb(
     total = totals.mean(0)
     return VLB(terms=mean_terms, stderr_terms=se_terms, total=total, stderr=se, bpd=total / (d * math.log(2)),
                sigmas=sig)
+
+
+def _kl_coefficients(sig: Tensor, sc: Tensor, pv: PosteriorVar, decoder_var: float | None):
+    """Per-step KL coefficients for k = 2..T (index k - 2): c_x0, the posterior's and the model's
+    variances; and the decoder's variance (default in the module docstring)."""
+    s_prev, s_k = sig[:-1], sig[1:]
+    _, c_x0, var_q = posterior_coefs(s_k, s_prev)
+    var_large = (sc[1:] / sc[:-1]) ** 2 * (s_k**2 - s_prev**2)
+    var_p = var_q if pv is PosteriorVar.SMALL else var_large
+    if decoder_var is None:
+        if pv is PosteriorVar.LARGE:
+            decoder_var = float(sc[0] ** 2 * sig[0] ** 2)
+        else:
+            decoder_var = float(sc[0] ** 2 * posterior_coefs(sig[1], sig[0])[2])
+    if not decoder_var > 0:
+        raise ValueError(f"decoder_var must be > 0, got {decoder_var}")
+    return c_x0, var_q, var_p, decoder_var
+
+
+def _denoise_steps(denoiser, x0: Tensor, levels: Tensor, generator, cond: dict) -> tuple[Tensor, Tensor]:
+    """D at x0 + sigma n for each of the ``levels`` (S,), x0 tiled S times (one call), and the squared
+    errors ||x0 - D||^2 as (S, B)."""
+    B, S, dev, dtype = x0.shape[0], levels.shape[0], x0.device, x0.dtype
+    sigma = levels.repeat_interleave(B).to(dtype)
+    gdev = generator.device if generator is not None else dev
+    noise = torch.randn((S * B,) + tuple(x0.shape[1:]), generator=generator, device=gdev, dtype=dtype).to(dev)
+    D, err = _eval_denoiser(denoiser, x0, sigma, noise, cond)
+    return D, err.reshape(S, B)
 
 
 # ---------------------------------------------------------------------------------- continuous time
@@ -425,7 +428,7 @@ def _rounds(denoiser, x0: Tensor, sig: Tensor, weight: Tensor, n: Tensor, *, dat
     for lo in range(0, K * M, per_call):
         hi = min(K * M, lo + per_call)
         err[lo:hi] = _eval_denoiser(denoiser, x0, sig_f[lo:hi].reshape(-1).to(x0.dtype),
-                                    n_f[lo:hi].reshape((-1,) + tuple(x0.shape[1:])), cond).reshape(hi - lo, B)
+                                    n_f[lo:hi].reshape((-1,) + tuple(x0.shape[1:])), cond)[1].reshape(hi - lo, B)
     err = err.reshape(K, M, B)
     if control_variate:
         err = err - _control(sig, n.flatten(3).double().pow(2).sum(3), d, data_var)

@@ -137,17 +137,8 @@ def encode(
     Returns:
         latent (batch, *data_shape) in x's dtype (and the info).
     """
-    grid, lo, hi = _grid(sigmas, increasing=True)
-    if grid is not None:
-        sigma_min, sigma_max = lo, hi
-    if sigma_min is None or sigma_max is None:
-        raise ValueError("give sigma_min and sigma_max, or an increasing sigmas grid")
-    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-    _check(x, sigma_min, sigma_max)
-    x_hat = x / _scale_at(process, sigma_min)
-    z, info = _flow(denoiser, x_hat, sigma_min, sigma_max, sigmas=grid, sampler=sampler, rtol=rtol, atol=atol,
-                    method=method, cond=dict(cond or {}), max_steps=max_steps)
-    z = z * _scale_at(process, sigma_max)
+    z, info = _transport(denoiser, x, True, sigma_min, sigma_max, sigmas, process, sampler=sampler, rtol=rtol,
+                         atol=atol, method=method, cond=dict(cond or {}), max_steps=max_steps)
     return (z, info) if return_info else z
 
 
@@ -172,18 +163,24 @@ def decode(
     ``sigmas``, if given, is a decreasing grid from sigma_max to sigma_min (> 0). Other arguments as
     :func:`encode`; ``z`` is x_hat at sigma_max (x_t of ``process`` if given).
     """
-    grid, lo, hi = _grid(sigmas, increasing=False)
+    x, info = _transport(denoiser, z, False, sigma_min, sigma_max, sigmas, process, sampler=sampler, rtol=rtol,
+                         atol=atol, method=method, cond=dict(cond or {}), max_steps=max_steps)
+    return (x, info) if return_info else x
+
+
+def _transport(denoiser, x: Tensor, up: bool, sigma_min, sigma_max, sigmas, process, **flow):
+    """The PF-ODE from one end of [sigma_min, sigma_max] to the other (``up``: encoding), in x_t units of
+    ``process`` at both ends: the ends from the grid when one is given (increasing when encoding)."""
+    grid, lo, hi = _grid(sigmas, increasing=up)
     if grid is not None:
         sigma_min, sigma_max = lo, hi
     if sigma_min is None or sigma_max is None:
-        raise ValueError("give sigma_min and sigma_max, or a decreasing sigmas grid")
+        raise ValueError(f"give sigma_min and sigma_max, or an {'increasing' if up else 'decreasing'} sigmas grid")
     sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-    _check(z, sigma_min, sigma_max)
-    z_hat = z / _scale_at(process, sigma_max)
-    x, info = _flow(denoiser, z_hat, sigma_max, sigma_min, sigmas=grid, sampler=sampler, rtol=rtol, atol=atol,
-                    method=method, cond=dict(cond or {}), max_steps=max_steps)
-    x = x * _scale_at(process, sigma_min)
-    return (x, info) if return_info else x
+    _check(x, sigma_min, sigma_max)
+    start, end = (sigma_min, sigma_max) if up else (sigma_max, sigma_min)
+    y, info = _flow(denoiser, x / _scale_at(process, start), start, end, sigmas=grid, **flow)
+    return y * _scale_at(process, end), info
 
 
 def round_trip(denoiser, x: Tensor, **kwargs) -> tuple[Tensor, Tensor]:

@@ -82,6 +82,7 @@ from torch import Tensor
 from .._util import Choice, as_sigma, as_tensor
 from ..ode import Method, solve
 from ..processes import Process
+from .probes import Probe, draw_probes, draw_rotating, rotating_probe
 
 __all__ = [
     "Divergence",
@@ -117,15 +118,6 @@ def default_divergence(d: int) -> Divergence:
     if not (isinstance(d, int) and d >= 1):
         raise ValueError(f"d must be an integer >= 1, got {d!r}")
     return Divergence.EXACT if d <= EXACT_MAX_DIM else Divergence.HUTCHINSON
-
-
-class Probe(Choice, what="probe"):
-    """Distribution of Hutchinson probe vectors (all have E[e e^T] = I)."""
-
-    ROTATING = "rotating"
-    RADEMACHER = "rademacher"
-    GAUSSIAN = "gaussian"
-    ORTHOGONAL = "orthogonal"
 
 
 @dataclass(frozen=True)
@@ -180,62 +172,6 @@ def prior_gap(log_prob: Callable[[Tensor, float], Tensor], latent: Tensor, sigma
     """
     prior = prior if prior is not None else gaussian_prior(sigma_max)
     return log_prob(latent, sigma_max) - prior(latent)
-
-
-def draw_probes(
-    shape: tuple[int, ...], probes: int, kind: Probe | str, generator: torch.Generator | None, dtype, device
-) -> Tensor:
-    """Probe vectors e with E[e e^T] = I, shape (batch, probes, *data_shape) for ``shape`` = (batch, *data_shape)."""
-    kind = Probe.parse(kind)
-    if kind is Probe.ROTATING:
-        raise ValueError("rotating probes depend on the noise level: use draw_rotating and rotating_probe")
-    B, d = shape[0], math.prod(shape[1:])
-    gdev = generator.device if generator is not None else torch.device(device)
-    if kind is Probe.RADEMACHER:
-        e = torch.randint(0, 2, (B, probes, d), generator=generator, device=gdev).to(torch.float64) * 2 - 1
-    elif kind is Probe.GAUSSIAN:
-        e = torch.randn(B, probes, d, generator=generator, device=gdev, dtype=torch.float64)
-    else:
-        # blocks of min(P, d) orthonormal directions scaled by sqrt(d): E[e e^T] = d E[q q^T] = I per direction
-        blocks = []
-        left = probes
-        while left > 0:
-            k = min(left, d)
-            g = torch.randn(B, d, k, generator=generator, device=gdev, dtype=torch.float64)
-            q, r = torch.linalg.qr(g)
-            q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # Haar
-            blocks.append(q.transpose(1, 2) * math.sqrt(d))
-            left -= k
-        e = torch.cat(blocks, 1)
-    return e.reshape((B, probes) + tuple(shape[1:])).to(device=device, dtype=dtype)
-
-
-def draw_rotating(batch: int, probes: int, d: int, turns: int, generator, dtype, device) -> Tensor:
-    """Orthonormal frames of ``turns + 1`` directions per probe, scaled by sqrt(d): (batch, probes, turns + 1, d)."""
-    if turns + 1 > d:
-        raise ValueError(f"rotating probes need turns + 1 <= d orthonormal directions, got turns={turns}, d={d}")
-    gdev = generator.device if generator is not None else torch.device(device)
-    g = torch.randn(batch, probes, d, turns + 1, generator=generator, device=gdev, dtype=torch.float64)
-    q, r = torch.linalg.qr(g)
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]  # Haar
-    return (q.transpose(-1, -2) * math.sqrt(d)).to(device=device, dtype=dtype)
-
-
-def rotating_probe(frames: Tensor, u: Tensor, u_lo: float, u_hi: float) -> Tensor:
-    """The rotating probe at log-noise ``u`` (b,), from ``frames`` (b, P, turns + 1, d): returns (b, P, d).
-
-    On [k, k + 1] of the rescaled position tau = turns (u - u_lo)/(u_hi - u_lo) the probe is
-    cos(pi/2 g) a_k + sin(pi/2 g) a_{k+1}, g = f^3 (10 - 15 f + 6 f^2) of the fraction f (C2 in u).
-    """
-    turns = frames.shape[2] - 1
-    tau = ((u.double() - u_lo) / (u_hi - u_lo) * turns).clamp(0, turns)
-    k = tau.floor().clamp(max=turns - 1).long()
-    f = tau - k
-    g = f**3 * (10 - 15 * f + 6 * f**2)
-    c = torch.cos(0.5 * math.pi * g).to(frames.dtype)[:, None, None]
-    s = torch.sin(0.5 * math.pi * g).to(frames.dtype)[:, None, None]
-    rows = torch.arange(frames.shape[0], device=frames.device)
-    return c * frames[rows, :, k] + s * frames[rows, :, k + 1]
 
 
 def _index_cond(cond: dict, idx: Tensor, copies: int, B: int) -> dict:
@@ -376,61 +312,22 @@ def log_likelihood(
             fails.
         cond: conditioning keyword arguments for the denoiser; tensors with leading dim batch are per sample.
         turns: ``"rotating"`` probes only: how many quarter turns each probe makes along the path
-            (it visits ``turns + 1`` orthonormal directions; capped at d - 1). On the d=256 oracle the
-            single-probe RMS error falls from 14.1 nats (Rademacher) to 9.7, 8.3, 6.6 with 8, 16, 32
-            turns and stays there (7.2, 6.7) at 64, 128, where the rotation outruns the solver's steps.
+            (it visits ``turns + 1`` orthonormal directions; capped at d - 1). More turns lower the
+            single-probe error until the rotation outruns the solver's steps (benchmarks/likelihood.md).
         return_info: also return a :class:`LikelihoodInfo`.
 
     Returns:
         (batch,) float64 log-likelihoods, and the info if requested.
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}"
-                        + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
-    if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
-        raise ValueError(f"x must have shape (batch, *data_shape) with batch >= 1, got {tuple(x.shape)}")
     sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-    if not (0 < sigma_min < sigma_max < math.inf):
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains a non-finite value")
+    div = _check_request(x, sigma_min, sigma_max, divergence, probes, turns)
     B, shape = x.shape[0], tuple(x.shape[1:])
     d = math.prod(shape)
-    div = Divergence.parse(divergence) if divergence is not None else default_divergence(d)
-    if div is Divergence.HUTCHINSON and not (isinstance(probes, int) and probes >= 1):
-        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
-    if not (isinstance(turns, int) and turns >= 1):
-        raise ValueError(f"turns must be an integer >= 1, got {turns!r}")
     cond = dict(cond or {})
-    dtype, dev = x.dtype, x.device
-
-    log_scale = torch.zeros(B, dtype=torch.float64, device=dev)
-    x_hat = x
-    if process is not None:
-        if not isinstance(process, Process):
-            raise TypeError(f"process must be a diffusionlens Process, got {process!r}")
-        s = float(process.scale_of_sigma(torch.tensor(sigma_min, dtype=torch.float64)))
-        x_hat = x / s
-        log_scale = log_scale - d * math.log(s)
-
-    if div is Divergence.EXACT:
-        m = 1
-        eye = torch.eye(d, dtype=dtype, device=dev).reshape((d,) + shape)
-        copies = d
-        probe_vecs = path = None
-    else:
-        m = probes
-        probe = Probe.parse(probe)
-        u_lo, u_hi = math.log(sigma_min), math.log(sigma_max)
-        path = None
-        if probe is Probe.ROTATING and d == 1:
-            probe = Probe.RADEMACHER  # one dimension: e = +-1 is exact and nothing can rotate
-        if probe is Probe.ROTATING:
-            turns = min(turns, d - 1)
-            path = draw_rotating(B, probes, d, turns, generator, dtype, dev)  # (B, P, turns + 1, d)
-        else:
-            probe_vecs = draw_probes(x.shape, probes, probe, generator, dtype, dev)  # (B, P, *shape)
-        copies = probes
+    x_hat, log_scale = _unscaled(x, process, sigma_min, d)
+    u0, u1 = math.log(sigma_min), math.log(sigma_max)
+    vectors = _Vectors(div, x, probes, probe, turns, generator, u0, u1)
+    m, copies = vectors.m, vectors.copies
     step = copies if chunk is None else max(1, min(copies, int(chunk)))
     # weight of the accumulators in the solver's RMS error norm. Exact trace: jointly as much as all
     # of x_hat, so its error is not diluted by d. Hutchinson: plain RMS (weight 1 per component), since
@@ -441,57 +338,33 @@ def log_likelihood(
     # basis products (vmap's fixed cost dominates there)
     auto = div is Divergence.HUTCHINSON or copies <= 4
     vjp = _VJP(stacked=auto if stacked is None else bool(stacked))
+    rhs = _flow_rhs(denoiser, cond, vectors, vjp, B, shape, step, c, x.dtype)
 
-    def rhs(u: Tensor, y: Tensor, idx: Tensor, need_trace: bool = True) -> Tensor:
-        b = y.shape[0]
-        ud = u.double()
-        sigma = torch.exp(ud)
-        s_vp = torch.rsqrt(1 + sigma**2)[:, None]  # the state is y = s_vp x_hat (module docstring)
-        xh = (y[:, :d] / s_vp).reshape((b,) + shape).to(dtype)
-        sigma = sigma.to(dtype)
-        q = torch.zeros(m, b, dtype=torch.float64, device=dev)
-        D = None
-        if not need_trace:  # a stage whose trace no weight uses (ode.solve's quadrature components)
-            with torch.no_grad():
-                D = denoiser(xh, sigma, **_index_cond(cond, idx, 1, B))
-        for lo in range(0 if need_trace else copies, copies, step):
-            hi = min(copies, lo + step)
-            if div is Divergence.EXACT:
-                vecs = eye[lo:hi, None].expand((hi - lo, b) + shape)
-            elif path is not None:
-                vecs = rotating_probe(path[idx, lo:hi], u, u_lo, u_hi).transpose(0, 1).reshape((hi - lo, b) + shape)
-            else:
-                vecs = probe_vecs[idx, lo:hi].transpose(0, 1)
-            Dc, qc = vjp(denoiser, xh, sigma, vecs, lambda k: _index_cond(cond, idx, k, B))
-            D = Dc if D is None else D
-            if div is Divergence.EXACT:
-                q[0] += qc.sum(0).double()
-            else:
-                q[lo:hi] = qc.double()
-        # d(s x_hat)/du = s (x_hat - D) + (d log s/du) s x_hat, with d log s/du = -sigma^2 / (1 + sigma^2)
-        dy = y[:, :d] * (s_vp**2) - s_vp * D.reshape(b, d).double()
-        return torch.cat([dy, -c * q.T], 1)
-
-    u0, u1 = math.log(sigma_min), math.log(sigma_max)
     s0, s1 = (1 + sigma_min**2) ** -0.5, (1 + sigma_max**2) ** -0.5
-    y0 = torch.cat([s0 * x_hat.reshape(B, d).double(), torch.zeros(B, m, dtype=torch.float64, device=dev)], 1)
+    y0 = torch.cat([s0 * x_hat.reshape(B, d).double(), torch.zeros(B, m, dtype=torch.float64, device=x.device)], 1)
     # first step a quarter unit of log sigma: every feature of the flow has a width of order one in
     # log sigma (tr J is a sum of logistic functions of 2 log sigma), while the generic heuristic scales
     # the step by |dy/du|, which is nearly zero below the data's scales, and creeps out of that region
     y1, sinfo = solve(rhs, y0, u0, u1, rtol=rtol, atol=atol, method=method, h0=min(0.25, u1 - u0),
                       max_steps=max_steps, quadrature=True)
-    nfe = sinfo.nfe
-    latent = (y1[:, :d] / s1).reshape((B,) + shape)
-    acc = y1[:, d:] / c  # (B, m): -int tr J du, per probe
     prior = prior if prior is not None else gaussian_prior(sigma_max)
+    ll, info = _result(y1, sinfo.nfe, shape, c, (u1 - u0), s1, prior, log_scale, div, copies)
+    return (ll, info) if return_info else ll
+
+
+def _result(y1: Tensor, nfe: Tensor, shape, c: float, du: float, s1: float, prior, log_scale: Tensor,
+            div: Divergence, copies: int) -> tuple[Tensor, LikelihoodInfo]:
+    """The log-likelihoods and their :class:`LikelihoodInfo` from the solver's final state ``y1``."""
+    B, d = y1.shape[0], math.prod(shape)
+    m = y1.shape[1] - d
+    latent = (y1[:, :d] / s1).reshape((B,) + tuple(shape))
+    acc = y1[:, d:] / c  # (B, m): -int tr J du, per probe
     prior_logp = prior(latent).double()
-    delta = acc + d * (u1 - u0)  # (B, m)
+    delta = acc + d * du  # (B, m)
     per_probe = prior_logp[:, None] + delta + log_scale[:, None]
     ll = per_probe.mean(1)
     if not bool(torch.isfinite(ll).all()):
         raise FloatingPointError(f"non-finite log-likelihood for sample {int(torch.nonzero(~torch.isfinite(ll))[0])}")
-    if not return_info:
-        return ll
     if m > 1:
         stderr = per_probe.std(1, unbiased=True) / math.sqrt(m)
     elif div is Divergence.EXACT:
@@ -503,3 +376,98 @@ def log_likelihood(
         prior_logp=prior_logp, delta_logp=delta.mean(1), log_scale=log_scale,
     )
     return ll, info
+
+
+def _check_request(x, sigma_min: float, sigma_max: float, divergence, probes, turns) -> Divergence:
+    """The checks of :func:`log_likelihood`'s arguments; returns the divergence to use."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}"
+                        + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
+    if x.ndim < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(f"x must have shape (batch, *data_shape) with batch >= 1, got {tuple(x.shape)}")
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains a non-finite value")
+    div = Divergence.parse(divergence) if divergence is not None else default_divergence(x[0].numel())
+    if div is Divergence.HUTCHINSON and not (isinstance(probes, int) and probes >= 1):
+        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    if not (isinstance(turns, int) and turns >= 1):
+        raise ValueError(f"turns must be an integer >= 1, got {turns!r}")
+    return div
+
+
+def _unscaled(x: Tensor, process: Process | None, sigma_min: float, d: int) -> tuple[Tensor, Tensor]:
+    """x_hat = x / s(sigma_min) and the -d log s term of the change of variables (module docstring, "Scale")."""
+    log_scale = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    if process is None:
+        return x, log_scale
+    if not isinstance(process, Process):
+        raise TypeError(f"process must be a diffusionlens Process, got {process!r}")
+    s = float(process.scale_of_sigma(torch.tensor(sigma_min, dtype=torch.float64)))
+    return x / s, log_scale - d * math.log(s)
+
+
+class _Vectors:
+    """The vectors v_j of the quadratic forms <v_j, J v_j>: the basis (exact trace, ``m`` = 1 accumulator
+    summing ``copies`` = d forms) or the probes (Hutchinson, one accumulator per probe)."""
+
+    def __init__(self, div: Divergence, x: Tensor, probes: int, probe, turns: int, generator, u_lo, u_hi):
+        B, shape, dtype, dev = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
+        d = math.prod(shape)
+        self.exact, self.shape, self.u_lo, self.u_hi = div is Divergence.EXACT, shape, u_lo, u_hi
+        self.eye = self.path = self.fixed = None
+        if self.exact:
+            self.m, self.copies = 1, d
+            self.eye = torch.eye(d, dtype=dtype, device=dev).reshape((d,) + shape)
+            return
+        self.m = self.copies = probes
+        probe = Probe.parse(probe)
+        if probe is Probe.ROTATING and d == 1:
+            probe = Probe.RADEMACHER  # one dimension: e = +-1 is exact and nothing can rotate
+        if probe is Probe.ROTATING:
+            self.path = draw_rotating(B, probes, d, min(turns, d - 1), generator, dtype, dev)  # (B, P, turns + 1, d)
+        else:
+            self.fixed = draw_probes(x.shape, probes, probe, generator, dtype, dev)  # (B, P, *shape)
+
+    def __call__(self, lo: int, hi: int, idx: Tensor, u: Tensor) -> Tensor:
+        """Vectors lo..hi for the samples ``idx`` at log-noise ``u``: (hi - lo, len(idx), *shape)."""
+        b = idx.shape[0]
+        if self.exact:
+            return self.eye[lo:hi, None].expand((hi - lo, b) + self.shape)
+        if self.path is not None:
+            v = rotating_probe(self.path[idx, lo:hi], u, self.u_lo, self.u_hi)
+            return v.transpose(0, 1).reshape((hi - lo, b) + self.shape)
+        return self.fixed[idx, lo:hi].transpose(0, 1)
+
+
+def _flow_rhs(denoiser, cond: dict, vectors: _Vectors, vjp: _VJP, B: int, shape, step: int, c: float, dtype):
+    """The right-hand side for :func:`diffusionlens.ode.solve`: the state y = x_hat / sqrt(1 + sigma^2) and
+    the accumulators -c <v, J v> (module docstring), ``step`` products per denoiser call."""
+    d, m, copies = math.prod(shape), vectors.m, vectors.copies
+
+    def rhs(u: Tensor, y: Tensor, idx: Tensor, need_trace: bool = True) -> Tensor:
+        b = y.shape[0]
+        ud = u.double()
+        sigma = torch.exp(ud)
+        s_vp = torch.rsqrt(1 + sigma**2)[:, None]  # the state is y = s_vp x_hat (module docstring)
+        xh = (y[:, :d] / s_vp).reshape((b,) + shape).to(dtype)
+        sigma = sigma.to(dtype)
+        q = torch.zeros(m, b, dtype=torch.float64, device=y.device)
+        D = None
+        if not need_trace:  # a stage whose trace no weight uses (ode.solve's quadrature components)
+            with torch.no_grad():
+                D = denoiser(xh, sigma, **_index_cond(cond, idx, 1, B))
+        for lo in range(0 if need_trace else copies, copies, step):
+            hi = min(copies, lo + step)
+            Dc, qc = vjp(denoiser, xh, sigma, vectors(lo, hi, idx, u), lambda k: _index_cond(cond, idx, k, B))
+            D = Dc if D is None else D
+            if vectors.exact:
+                q[0] += qc.sum(0).double()
+            else:
+                q[lo:hi] = qc.double()
+        # d(s x_hat)/du = s (x_hat - D) + (d log s/du) s x_hat, with d log s/du = -sigma^2 / (1 + sigma^2)
+        dy = y[:, :d] * (s_vp**2) - s_vp * D.reshape(b, d).double()
+        return torch.cat([dy, -c * q.T], 1)
+
+    return rhs

@@ -12,29 +12,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._plot import image_grid, sample_figure, show_images
+from .._plot import pyplot as _plt
+from .._plot import save_figure as _save
 from .._util import read_jsonl
 
 __all__ = ["image_grid", "sample_figure", "loss_curve", "quality_vs_nfe", "denoising_figure",
            "weighting_figure", "gap_figure", "elbo_figure", "langevin_figure", "sde_figure", "interpolation_figure",
            "target_variance_figure"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    tmp.replace(path)
-    return path
 
 
 def _plain_ticks(ax) -> None:
@@ -48,59 +33,6 @@ def _plain_ticks(ax) -> None:
             # labelled minor ticks at 2 and 5 x 10^k: a range inside one decade still gets numbers
             axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
             axis.set_minor_formatter(fmt)
-
-
-def image_grid(x: Tensor, nrow: int, pad: float = 1.0) -> Tensor:
-    """(N, C, H, W) in [-1, 1] -> (rows*(H+1)-1, nrow*(W+1)-1, C) in [0, 1], one-pixel gaps of value ``pad``."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2)
-    N, C, H, W = x.shape
-    rows = math.ceil(N / nrow)
-    out = torch.full((rows * (H + 1) - 1, nrow * (W + 1) - 1, C), float(pad))
-    for i in range(N):
-        r, c = divmod(i, nrow)
-        out[r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = x[i].permute(1, 2, 0)
-    return out
-
-
-def _show_images(ax, x: Tensor, nrow: int, title: str) -> None:
-    # one channel: ink dark on white (gray_r maps the background -1 to white), gaps light gray
-    mono = x.shape[1] == 1
-    g = image_grid(x, nrow, pad=0.25 if mono else 1.0).numpy()
-    ax.imshow(g[..., 0] if mono else g, cmap="gray_r" if mono else None, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title, fontsize=10)
-    ax.axis("off")
-
-
-def sample_figure(samples: Tensor, path, *, reference: Tensor | None = None, title: str = "samples",
-                  nrow: int = 10) -> Path:
-    """Grid of image samples (beside real test images), or a scatter of 2-D samples over the reference."""
-    plt = _plt()
-    if samples.ndim == 4:
-        k = min(samples.shape[0], nrow * nrow)
-        panels = 2 if reference is not None else 1
-        fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.4), squeeze=False)
-        _show_images(axes[0, 0], samples[:k], nrow, title)
-        if reference is not None:
-            _show_images(axes[0, 1], reference[:k], nrow, "real test images")
-        return _save(fig, path)
-    s = samples.detach().reshape(samples.shape[0], -1)[:, :2].float().cpu().numpy()
-    if reference is None:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue")
-        ax.set_aspect("equal")
-        ax.set_title(title)
-        return _save(fig, path)
-    # side by side on shared axes: overlaid, whichever cloud is drawn last hides the other
-    r = reference.detach().reshape(reference.shape[0], -1)[:, :2].float().cpu().numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), sharex=True, sharey=True)
-    axes[0].scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue")
-    axes[0].set_title(title, fontsize=10)
-    axes[1].scatter(r[:, 0], r[:, 1], s=2, alpha=0.5, c="tab:gray")
-    axes[1].set_title(f"held-out data ({len(r)} points)", fontsize=10)
-    for ax in axes:
-        ax.set_aspect("equal")
-        ax.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 def loss_curve(metrics_path, path) -> Path:
@@ -179,7 +111,7 @@ def denoising_figure(denoiser, x0: Tensor, sigmas: list[float], path, *, generat
             cols.append((f"E[x0|x_t], σ={s:g}", denoiser(xh.to(dev), s).cpu()))
         fig, axes = plt.subplots(1, len(cols), figsize=(1.25 * len(cols), 0.9 * x0.shape[0] + 0.6), squeeze=False)
         for ax, (title, x) in zip(axes[0], cols):
-            _show_images(ax, x, 1, "")
+            show_images(ax, x, 1, "")
             ax.set_title(title, fontsize=7)
         fig.suptitle("denoising: noisy input (scaled by 1/sqrt(1+σ²)) and the model's E[x0|x_t]", fontsize=9)
         return _save(fig, path)
@@ -296,7 +228,7 @@ def regularisers_figure(curves: dict[str, dict], path) -> Path:
 def _panel(ax, x: Tensor, title: str, *, nrow: int, reference: Tensor | None = None) -> None:
     """Images as a grid, or points as a scatter over the reference cloud (first two coordinates)."""
     if x.ndim == 4:
-        _show_images(ax, x, nrow, title)
+        show_images(ax, x, nrow, title)
         return
     if reference is not None:
         r = reference.detach().reshape(reference.shape[0], -1)[:, :2].float().cpu().numpy()
@@ -361,7 +293,7 @@ def interpolation_figure(x: Tensor, decoded: Tensor, path, *, reference: Tensor 
     pairs, frames = decoded.shape[:2]
     if decoded.ndim == 5:  # (pairs, frames, C, H, W)
         fig, ax = plt.subplots(figsize=(0.9 * frames + 0.4, 0.9 * pairs + 0.5))
-        _show_images(ax, decoded.flatten(0, 1), frames, "decoded slerp between encoded test images (ends: round trip)")
+        show_images(ax, decoded.flatten(0, 1), frames, "decoded slerp between encoded test images (ends: round trip)")
         return _save(fig, path)
     fig, ax = plt.subplots(figsize=(5, 5))
     if reference is not None:

@@ -15,7 +15,6 @@ shows its error in place; :func:`write_report` still writes the page and then ra
 from __future__ import annotations
 
 import html
-import json
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .._util import read_json
 from ..training.checkpoint import atomic_write
 from . import figures
 
@@ -428,13 +428,7 @@ def write_report(run_dir, *, progress: bool = True, device: str = "cpu") -> Path
     from ..run import open_run
 
     run_dir = Path(run_dir)
-    ev_path = run_dir / "evaluation.json"
-    if not ev_path.is_file():
-        raise FileNotFoundError(f"{ev_path} not found: run `diffusionlens evaluate` on the run first")
-    try:
-        ev = json.loads(ev_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{ev_path} is not valid JSON ({e}): run `diffusionlens evaluate` again") from None
+    ev = read_json(run_dir / "evaluation.json", "evaluation", hint=": run `diffusionlens evaluate` on the run first")
     opened = open_run(run_dir, device=device)
     den, cfg = opened.denoiser, opened.config
     samples = load_file(str(run_dir / "samples.safetensors"))["x"]

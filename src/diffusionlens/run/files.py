@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from torch import Tensor
 
+from .._util import check_writable
 
-def check_writable(directory) -> None:
-    """Raise PermissionError (one line, naming the directory) unless a file can be created in it; called
-    before any long computation whose result is written there."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"directory {str(directory)!r} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=directory)
-    except OSError as e:
-        raise PermissionError(f"cannot write to {str(directory)!r}: {e.strerror or e}") from None
-    os.close(fd)
-    os.unlink(tmp)
+__all__ = ["check_writable", "output_stem", "save_json", "save_tensors"]
 
 
 def output_stem(out, default: Path) -> Path:

@@ -15,7 +15,7 @@ from ..samplers import DEFAULT_SAMPLER
 from ._core import LEVELS, Run, open_run, progress_bar
 from .files import check_writable, save_json, save_tensors
 from .plan import has_tuned
-from .sampling import generate, steps_for_nfe, sweep_entry
+from .sampling import generate, steps_for_nfe, sweep_entry, usable_plan
 
 DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis", "unipc@fitted-stop")
 """Entries of the quality-vs-NFE sweep: samplers on their recommended grids, and UniPC on the fitted grid
@@ -41,8 +41,9 @@ def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progres
     for s, k in jobs:
         name, grid = entries[s]
         steps, plan = steps_for_nfe(name, k), None
-        if grid == "fitted-stop" and has_tuned(run.plan, name, k):  # the stored plan's, measured once by tune
-            grid, steps, plan = None, k, run.plan
+        usable = usable_plan(run.plan, run.config, guidance)
+        if grid == "fitted-stop" and has_tuned(usable, name, k):  # the stored plan's, measured once by tune
+            grid, steps, plan = None, k, usable
         xs, _, used = generate(run.denoiser, run.config, n, sampler=name, steps=steps, seed=seed,
                                guidance=guidance, grid=grid, pilot_cache=cache, plan=plan)
         curves.setdefault(s, []).append([used, score(xs)])

@@ -30,17 +30,19 @@ def has_tuned(plan, sampler: str, nfe: int) -> bool:
 
 def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES) -> object:
     """Measure the run's sampling plan once (the pilot's error density and stops, the data mean and
-    Gaussian moments) and store it in the run directory (atomic); returns it."""
-    if run.config.conditional:
-        raise ValueError(f"{str(run.path)!r} is class-conditional: a sampling plan is measured on an "
-                         "unconditional model")
+    Gaussian moments; for a class-conditional run one pilot per class, unguided, and the class means) and
+    store it in the run directory (atomic); returns it."""
     from ..data import load_dataset
+    from .sampling import class_denoisers
 
     check_writable(run.path)
     small = None if run.config.dataset in LEVELS else 2  # only the shape is needed
-    shape = tuple(load_dataset(run.config.dataset, "test", seed=run.config.seed, n=small).data_shape)
+    data = load_dataset(run.config.dataset, "test", seed=run.config.seed, n=small)
+    shape = tuple(data.data_shape)
     smin, smax = sampling_range(run.config)
-    plan = _samplers.tune(run.denoiser, shape, samplers, nfes, sigma_min=smin, sigma_max=smax, device=run.device)
+    conditions = class_denoisers(run.denoiser, data.num_classes) if run.config.conditional else None
+    plan = _samplers.tune(run.denoiser, shape, samplers, nfes, sigma_min=smin, sigma_max=smax, device=run.device,
+                          conditions=conditions)
     plan.save(run.path)
     return plan
 

@@ -37,28 +37,14 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
     return SAMPLERS[sampler].spec.steps_for_nfe(nfe)
 
 
-def _sample_batch(den, noise, *, sampler, steps, smin, smax, grid, seeds, progress, analytic_start, mean, gauss,
-                  plan):
-    from ..samplers import SAMPLERS, sample
-    from .plan import plan_kwargs
-
-    # only the starts asked for: an explicit plain start would override the plan's tuned one
-    start = {k: v for k, v in (("analytic_start", analytic_start), ("data_mean", mean), ("teleport", gauss))
-             if v is not None and v is not False}
-    if SAMPLERS[sampler].spec.adaptive:  # it chooses its own steps
-        steps = None
-    return sample(den, noise, sampler=sampler, steps=steps, sigma_min=smin, sigma_max=smax, grid=grid,
-                  generator=seeds, return_info=True, progress=progress, **start, **plan_kwargs(plan))
-
-
 class _Conditions:
     """The denoiser of each condition sampled: one (None) for unconditional runs, one per class otherwise."""
 
-    def __init__(self, denoiser, cfg, num_classes: int, guidance: float, label: int | None):
+    def __init__(self, denoiser, conditional: bool, num_classes: int, guidance: float, label: int | None):
         from ..guidance import ClassifierFree
 
-        self.denoiser = denoiser
-        self.guided = ClassifierFree(denoiser, guidance) if cfg.conditional else None
+        self.denoiser, self.guidance = denoiser, guidance
+        self.guided = ClassifierFree(denoiser, guidance) if conditional else None
         self.classes = [None] if self.guided is None else ([int(label)] if label is not None
                                                             else list(range(num_classes)))
 
@@ -73,20 +59,27 @@ class _Conditions:
         return lambda x, s: self.guided(x, s, y=yb)
 
 
-def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, guidance, analytic_start, gauss,
-                cache, dev, progress: bool = False):
-    """(grid tensor, per-class data means) of a fitted or fitted-stop grid: one pilot for all batches (per
-    class: the solver calls the denoiser on subsets of the pilot batch, so labels cannot be bound by position)."""
-    from ..samplers import SAMPLERS, ErrorDensity, error_density, stop_grid
+def class_denoisers(denoiser, num_classes: int, guidance: float = 1.0) -> list:
+    """One denoiser per class of a conditional model, its label bound (guided with weight ``guidance``):
+    what a per-class pilot is solved on (the solvers call it on subsets of the pilot batch, so labels
+    cannot be bound by position)."""
+    conds = _Conditions(denoiser, True, num_classes, guidance, None)
+    return [conds.of(c) for c in conds.classes]
 
-    key = ("pilots", tuple(conds.classes), guidance, gauss is not None)
+
+def _pilots(conds: _Conditions, shape, smin, smax, *, teleport: bool, cache, dev, progress: bool = False) -> list:
+    """The (denoiser, ErrorDensity) pilot of each condition, solved once for all batches (and across calls
+    through ``cache``): the pilot grids' measurements, and each condition's data mean."""
+    from ..samplers import error_density
+
+    key = ("pilots", tuple(conds.classes), conds.guidance, teleport)
     pilots = None if cache is None else cache.get(key)
     if pilots is None:
         pilots = []
         bar = progress_bar(progress, len(conds.classes), "pilot solve", "condition")
         for c in conds.classes:
             if c is None:
-                dens = error_density(conds.of(c), shape, smin, smax, device=dev, pilot=256 if gauss is not None else 64)
+                dens = error_density(conds.of(c), shape, smin, smax, device=dev, pilot=256 if teleport else 64)
             else:
                 dens = error_density(conds.of(c), shape, smin, smax, pilot=max(8, 64 // len(conds.classes)),
                                      device=dev, generator=torch.Generator().manual_seed(c))
@@ -97,13 +90,40 @@ def _pilot_grid(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, 
             bar.close()
         if cache is not None:
             cache[key] = pilots
-    dens = pilots[0][1] if conds.guided is None else ErrorDensity.average([p for _, p in pilots])
-    if grid == "fitted":
-        sigmas = dens.grid(steps, SAMPLERS[sampler].spec.order)
+    return pilots
+
+
+def _resolve(conds: _Conditions, shape, smin, smax, *, sampler, steps, grid, analytic_start, gauss, plan, cache, dev,
+             progress):
+    """The run's grid and start, resolved once for all batches (``samplers.resolve``), and the data mean of each
+    condition for a mean start ({condition: mean}, or None where the start needs none or the plan has them)."""
+    from ..samplers import PILOT_GRIDS, SAMPLERS, Grid, MeanStart, Teleport, data_mean, resolve
+
+    spec = SAMPLERS[sampler].spec
+    pilot, means = None, None
+    if grid is not None and Grid.parse(grid) in PILOT_GRIDS and not spec.adaptive:
+        pilot = _pilots(conds, shape, smin, smax, teleport=gauss is not None, cache=cache, dev=dev, progress=progress)
+        means = {c: p.data_mean for c, (_, p) in zip(conds.classes, pilot)}
+    if gauss is not None:
+        start = Teleport(gauss, analytic=bool(analytic_start))
+    elif analytic_start:
+        if means is None:
+            means = {c: data_mean(conds.of(c), shape, smax, device=dev) for c in conds.classes}
+        start = MeanStart(means[conds.classes[0]])  # per batch: each sample's condition's mean
     else:
-        sigmas = stop_grid(conds.denoiser, dens, sampler, steps, pilots=None if gauss is not None else pilots,
-                           analytic_start=analytic_start, teleport=gauss)
-    return sigmas, {c: p.data_mean for c, (_, p) in zip(conds.classes, pilots)}
+        start = None  # the plan's tuned start where it has one, else the plain start
+    r = resolve(conds.denoiser, shape, sampler, steps=None if spec.adaptive else steps, grid=grid, start=start,
+                sigma_min=smin, sigma_max=smax, plan=plan, device=dev, pilot=pilot)
+    if isinstance(r.start, MeanStart) and means is None and plan is not None and plan.class_means is not None:
+        means = {c: plan.class_means[c] for c in conds.classes if c is not None}
+    return r, means
+
+
+def usable_plan(plan, cfg, guidance: float):
+    """The stored plan where it was measured for these samples: a conditional run's plan is tuned unguided."""
+    if plan is None or (plan.class_means is not None) != bool(cfg.conditional):
+        return None
+    return plan if not cfg.conditional or guidance == 1.0 else None
 
 
 @torch.no_grad()
@@ -116,22 +136,25 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     Sample i's initial noise and sampler noise depend only on ``seed`` and i (per-sample streams), so
     the result does not depend on ``n`` or ``batch_size`` and two samplers given the same seed start
     from the same noise. Conditional runs: labels cycle through the classes (or are all ``label``),
-    guided with weight ``guidance``. ``grid="fitted"`` / ``"fitted-stop"`` run one pilot for all
-    batches (one per class); ``analytic_start`` replaces the first evaluation by the data mean (per
-    class); ``teleport`` (unconditional, ``"fitted-stop"``) starts below sigma_max by the flow of the
-    Gaussian measured on the model. ``pilot_cache``: a dict kept across calls on the same model and
-    conditions, so the (deterministic) pilots are solved once. ``plan``: the run's stored sampling plan
-    (unconditional runs), whose tuned grid and start the sampler uses where it has one for this budget
-    and no grid is asked for.
+    guided with weight ``guidance``. The grid and the start are resolved once for all batches
+    (``samplers.resolve``): the pilot grids (``"fitted"``, ``"fitted-stop"``, ...) from one pilot (one per
+    class, pooled); ``analytic_start`` replaces the first evaluation by the data mean (per class);
+    ``teleport`` (unconditional, a ``-stop`` grid) starts below sigma_max by the flow of the Gaussian
+    measured on the model. ``pilot_cache``: a dict kept across calls on the same model and conditions, so
+    the (deterministic) pilots are solved once. ``plan``: the run's stored sampling plan, whose tuned grid
+    and start the sampler uses where it has one for this budget and no grid is asked for (a conditional
+    run's plan, tuned per class without guidance, at guidance 1 only).
     """
     from ..data import load_dataset
-    from ..samplers import SAMPLERS, data_mean, gaussian_model, noise_seeds, randn
+    from ..samplers import PILOT_GRIDS, Grid, MeanStart, gaussian_model, noise_seeds, randn, sample
 
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
-    if teleport and (cfg.conditional or grid != "fitted-stop"):
-        raise ValueError("teleport needs an unconditional run and grid 'fitted-stop' (one Gaussian model of the "
-                         f"data, the start chosen on the pilot); got conditional={cfg.conditional}, grid={grid!r}")
+    if teleport and (cfg.conditional or grid is None or Grid.parse(grid) not in PILOT_GRIDS
+                     or Grid.parse(grid) is Grid.FITTED):
+        raise ValueError("teleport needs an unconditional run and a -stop grid such as 'fitted-stop' (one Gaussian "
+                         f"model of the data, the start chosen on the pilot); got conditional={cfg.conditional}, "
+                         f"grid={grid!r}")
     data = load_dataset(cfg.dataset, "test", seed=cfg.seed, n=2 if cfg.dataset not in LEVELS else None)
     shape = tuple(data.data_shape)
     smin, smax = sampling_range(cfg)
@@ -139,7 +162,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     labels = None
     if cfg.conditional:
         labels = torch.full((n,), int(label)) if label is not None else torch.arange(n) % data.num_classes
-    conds = _Conditions(denoiser, cfg, data.num_classes if cfg.conditional else 0, guidance, label)
+    conds = _Conditions(denoiser, cfg.conditional, data.num_classes if cfg.conditional else 0, guidance, label)
     gauss = None
     if teleport:
         gauss = None if pilot_cache is None else pilot_cache.get("gaussian")
@@ -147,13 +170,9 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
             gauss = gaussian_model(denoiser, shape, smax, device=dev)
             if pilot_cache is not None:
                 pilot_cache["gaussian"] = gauss
-    means = None
-    if grid in ("fitted", "fitted-stop") and not SAMPLERS[sampler].spec.adaptive:
-        grid, means = _pilot_grid(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
-                                  guidance=guidance, analytic_start=analytic_start, gauss=gauss, cache=pilot_cache,
-                                  dev=dev, progress=progress)
-    if analytic_start and means is None:
-        means = {c: data_mean(conds.of(c), shape, smax, device=dev) for c in conds.classes}
+    r, means = _resolve(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
+                        analytic_start=analytic_start, gauss=gauss, plan=usable_plan(plan, cfg, guidance),
+                        cache=pilot_cache, dev=dev, progress=progress)
     g = torch.Generator().manual_seed(seed)
     noise_ids, sampler_ids = noise_seeds(g, n), noise_seeds(g, n)  # two per-sample streams: start, sampler
     out, nfe = [], 0.0
@@ -161,13 +180,12 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
         b = min(batch_size, n - i)
         noise = randn((b,) + shape, noise_ids[i:i + b]).to(dev)
         yb = None if labels is None else labels[i:i + b]
-        mean = None
-        if analytic_start and gauss is None:
-            mean = means[None] if yb is None else torch.stack([means[int(c)] for c in yb])
-        x, info = _sample_batch(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=sampler, steps=steps,
-                                smin=smin, smax=smax, grid=grid, seeds=sampler_ids[i:i + b].to(dev),
-                                progress=progress, analytic_start=analytic_start, mean=mean, gauss=gauss,
-                                plan=None if cfg.conditional else plan)
+        start = r.start
+        if yb is not None and means is not None and isinstance(start, MeanStart):
+            start = MeanStart(torch.stack([means[int(c)] for c in yb]))
+        x, info = sample(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=r.sampler, grid=r.sigmas,
+                         start=start, sigma_max=r.sigma_max, generator=sampler_ids[i:i + b].to(dev),
+                         return_info=True, progress=progress, **r.options)
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"sampler {sampler!r} produced a non-finite sample (batch starting at {i})")
         out.append(x.cpu())
@@ -178,8 +196,8 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
 def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **options) -> dict:
     """Sample a run (options of :func:`generate`) and write ``<stem>.safetensors`` ('x', and 'y' for
     conditional runs) and a ``<stem>.png`` figure; returns {"nfe", "seconds", "stem"}."""
+    from .._plot import sample_figure
     from ..data import load_dataset
-    from ..report import figures
 
     sampler, steps = options.get("sampler", DEFAULT_SAMPLER), options.get("steps", 16)
     stem = output_stem(out, run.path / f"samples-{sampler}-{steps}")
@@ -190,5 +208,5 @@ def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **opt
     save_tensors(stem.with_name(stem.name + ".safetensors"), {"x": x} if y is None else {"x": x, "y": y})
     test = load_dataset(run.config.dataset, "test", seed=run.config.seed)
     guided = f", guidance {options.get('guidance', 1.0):g}" if run.config.conditional else ""
-    figures.sample_figure(x, str(stem) + ".png", reference=test.x, title=f"{sampler}, NFE {nfe:g}{guided}")
+    sample_figure(x, str(stem) + ".png", reference=test.x, title=f"{sampler}, NFE {nfe:g}{guided}")
     return {"nfe": nfe, "seconds": secs, "stem": stem}

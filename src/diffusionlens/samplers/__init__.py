@@ -64,7 +64,7 @@ from .gaussian import GaussianModel, gaussian_model
 from .lms import Basis, deis, lms, lms_coefficients, lms_coefficients_log, lms_update
 from .plan import DEFAULT_NFES, SamplingPlan, Tuned, tune
 from .registry import DEFAULT_SAMPLER, SAMPLERS, SPECS, resolve_sampler
-from .resolve import DEFAULT_STEPS, SIGMA_MAX, SIGMA_MIN, Resolved, resolve
+from .resolve import DEFAULT_STEPS, PILOT_GRIDS, SIGMA_MAX, SIGMA_MIN, Resolved, resolve
 from .sde import LangevinStep, em_update, euler_maruyama, langevin, langevin_update, pc
 from .spec import Grid, SamplerSpec, make_grid, sampler, spec_of
 from .starts import MeanStart, NoiseStart, Start, Teleport
@@ -88,6 +88,7 @@ __all__ = [
     "resolve_sampler",
     "Resolved",
     "resolve",
+    "PILOT_GRIDS",
     "SamplingPlan",
     "Tuned",
     "tune",

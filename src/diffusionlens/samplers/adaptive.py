@@ -98,6 +98,48 @@ def exp_rk32_step(denoiser, x: Tensor, d0: Tensor, lam: Tensor, h: Tensor) -> tu
     return x_high, x_low
 
 
+class _Steps:
+    """Per-sample step bookkeeping shared by the exponential solvers: position ``lam`` in lambda = -log
+    sigma, trial step ``h``, evaluations ``nfe``, accepted-or-not step count, ``done``, and the last
+    accepted error norm ``prev`` (PI control). All (batch,) tensors, updated in place."""
+
+    def __init__(self, B: int, dev, sigma_start: float, sigma_end: float, ctl: StepControl, max_steps: int):
+        lam0, self.lam1 = -math.log(sigma_start), -math.log(sigma_end)
+        self.direction = 1.0 if self.lam1 >= lam0 else -1.0
+        self.max_steps = max_steps
+        self.lam = torch.full((B,), lam0, dtype=torch.float64, device=dev)
+        self.h = torch.full((B,), ctl.unit_first_step(abs(self.lam1 - lam0)), dtype=torch.float64, device=dev)
+        self.nfe = torch.zeros(B, dtype=torch.long, device=dev)
+        self.steps = torch.zeros(B, dtype=torch.long, device=dev)
+        self.done = torch.full((B,), lam0 == self.lam1, dtype=torch.bool, device=dev)
+        self.prev = torch.ones(B, dtype=torch.float64, device=dev)
+
+    def next(self):
+        """The samples still running and their trial steps: ``(run, lam, last, |h|, signed h)``, the step cut
+        to land on the end where it would pass it (``last``); None when every sample is done."""
+        run = torch.nonzero(~self.done)[:, 0]
+        if run.numel() == 0:
+            return None
+        if int(self.steps[run].max()) >= self.max_steps:
+            raise RuntimeError(
+                f"adaptive solver exceeded max_steps={self.max_steps} "
+                f"(sigma={math.exp(-self.lam[run][0].item()):.6g}); loosen rtol/atol"
+            )
+        lr = self.lam[run]
+        remaining = (self.lam1 - lr) * self.direction
+        last = self.h[run] >= remaining * (1 - 1e-12)
+        hr = torch.where(last, remaining, self.h[run])
+        return run, lr, last, hr, hr * self.direction
+
+    def advance(self, run: Tensor, accepted: Tensor, err: Tensor, h_next: Tensor, finished: Tensor) -> None:
+        """After a trial of ``run``: the ``accepted`` samples' error norms and whether they reached the end,
+        every trial's next step."""
+        self.prev[accepted] = err
+        self.steps[run] += 1
+        self.h[run] = h_next
+        self.done[accepted] = finished
+
+
 def solve_exp_rk32(
     denoiser,
     x: Tensor,
@@ -124,14 +166,8 @@ def solve_exp_rk32(
     """
     ctl = StepControl(rtol, atol, 3) if control is None else control
     B, dev = x.shape[0], x.device
-    lam0, lam1 = -math.log(sigma_start), -math.log(sigma_end)
-    direction = 1.0 if lam1 >= lam0 else -1.0
-    lam = torch.full((B,), lam0, dtype=torch.float64, device=dev)
-    h = torch.full((B,), ctl.unit_first_step(abs(lam1 - lam0)), dtype=torch.float64, device=dev)
-    nfe = torch.zeros(B, dtype=torch.long, device=dev)
-    steps = torch.zeros(B, dtype=torch.long, device=dev)
-    done = torch.full((B,), lam0 == lam1, dtype=torch.bool, device=dev)
-    prev = torch.ones(B, dtype=torch.float64, device=dev)  # last accepted error norm (PI control)
+    st = _Steps(B, dev, sigma_start, sigma_end, ctl, max_steps)
+    lam, nfe, prev, lam1 = st.lam, st.nfe, st.prev, st.lam1
     x = x.clone()
     d0 = torch.empty_like(x)
     fresh = torch.zeros(B, dtype=torch.bool, device=dev)  # d0 holds D at the current point
@@ -141,24 +177,13 @@ def solve_exp_rk32(
         nfe[idx] += 1
         return check_output(out, sigma, idx, "denoiser output at sigma")
 
-    while True:
-        run = torch.nonzero(~done)[:, 0]
-        if run.numel() == 0:
-            break
-        if int(steps[run].max()) >= max_steps:
-            raise RuntimeError(
-                f"adaptive solver exceeded max_steps={max_steps} (sigma={math.exp(-lam[run][0].item()):.6g}); "
-                f"loosen rtol/atol"
-            )
+    while (trial := st.next()) is not None:
+        run, lr, last, hr, hs = trial
         need = run[~fresh[run]]
         if need.numel():
             d0[need] = counted(x[need], torch.exp(-lam[need]).to(x.dtype), need)
             fresh[need] = True
-        lr, xr = lam[run], x[run]
-        remaining = (lam1 - lr) * direction
-        last = h[run] >= remaining * (1 - 1e-12)
-        hr = torch.where(last, remaining, h[run])
-        hs = hr * direction
+        xr = x[run]
 
         def D(y: Tensor, sigma: Tensor, _run=run) -> Tensor:
             return counted(y, sigma, _run)
@@ -172,10 +197,7 @@ def solve_exp_rk32(
         x[ia] = x_high[ok]
         lam[ia] = torch.where(last[ok], torch.full_like(lr[ok], lam1), lr[ok] + hs[ok])
         fresh[ia] = False
-        prev[ia] = err[ok]
-        steps[run] += 1
-        h[run] = hr * fac
-        done[ia] = last[ok]
+        st.advance(run, ia, err[ok], hr * fac, last[ok])
     return x, nfe
 
 
@@ -249,37 +271,19 @@ def solve_exp_pc(
     """
     ctl = StepControl(rtol, atol, 2, safety=0.8, pi=0.4) if control is None else control
     B, dev = x.shape[0], x.device
-    lam0, lam1 = -math.log(sigma_start), -math.log(sigma_end)
-    direction = 1.0 if lam1 >= lam0 else -1.0
-    f64 = {"dtype": torch.float64, "device": dev}
-    lam = torch.full((B,), lam0, **f64)
-    h = torch.full((B,), ctl.unit_first_step(abs(lam1 - lam0)), **f64)
-    nfe = torch.zeros(B, dtype=torch.long, device=dev)
-    steps, hist = torch.zeros_like(nfe), torch.zeros_like(nfe)
-    done = torch.full((B,), lam0 == lam1, dtype=torch.bool, device=dev)
-    prev = torch.ones(B, **f64)  # last accepted error norm (PI control)
-    back = torch.zeros(2, B, **f64)  # lambda offsets of D_{n-1}, D_{n-2} from the current point
+    st = _Steps(B, dev, sigma_start, sigma_end, ctl, max_steps)
+    lam, nfe, done, prev, lam1 = st.lam, st.nfe, st.done, st.prev, st.lam1
+    hist = torch.zeros_like(nfe)
+    back = torch.zeros(2, B, dtype=torch.float64, device=dev)  # lambda offsets of D_{n-1}, D_{n-2} from here
     x = x.clone()
     if done.all():
         return x, nfe
     s0 = torch.full((B,), sigma_start, dtype=x.dtype, device=dev)
     ds = torch.stack([check_output(denoiser(x, s0), s0, torch.arange(B, device=dev), "denoiser output at sigma")] * 3)
     nfe += 1
-    while True:
-        run = torch.nonzero(~done)[:, 0]
-        if run.numel() == 0:
-            break
-        if int(steps[run].max()) >= max_steps:
-            raise RuntimeError(
-                f"adaptive solver exceeded max_steps={max_steps} (sigma={math.exp(-lam[run][0].item()):.6g}); "
-                f"loosen rtol/atol"
-            )
-        lr, xr = lam[run], x[run]
-        remaining = (lam1 - lr) * direction
-        last = h[run] >= remaining * (1 - 1e-12)
-        hr = torch.where(last, remaining, h[run])
-        hs = hr * direction
-
+    while (trial := st.next()) is not None:
+        run, lr, last, hr, hs = trial
+        xr = x[run]
         sigma_next = torch.exp(-(lr + hs))
 
         def denoise(y: Tensor, _run=run, _sigma=sigma_next) -> Tensor:
@@ -296,10 +300,7 @@ def solve_exp_pc(
         back[1, ia], back[0, ia] = back[0, ia] - hk, -hk
         lam[ia] = torch.where(last[ok], torch.full_like(lr[ok], lam1), lr[ok] + hk)
         hist[ia] += 1
-        prev[ia] = err[ok]
-        steps[run] += 1
-        h[run] = hr * fac
-        done[ia] = last[ok]
+        st.advance(run, ia, err[ok], hr * fac, last[ok])
     return x, nfe
 
 
@@ -332,24 +333,15 @@ def adaptive(
     s_end = s[-1] if s[-1] > 0 else s[-2]
     t0, t1 = math.log(s[0]), math.log(s_end)
 
+    exponential = method in (AdaptiveMethod.PC, AdaptiveMethod.DPM3)
     if t0 == t1:
         nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    elif method in (AdaptiveMethod.PC, AdaptiveMethod.DPM3):
-        solver = solve_exp_pc if method is AdaptiveMethod.PC else solve_exp_rk32
-        try:
-            x, nfe = solver(denoiser, x, s[0], s_end, rtol=rtol, atol=atol, max_steps=max_steps)
-        except FloatingPointError as err:
-            raise FloatingPointError(f"adaptive sampler: {err}") from None
     else:
-
-        def f(t: Tensor, y: Tensor, idx: Tensor) -> Tensor:
-            return y - denoiser(y, torch.exp(t))
-
         try:
-            x, info = solve(f, x, t0, t1, rtol=rtol, atol=atol, method=Method(method.value), max_steps=max_steps)
+            x, nfe = _solve(denoiser, x, method, s[0], s_end, rtol=rtol, atol=atol, max_steps=max_steps)
         except FloatingPointError as err:
-            raise FloatingPointError(f"adaptive sampler: {err} (t is log sigma)") from None
-        nfe = info.nfe.clone()
+            where = "" if exponential else " (t is log sigma)"
+            raise FloatingPointError(f"adaptive sampler: {err}{where}") from None
     check_finite(x, 0, s_end)
     denoised = None
     if s[-1] == 0:
@@ -360,3 +352,17 @@ def adaptive(
     if callback is not None:
         callback({"i": 0, "x": x, "sigma": s[0], "sigma_next": s[-1], "denoised": denoised, "nfe": nfe})
     return x
+
+
+def _solve(denoiser, x: Tensor, method: AdaptiveMethod, sigma_start: float, sigma_end: float, **tolerances):
+    """x at ``sigma_end`` and the per-sample NFE from the solver of ``method``: the exponential ones in lambda,
+    the explicit pairs of :func:`diffusionlens.ode.solve` on dx/dlog(sigma) = x - D."""
+    if method in (AdaptiveMethod.PC, AdaptiveMethod.DPM3):
+        solver = solve_exp_pc if method is AdaptiveMethod.PC else solve_exp_rk32
+        return solver(denoiser, x, sigma_start, sigma_end, **tolerances)
+
+    def f(t: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+        return y - denoiser(y, torch.exp(t))
+
+    x, info = solve(f, x, math.log(sigma_start), math.log(sigma_end), method=Method(method.value), **tolerances)
+    return x, info.nfe.clone()

@@ -390,9 +390,67 @@ def stop_grid(
             levels needs a larger pilot than one: build ``density`` with ``pilot=256``.
     """
     fn, spec = resolve_sampler(sampler)
-    name = spec.name
     base = StopBase.parse(base)
     pilots = [(denoiser, density)] if pilots is None else list(pilots)
+    _check_pilots(pilots, density, analytic_start)
+    order = order if order is not None else spec.order
+    if order is None and base is StopBase.FITTED:
+        raise ValueError(f"sampler {spec.name!r} has no order for the fitted grid: pass order=, or give the "
+                         "function a spec with @diffusionlens.samplers.sampler(order=...)")
+    top = density.sigma_max
+    if teleport is not None and len(pilots) > 1:
+        raise ValueError("teleport takes one pilot: pooled pilots (one per condition) would need one Gaussian "
+                         "model per condition")
+    firsts = [top] if teleport is None else (start_candidates(top) if starts is None else [float(v) for v in starts])
+    _check_levels(firsts, "starts", lambda f: density.sigma_min < f <= top,
+                  f"a start must be in (sigma_min, sigma_max] = ({density.sigma_min}, {top}]")
+    if _one_step(steps, order if order is not None else 1):
+        grid = torch.tensor([top, 0.0], dtype=torch.float64)
+        return (grid, {}) if return_errors else grid
+    cands = stop_candidates(density.sigma_min, top) if candidates is None else list(candidates)
+    _check_levels(cands, "candidates", lambda c: density.sigma_min <= float(c) < top,
+                  f"candidate sigma_last must be in [sigma_min, sigma_max) = [{density.sigma_min}, {top})")
+
+    def grid_for(first: float, last: float) -> Tensor:
+        if base is StopBase.FITTED:
+            return density.grid(steps, order, sigma_last=last, sigma_first=first)
+        return (karras_grid if base is StopBase.KARRAS else logsnr_grid)(steps, last, first)
+
+    def run(den, p, x, grid, first):
+        if analytic_start:
+            den = AnalyticStart(den, p.data_mean if teleport is None else teleport, first)
+        return fn(den, x, grid, generator=torch.Generator().manual_seed(0), **dict(sampler_options or {}))
+
+    def start_at(p, first):  # the pilot noise carried to the first level
+        return p.pilot_noise * top if teleport is None else teleport.flow(p.pilot_noise * top, top, first)
+
+    best, errors = _search(firsts, cands, grid_for, run, pilots, start_at, keyed_by_first=teleport is not None)
+    if best is None:
+        raise FloatingPointError(f"sampler {spec.name!r} diverged on the pilot for every candidate sigma_last")
+    return (best, errors) if return_errors else best
+
+
+def _search(firsts, cands, grid_for: Callable, run: Callable, pilots: list, start_at: Callable, keyed_by_first: bool):
+    """The grid of the (first, last) pair with the smallest pilot error, and every pair's error."""
+    errors: dict = {}
+    best, best_err = None, math.inf
+    with torch.no_grad():
+        for first in firsts:
+            starts_at = [start_at(p, first) for _, p in pilots]
+            for c in cands:
+                if float(c) >= first:
+                    continue
+                grid = grid_for(first, float(c))
+                err = _pilot_error(run, pilots, starts_at, grid, first)
+                errors[(first, float(c)) if keyed_by_first else float(c)] = err
+                if err < best_err:  # a non-finite error never wins
+                    best, best_err = grid, err
+    return best, errors
+
+
+def _check_pilots(pilots: list, density: ErrorDensity, analytic_start: bool) -> None:
+    """Every pilot of :func:`stop_grid` keeps its solutions (and data mean, for the analytic start) over the
+    density's range."""
     if not pilots:
         raise ValueError("pilots must not be empty")
     for _, p in pilots:
@@ -404,62 +462,26 @@ def stop_grid(
         if (p.sigma_min, p.sigma_max) != (density.sigma_min, density.sigma_max):
             raise ValueError(f"pilot range [{p.sigma_min}, {p.sigma_max}] differs from the density's "
                              f"[{density.sigma_min}, {density.sigma_max}]")
-    order = order if order is not None else spec.order
-    if order is None and base is StopBase.FITTED:
-        raise ValueError(f"sampler {name!r} has no order for the fitted grid: pass order=, or give the function "
-                         "a spec with @diffusionlens.samplers.sampler(order=...)")
-    top = density.sigma_max
-    if teleport is not None and len(pilots) > 1:
-        raise ValueError("teleport takes one pilot: pooled pilots (one per condition) would need one Gaussian "
-                         "model per condition")
-    firsts = [top] if teleport is None else (start_candidates(top) if starts is None else [float(v) for v in starts])
-    if not firsts:
-        raise ValueError("starts must not be empty")
-    for f in firsts:
-        if not (density.sigma_min < f <= top):
-            raise ValueError(f"a start must be in (sigma_min, sigma_max] = ({density.sigma_min}, {top}], got {f}")
-    if _one_step(steps, order if order is not None else 1):
-        grid = torch.tensor([top, 0.0], dtype=torch.float64)
-        return (grid, {}) if return_errors else grid
-    cands = stop_candidates(density.sigma_min, top) if candidates is None else list(candidates)
-    if not cands:
-        raise ValueError("candidates must not be empty")
-    for c in cands:
-        if not (density.sigma_min <= float(c) < top):
-            raise ValueError(f"candidate sigma_last must be in [sigma_min, sigma_max) = [{density.sigma_min}, "
-                             f"{top}), got {c}")
 
-    options = dict(sampler_options or {})
 
-    def grid_for(first: float, last: float) -> Tensor:
-        if base is StopBase.FITTED:
-            return density.grid(steps, order, sigma_last=last, sigma_first=first)
-        return (karras_grid if base is StopBase.KARRAS else logsnr_grid)(steps, last, first)
+def _check_levels(levels: list, what: str, ok: Callable, message: str) -> None:
+    """A non-empty list of levels, each passing ``ok`` (else the one-line ``message``, naming the level)."""
+    if not levels:
+        raise ValueError(f"{what} must not be empty")
+    for v in levels:
+        if not ok(v):
+            raise ValueError(f"{message}, got {v}")
 
-    errors: dict = {}
-    best, best_err = None, math.inf
-    with torch.no_grad():
-        for first in firsts:
-            starts_at = [p.pilot_noise * top if teleport is None else teleport.flow(p.pilot_noise * top, top, first)
-                         for _, p in pilots]
-            for c in cands:
-                if float(c) >= first:
-                    continue
-                grid = grid_for(first, float(c))
-                sq, count = 0.0, 0
-                try:
-                    for (den, p), x in zip(pilots, starts_at):
-                        if analytic_start:
-                            den = AnalyticStart(den, p.data_mean if teleport is None else teleport, first)
-                        x = fn(den, x, grid, generator=torch.Generator().manual_seed(0), **options)
-                        sq += float((x - p.pilot_x0).double().pow(2).sum())
-                        count += x.numel()
-                    err = math.sqrt(sq / count)
-                except FloatingPointError:  # the sampler diverged on this grid (it names the step): not a candidate
-                    err = math.inf
-                errors[float(c) if teleport is None else (first, float(c))] = err
-                if err < best_err:  # a non-finite error never wins
-                    best, best_err = grid, err
-    if best is None:
-        raise FloatingPointError(f"sampler {name!r} diverged on the pilot for every candidate sigma_last")
-    return (best, errors) if return_errors else best
+
+def _pilot_error(run: Callable, pilots: list, starts_at: list, *args) -> float:
+    """RMS error against the pilots' own solutions of ``run(denoiser, density, x_start, *args)``, pooled over
+    the pilots; inf when the sampler diverges (it names the step)."""
+    sq, count = 0.0, 0
+    try:
+        for (den, p), x in zip(pilots, starts_at):
+            x = run(den, p, x, *args)
+            sq += float((x - p.pilot_x0).double().pow(2).sum())
+            count += x.numel()
+        return math.sqrt(sq / count)
+    except FloatingPointError:  # the sampler diverged on this grid: not a candidate
+        return math.inf

@@ -65,6 +65,9 @@ class SamplingPlan:
         density: the pilot's error density (without the pilot's samples; it cuts fitted grids of any length).
         data_mean: (*shape) float64 E[x0]. gaussian: the data's :class:`GaussianModel`, or None.
         tuned: {(sampler, nfe): :class:`Tuned`}.
+        class_means: (conditions, *shape) float64 E[x0 | condition] of a plan tuned on a conditional model
+            (``tune(conditions=...)``), else None. Its mean start takes each sample's condition's mean:
+            pass ``MeanStart(class_means[labels])`` per batch.
     """
 
     shape: tuple
@@ -74,6 +77,7 @@ class SamplingPlan:
     data_mean: Tensor
     gaussian: GaussianModel | None = None
     tuned: dict = field(default_factory=dict)
+    class_means: Tensor | None = None
 
     def lookup(self, sampler: str, *, steps: int | None = None, nfe: int | None = None, start=None,
                options: dict | None = None) -> Resolved | None:
@@ -109,6 +113,8 @@ class SamplingPlan:
 
         run_dir = Path(run_dir)
         tensors = {"density/mesh": self.density.mesh, "density/n": self.density.n, "data_mean": self.data_mean}
+        if self.class_means is not None:
+            tensors["class_means"] = self.class_means
         if self.gaussian is not None:
             tensors |= {"gaussian/mean": self.gaussian.mean, "gaussian/eigvals": self.gaussian.eigvals,
                         "gaussian/eigvecs": self.gaussian.eigvecs}
@@ -161,10 +167,13 @@ class SamplingPlan:
                 tuned[(t.sampler, t.nfe)] = t
             if tuple(ts["data_mean"].shape) != shape:
                 raise ValueError(f"data_mean has shape {tuple(ts['data_mean'].shape)}, the plan says {shape}")
+            class_means = ts.get("class_means")
+            if class_means is not None and tuple(class_means.shape[1:]) != shape:
+                raise ValueError(f"class_means has shape {tuple(class_means.shape)}, the plan says (C, *{shape})")
         except Exception as e:  # any failure to read names the file in one line
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"unreadable sampling plan {jpath}: {msg}") from None
-        return cls(shape, dens.sigma_min, dens.sigma_max, dens, ts["data_mean"], gauss, tuned)
+        return cls(shape, dens.sigma_min, dens.sigma_max, dens, ts["data_mean"], gauss, tuned, class_means)
 
 
 def tune(
@@ -179,6 +188,7 @@ def tune(
     pilot: int = 256,
     device=None,
     dtype: torch.dtype = torch.float32,
+    conditions: list | None = None,
 ) -> SamplingPlan:
     """Measure the pilot once and tune each (deterministic, fixed-grid) sampler at each NFE budget.
 
@@ -186,8 +196,13 @@ def tune(
     the analytic mean start and, with ``teleport``, with the teleported start (its first level chosen
     jointly with the stop); the one with the smaller pilot error is kept. ``pilot``: samples of the pilot
     (two levels are chosen on it with the teleported start: 256 keeps that from overfitting). The
-    denoiser is called on subsets of the pilot batch: for a conditional model, tune a denoiser bound to
-    one condition.
+    denoiser is called on subsets of the pilot batch, so conditioning cannot be bound by position.
+
+    ``conditions``: for a conditional model, one denoiser per condition (e.g. bound to each class): the
+    pilot is split among them (at least 8 samples each; condition i's noise from seed i), the stops are
+    chosen on the pooled pilots with each condition's own mean start, the fitted family comes from their
+    average density, and the plan keeps the per-condition means (``class_means``). No teleported start:
+    one Gaussian would not describe every condition.
     """
     nfes = sorted({int(n) for n in nfes})
     if not nfes or nfes[0] < 2:
@@ -198,8 +213,18 @@ def tune(
         if not spec.deterministic or spec.adaptive or spec.order is None:
             raise ValueError(f"tune takes deterministic fixed-grid samplers with an order, got {spec.name!r}")
         specs.append((fn, spec))
+    pilots = None
     with torch.no_grad():
-        dens = error_density(denoiser, shape, sigma_min, sigma_max, pilot=pilot, device=device, dtype=dtype)
+        if conditions is None:
+            dens = error_density(denoiser, shape, sigma_min, sigma_max, pilot=pilot, device=device, dtype=dtype)
+        else:
+            pilots = [(c, error_density(c, shape, sigma_min, sigma_max, pilot=max(8, pilot // len(conditions)),
+                                        generator=torch.Generator().manual_seed(i), device=device, dtype=dtype))
+                      for i, c in enumerate(conditions)]
+            if not pilots:
+                raise ValueError("conditions must not be empty")
+            dens = ErrorDensity.average([p for _, p in pilots])
+            teleport = False
         gauss = gaussian_model(denoiser, shape, sigma_max, device=device, dtype=dtype) if teleport else None
     if gauss is not None:  # row-major, as it loads: a plan samples the same before and after a save
         gauss = replace(gauss, eigvecs=gauss.eigvecs.contiguous())
@@ -212,10 +237,12 @@ def tune(
             best = None
             for start in ("mean",) + (("teleport",) if gauss is not None else ()):
                 grid, errs = stop_grid(denoiser, dens, fn, steps, analytic_start=True, return_errors=True,
-                                       teleport=gauss if start == "teleport" else None)
+                                       teleport=gauss if start == "teleport" else None, pilots=pilots)
                 err = min(errs.values())
                 if best is None or err < best.pilot_rmse:
                     best = Tuned(spec.name, nfe, steps, start, grid, err)
             tuned[(spec.name, nfe)] = best
-    light = ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, dens.pilot_nfe, data_mean=dens.data_mean)
-    return SamplingPlan(tuple(shape), sigma_min, sigma_max, light, dens.data_mean, gauss, tuned)
+    class_means = None if pilots is None else torch.stack([p.data_mean for _, p in pilots])
+    mean = dens.data_mean if pilots is None else class_means.mean(0)
+    light = ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, dens.pilot_nfe, data_mean=mean)
+    return SamplingPlan(tuple(shape), sigma_min, sigma_max, light, mean, gauss, tuned, class_means)

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..model import Denoiser
 from ..processes import Spacing
 from ._common import check_grid
-from .fitted import error_density, stop_grid
+from .fitted import ErrorDensity, StopBase, error_density, stop_grid
 from .registry import DEFAULT_SAMPLER, resolve_sampler
 from .spec import Grid, SamplerSpec, make_grid
 from .starts import NoiseStart, Start, Teleport
@@ -38,6 +38,9 @@ confirmed on held-out ones for the default sampler at NFE 10-32: benchmarks/samp
 last level"). Fewer steps keep 0.002."""
 SIGMA_MAX = 80.0
 """Default first level of the grid (EDM's)."""
+PILOT_GRIDS = {Grid.FITTED: StopBase.FITTED, Grid.FITTED_STOP: StopBase.FITTED, Grid.KARRAS_STOP: StopBase.KARRAS,
+               Grid.LOGSNR_STOP: StopBase.LOGSNR}
+"""The grids measured on a pilot solve, and the family a stopped one is cut from."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,11 @@ def resolve(
             fitted grids' pilot range and the adaptive sampler's end: :data:`SIGMA_MIN` or the plan's).
         plan: a :class:`~diffusionlens.samplers.SamplingPlan` measured on this denoiser, or None.
         options: the sampler's keyword options (e.g. ``eta``), as it will be run (the stop is chosen for them).
-        pilot: samples of the fitted grids' pilot (default 64; 256 with a teleported start, which chooses
-            two levels on it).
+        pilot: for the grids measured on a pilot (fitted, and the ``-stop`` grids, whose last level is chosen
+            on it for this sampler): its number of samples (default 64; 256 with a teleported start, which
+            chooses two levels on it); or a measured :class:`ErrorDensity` over the same range (no new pilot);
+            or a list of (denoiser, ErrorDensity) pairs, one per condition of a conditional model, whose
+            pilots are pooled for the stop and averaged for the fitted family.
     """
     if sampler is None:  # the plan's best tuned sampler at this budget, else the default
         budget = nfe if nfe is not None else (DEFAULT_STEPS if steps is None else steps)
@@ -126,46 +132,78 @@ def resolve(
         steps = spec.steps_for_nfe(nfe + 1 if start.analytic else nfe)
     steps = DEFAULT_STEPS if steps is None else steps
     start = start.prepare(denoiser, like, sigma_max)
-    density = None
     if isinstance(grid, Tensor):
-        sigmas = check_grid(grid, allow_increasing=False)
-        if sigmas[-1].item() != 0:
-            raise ValueError(f"sample() returns data, so an explicit grid must end at 0; got sigmas[-1] = "
-                             f"{sigmas[-1].item()}")
+        sigmas, density = _explicit(grid), None
     else:
         g = Grid.parse(grid) if grid is not None else spec.grid
-        process = denoiser.process if isinstance(denoiser, Denoiser) else None
-        if process is not None and g is not Grid.TIMESTEPS and sigma_max > process.sigma_max:
-            raise ValueError(f"sigma_max={sigma_max} exceeds the model's process range (sigma_max="
-                             f"{process.sigma_max:.6g}); pass sigma_max <= {process.sigma_max:.6g}")
-        top = start.first if isinstance(start, Teleport) and start.first is not None else sigma_max
-        if isinstance(start, Teleport) and start.first is None and g is not Grid.FITTED_STOP:
-            raise ValueError(f"a teleported start on grid {g.value!r} needs its first level: Teleport(first=...), "
-                             "or grid='fitted-stop' (which chooses it on the pilot)")
-        if g in (Grid.FITTED, Grid.FITTED_STOP):
-            if spec.order is None:
-                raise ValueError(f"sampler {spec.name!r} has no order for a fitted grid: give it a spec with "
-                                 "@diffusionlens.samplers.sampler(order=...)")
-            if g is Grid.FITTED and plan is not None and (plan.sigma_min, plan.sigma_max) == (sigma_min, sigma_max):
-                density = plan.density  # the stored pilot's density: no new pilot
-            else:
-                density = error_density(denoiser, shape, sigma_min, sigma_max, device=device, dtype=dtype,
-                                        pilot=pilot or (256 if isinstance(start, Teleport) else 64))
-            if g is Grid.FITTED:
-                sigmas = density.grid(steps, spec.order, sigma_first=top)
-            else:
-                tp = start.gaussian
-                sigmas = stop_grid(denoiser, density, fn, steps, order=spec.order, analytic_start=start.analytic,
-                                   sampler_options=options, teleport=tp,
-                                   starts=None if tp is None or start.first is None else [start.first])
-        else:
-            if named_min is None:
-                # deterministic samplers only: the level is chosen for the error against the exact flow;
-                # a stochastic sampler's samples would lose within-mode spread to the earlier final denoising
-                named_min = LATE_SIGMA_MIN if steps >= LATE_STEPS and spec.deterministic else SIGMA_MIN
-            sigmas = make_grid(g, steps, float(named_min), top, process=process, rho=rho, spacing=spacing)
+        sigmas, density = _family(denoiser, shape, g, fn, spec, steps, start, sigma_min, sigma_max, named_min,
+                                  plan=plan, rho=rho, spacing=spacing, options=options, device=device, dtype=dtype,
+                                  pilot=pilot)
     start = start.measured(denoiser, like, sigmas, density)
     return Resolved(fn, spec, sigmas, start, sigma_max, options)
+
+
+def _explicit(grid: Tensor) -> Tensor:
+    """An explicit grid: checked, decreasing, ending at 0."""
+    sigmas = check_grid(grid, allow_increasing=False)
+    if sigmas[-1].item() != 0:
+        raise ValueError(f"sample() returns data, so an explicit grid must end at 0; got sigmas[-1] = "
+                         f"{sigmas[-1].item()}")
+    return sigmas
+
+
+def _family(denoiser, shape, g: Grid, fn, spec: SamplerSpec, steps: int, start, sigma_min: float, sigma_max: float,
+            named_min: float | None, *, plan, rho, spacing, options, device, dtype, pilot):
+    """The grid of family ``g`` (a named family or a fitted one) and the pilot's density (fitted only)."""
+    process = denoiser.process if isinstance(denoiser, Denoiser) else None
+    if process is not None and g is not Grid.TIMESTEPS and sigma_max > process.sigma_max:
+        raise ValueError(f"sigma_max={sigma_max} exceeds the model's process range (sigma_max="
+                         f"{process.sigma_max:.6g}); pass sigma_max <= {process.sigma_max:.6g}")
+    top = start.first if isinstance(start, Teleport) and start.first is not None else sigma_max
+    if isinstance(start, Teleport) and start.first is None and (g not in PILOT_GRIDS or g is Grid.FITTED):
+        raise ValueError(f"a teleported start on grid {g.value!r} needs its first level: Teleport(first=...), "
+                         "or a -stop grid such as grid='fitted-stop' (which chooses it on the pilot)")
+    if g not in PILOT_GRIDS:
+        if named_min is None:
+            # deterministic samplers only: the level is chosen for the error against the exact flow;
+            # a stochastic sampler's samples would lose within-mode spread to the earlier final denoising
+            named_min = LATE_SIGMA_MIN if steps >= LATE_STEPS and spec.deterministic else SIGMA_MIN
+        return make_grid(g, steps, float(named_min), top, process=process, rho=rho, spacing=spacing), None
+    if spec.order is None and g in (Grid.FITTED, Grid.FITTED_STOP):
+        raise ValueError(f"sampler {spec.name!r} has no order for a fitted grid: give it a spec with "
+                         "@diffusionlens.samplers.sampler(order=...)")
+    density, pilots = _pilot(denoiser, shape, g, start, sigma_min, sigma_max, plan=plan, device=device, dtype=dtype,
+                             pilot=pilot)
+    if g is Grid.FITTED:
+        return density.grid(steps, spec.order, sigma_first=top), density
+    tp = start.gaussian
+    sigmas = stop_grid(denoiser, density, fn, steps, base=PILOT_GRIDS[g], order=spec.order,
+                       analytic_start=start.analytic, sampler_options=options, teleport=tp, pilots=pilots,
+                       starts=None if tp is None or start.first is None else [start.first])
+    return sigmas, density
+
+
+def _pilot(denoiser, shape, g: Grid, start, sigma_min: float, sigma_max: float, *, plan, device, dtype, pilot):
+    """The pilot's density for a grid that needs one, and the (denoiser, density) pilots its stop is chosen on
+    (None: the density's own); see :func:`resolve`'s ``pilot``."""
+    if isinstance(pilot, ErrorDensity):
+        density, pilots = pilot, None
+    elif isinstance(pilot, (list, tuple)):
+        pilots = list(pilot)
+        if not pilots or not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], ErrorDensity)
+                                 for p in pilots):
+            raise TypeError("pilot must be a number of samples, an ErrorDensity, or a non-empty list of "
+                            "(denoiser, ErrorDensity) pairs")
+        density = pilots[0][1] if len(pilots) == 1 else ErrorDensity.average([p for _, p in pilots])
+    elif g is Grid.FITTED and plan is not None and (plan.sigma_min, plan.sigma_max) == (sigma_min, sigma_max):
+        return plan.density, None  # the stored pilot's density: no new pilot
+    else:
+        return error_density(denoiser, shape, sigma_min, sigma_max, device=device, dtype=dtype,
+                             pilot=pilot or (256 if isinstance(start, Teleport) else 64)), None
+    if (density.sigma_min, density.sigma_max) != (sigma_min, sigma_max):
+        raise ValueError(f"the pilot's range [{density.sigma_min}, {density.sigma_max}] differs from the grid's "
+                         f"[{sigma_min}, {sigma_max}]")
+    return density, pilots
 
 
 def _adaptive(fn, spec, grid, steps, nfe, start, sigma_min, sigma_max, options) -> Resolved:

@@ -29,6 +29,8 @@ class Grid(Choice, what="grid"):
     TIMESTEPS = "timesteps"  # integer timesteps of a Discrete model (exact table entries)
     FITTED = "fitted"  # equidistributes the local error measured by a pilot solve (fitted_grid)
     FITTED_STOP = "fitted-stop"  # the fitted grid, its last level chosen on the pilot for the sampler (stop_grid)
+    KARRAS_STOP = "karras-stop"  # the Karras grid, its last level chosen on the pilot (stop_grid, base karras)
+    LOGSNR_STOP = "logsnr-stop"  # the log-SNR grid, its last level chosen on the pilot (stop_grid, base logsnr)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._util import atomic_write, umask
+from .._util import check_writable as _check_writable
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "atomic_write",
            "acquire_lock", "release_lock", "clean_stale", "required", "check_replaceable", "remove_run",
@@ -213,17 +214,8 @@ def remove_run(run_dir: Path) -> None:
 
 def check_writable(run_dir: Path) -> None:
     """Raise OSError naming the directory if training could not write there (``run_dir`` or, when it
-    does not exist yet, its nearest existing parent); reads only."""
-    run_dir = Path(run_dir)
-    probe = run_dir
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OSError(f"cannot write the run directory {run_dir}: {probe} is not a directory")
-    targets = [probe] + [p for p in (run_dir / "checkpoints",) if p.is_dir()]
-    for d in targets:
-        if not os.access(d, os.W_OK | os.X_OK):
-            raise OSError(f"cannot write the run directory {run_dir}: {d} is not writable")
+    does not exist yet, its nearest existing parent; and its checkpoints/)."""
+    _check_writable(run_dir, missing_ok=True, what="the run directory", also=("checkpoints",))
 
 
 def _alive(pid: int) -> bool:

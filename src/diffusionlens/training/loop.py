@@ -52,7 +52,6 @@ import math
 import shutil
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._util import read_jsonl
 from ..data import load_dataset
 from ..model import Denoiser
 from ..nets import build_net, count_params
@@ -70,28 +70,23 @@ from .checkpoint import (
     check_replaceable,
     check_writable,
     clean_stale,
-    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     prune,
     release_lock,
     remove_run,
-    required,
     save_checkpoint,
 )
-from .config import RESUMABLE_CHANGES, TrainConfig, default_net
+from .config import TrainConfig, default_net
 from .distributed import DistInfo, all_mean, broadcast_flag, broadcast_float, setup, teardown
 from .ema import ema_beta, update_ema
+from .job import Heartbeat, Interrupts, project_total
 from .state import (
-    check_shapes,
-    config_diff,
-    cut_metrics,
+    DataOrder,
     load_denoiser,
-    load_module,
-    load_optimizer,
     optimizer_state,
+    read_resume,
+    restore,
     resume_config,
-    stored_config,
 )
 
 __all__ = ["TrainResult", "TrainState", "train", "load_denoiser", "lr_at", "resume_config"]
@@ -143,32 +138,6 @@ def lr_at(cfg: TrainConfig, step: int, progress: float | None = None) -> float:
     return cfg.lr * warm * cool
 
 
-def _generator(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + stream)
-
-
-class _Order:
-    """Data order: epoch e is randperm(N) from a generator seeded by (seed, e); step k takes
-    positions [kB, (k+1)B) of the concatenated epochs."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._cache = n, seed, {}
-
-    def perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n, generator=_generator(self.seed, 1000 + epoch))}
-        return self._cache[epoch]
-
-    def indices(self, step: int, batch: int) -> torch.Tensor:
-        pos = torch.arange(step * batch, (step + 1) * batch)
-        epochs, within = pos // self.n, pos % self.n
-        out = torch.empty(batch, dtype=torch.long)
-        for e in epochs.unique().tolist():
-            m = epochs == e
-            out[m] = self.perm(e)[within[m]]
-        return out
-
-
 def _resolve(cfg: TrainConfig, data) -> TrainConfig:
     return cfg.replace(
         sigma_data=cfg.sigma_data if cfg.sigma_data is not None else round(data.sigma_data, 6),
@@ -200,7 +169,7 @@ class _Run:
     last_ckpt: Path | None = None
     metrics: bytes | None = None
     created: bool = False
-    order: _Order | None = field(default=None, repr=False)
+    order: DataOrder | None = field(default=None, repr=False)
     x_all: torch.Tensor | None = field(default=None, repr=False)  # the data (and labels) on the device
     y_all: torch.Tensor | None = field(default=None, repr=False)
 
@@ -257,7 +226,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, progr
     try:
         if info.is_main:
             lock = _open_run_dir(run, overwrite)
-        with _Interrupts() as signals:
+        with Interrupts() as signals:
             step, stopped_by, window = _loop(run, progress, callback, signals)
         return _finish(run, step, stopped_by, window, callback)
     except BaseException:
@@ -280,7 +249,7 @@ def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, inf
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True exclude each other (continue the run, or start over)")
     if resume:
-        meta, tensors, ckpt = _read_resume(cfg, run_dir)
+        meta, tensors, ckpt = read_resume(cfg, run_dir)
     elif overwrite:
         check_replaceable(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -310,53 +279,11 @@ def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, inf
     per_rank = cfg.batch_size // info.world
     rows = slice(info.rank * per_rank, (info.rank + 1) * per_rank) if info.enabled else None
     run = _Run(cfg, info, run_dir, data, objective, net, ema, opt, streams, cfg.denoiser(model), rows,
-               count_params(net), order=_Order(len(data), cfg.seed), x_all=data.x.to(dev),
+               count_params(net), order=DataOrder(len(data), cfg.seed), x_all=data.x.to(dev),
                y_all=data.y.to(dev) if cfg.conditional else None)
     if meta is not None:
-        _restore(run, meta, tensors, ckpt)
+        restore(run, meta, tensors, ckpt)
     return run
-
-
-def _read_resume(cfg: TrainConfig, run_dir: Path):
-    """(meta, tensors, path) of the checkpoint a resume continues from, checked against ``cfg``."""
-    if not run_dir.is_dir():
-        raise ValueError(f"cannot resume {run_dir}: no such run directory")
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint (checkpoints/ is missing or "
-                         f"empty); start over with overwrite=True (--overwrite)")
-    meta, tensors = load_checkpoint(ckpt)
-    diff = config_diff(stored_config(meta, ckpt), cfg)
-    if diff:
-        raise ValueError(f"cannot resume {run_dir}: its config differs in {diff} "
-                         f"(only {sorted(RESUMABLE_CHANGES)} may change)")
-    for prefix in ("model/", "ema/"):
-        check_shapes(cfg.net, tensors, prefix, ckpt)
-    step = required(meta, "step", ckpt)
-    if cfg.steps is not None and step > cfg.steps:
-        raise ValueError(f"{run_dir} is already at step {step}, beyond steps={cfg.steps}")
-    return meta, tensors, ckpt
-
-
-def _restore(run: _Run, meta: dict, tensors: dict, ckpt: Path) -> None:
-    """Weights, EMA, optimiser, random streams and the objective's state from a checked checkpoint."""
-    rng = required(meta, "rng", ckpt)
-    missing = [k for k in (*run.objective.streams, "torch") if k not in rng]
-    if missing:
-        raise ValueError(f"checkpoint {ckpt} lacks the random stream(s) {missing} of its objective")
-    try:
-        load_module(run.net, tensors, "model/")
-        load_module(run.ema, tensors, "ema/")
-        load_optimizer(run.opt, required(meta, "optimizer", ckpt), tensors)
-        run.streams.load_state_dict({k: v for k, v in rng.items() if k != "torch"})
-        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-        state = {k[len("objective/"):]: v for k, v in tensors.items() if k.startswith("objective/")}
-        run.objective.load_state_dict({**state, **meta.get("objective", {})})
-        run.start, run.elapsed = int(meta["step"]), float(required(meta, "elapsed_s", ckpt))
-    except (KeyError, TypeError, RuntimeError, AttributeError) as e:
-        raise ValueError(f"checkpoint {ckpt} cannot be restored: {' '.join(str(e).split())[:300]}") from None
-    run.last_ckpt = ckpt
-    run.metrics = cut_metrics(run.run_dir / "metrics.jsonl", run.start)
 
 
 def _open_run_dir(run: _Run, overwrite: bool) -> Path:
@@ -453,7 +380,7 @@ def _ckpt_due(run: _Run, step: int, wall0: float) -> bool:
     return run.last_ckpt is None and (step == min(every, EARLY_STEPS) or time.perf_counter() - wall0 >= EARLY_SECONDS)
 
 
-def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[int, str, _Window]:
+def _loop(run: _Run, progress: bool, callback, signals: Interrupts) -> tuple[int, str, _Window]:
     """Steps until a budget, the callback or a signal stops it: (last step, stopped_by, window)."""
     cfg, info = run.cfg, run.info
     bar = None
@@ -461,7 +388,7 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True)
-    beat = _Heartbeat(bar)
+    beat = Heartbeat(bar)
     budget = math.inf if cfg.minutes is None else 60.0 * cfg.minutes
     total = cfg.steps if cfg.steps is not None else math.inf
     clock = time.perf_counter if cfg.clock == "wall" else time.process_time
@@ -492,7 +419,7 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
                 beat.fields.update(loss=f"{mean:.4f}", img_s=f"{win.last_ips:.0f}")
             beat.step_done()
             if bar is not None:
-                _project_total(bar, cfg, step - run.start, run.elapsed - elapsed0, budget - run.elapsed)
+                project_total(bar, cfg, step - run.start, run.elapsed - elapsed0, budget - run.elapsed)
                 bar.update(1)
             if _ckpt_due(run, step, wall0):
                 _save(run, step)
@@ -508,50 +435,6 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
         if bar is not None:
             bar.close()
     return step, stopped_by, win
-
-
-def _project_total(bar, cfg: TrainConfig, done: int, seconds: float, left: float) -> None:
-    """Under a time budget, the bar's total is the step the budget is projected to end at (the steps
-    budget if that comes first), so that the bar shows a fraction and an ETA instead of a bare count."""
-    if cfg.minutes is None or done < 5 or seconds <= 0:
-        return
-    projected = bar.n + 1 + max(0.0, left) * done / seconds
-    bar.total = int(min(projected, cfg.steps)) if cfg.steps is not None else int(projected)
-
-
-class _Heartbeat:
-    """The progress line's ``idle`` field: seconds since the last completed step, refreshed by a
-    thread while the loop waits (e.g. on a hung DDP rank), so that a hang is visible."""
-
-    INTERVAL = 1.0
-
-    def __init__(self, bar):
-        self.bar, self.fields, self.last = bar, {}, time.monotonic()
-        self._done = threading.Event()
-        self._thread = None
-        if bar is not None:
-            self._thread = threading.Thread(target=self._run, name="train-heartbeat", daemon=True)
-            self._thread.start()
-
-    def idle(self) -> float:
-        return time.monotonic() - self.last
-
-    def show(self, refresh: bool = True) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(**self.fields, idle=f"{self.idle():.0f}s", refresh=refresh)
-
-    def step_done(self) -> None:
-        self.last = time.monotonic()
-        self.show(refresh=False)  # the bar's own update() redraws at its rate
-
-    def _run(self) -> None:
-        while not self._done.wait(self.INTERVAL):
-            self.show()
-
-    def stop(self) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 def _finish(run: _Run, step: int, stopped_by: str, win: _Window, callback) -> TrainResult:
@@ -583,12 +466,8 @@ def _previous_summary(run_dir: Path, step: int) -> tuple[float, float]:
     loss = ips = math.nan
     path = run_dir / "metrics.jsonl"
     if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "loss" in rec and rec.get("step", 0) <= step:
+        for rec in read_jsonl(path):
+            if "loss" in rec and rec.get("step", 0) <= step:
                 loss, ips = float(rec["loss"]), float(rec.get("images_per_s", math.nan))
     return loss, ips
 
@@ -614,27 +493,6 @@ def _evaluate(callback, step: int, run: _Run) -> bool:
 
 
 # ---------------------------------------------------------------------------- signals
-
-
-class _Interrupts:
-    """SIGINT / SIGTERM while the loop runs: finish the step, save a checkpoint, then stop. A second
-    SIGINT stops at once. Handlers are installed only from the main thread (Python's rule)."""
-
-    def __enter__(self) -> _Interrupts:
-        self.signum, self._old = None, {}
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
 
 
 def _interrupted(run: _Run, step: int, signum) -> None:

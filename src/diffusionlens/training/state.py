@@ -101,16 +101,21 @@ def cut_metrics(path: Path, step: int) -> bytes | None:
     return "".join(s + "\n" for s in keep).encode()
 
 
-def resume_config(run_dir, **changes) -> TrainConfig:
-    """The configuration stored in a run (its newest checkpoint), with budget or bookkeeping ``changes``
-    (e.g. ``steps=8000``): what ``train(..., resume=True)`` needs without repeating every setting."""
-    run_dir = Path(run_dir)
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of the run a resume continues (ValueError when there is none)."""
     if not run_dir.is_dir():
         raise ValueError(f"cannot resume {run_dir}: no such run directory")
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint; "
-                         f"start over with overwrite=True (--overwrite)")
+        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint (checkpoints/ is missing or "
+                         f"empty); start over with overwrite=True (--overwrite)")
+    return ckpt
+
+
+def resume_config(run_dir, **changes) -> TrainConfig:
+    """The configuration stored in a run (its newest checkpoint), with budget or bookkeeping ``changes``
+    (e.g. ``steps=8000``): what ``train(..., resume=True)`` needs without repeating every setting."""
+    ckpt = resume_checkpoint(Path(run_dir))
     try:
         meta = json.loads(ckpt.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -136,3 +141,66 @@ def load_denoiser(path, *, ema: bool = True, device="cpu") -> tuple[Denoiser, Tr
     net = build_net(cfg.net)
     load_module(net, tensors, prefix)
     return cfg.denoiser(net.to(device).eval().requires_grad_(False)), cfg
+
+
+def read_resume(cfg: TrainConfig, run_dir: Path):
+    """(meta, tensors, path) of the checkpoint a resume continues from, checked against ``cfg``."""
+    ckpt = resume_checkpoint(run_dir)
+    meta, tensors = load_checkpoint(ckpt)
+    diff = config_diff(stored_config(meta, ckpt), cfg)
+    if diff:
+        raise ValueError(f"cannot resume {run_dir}: its config differs in {diff} "
+                         f"(only {sorted(RESUMABLE_CHANGES)} may change)")
+    for prefix in ("model/", "ema/"):
+        check_shapes(cfg.net, tensors, prefix, ckpt)
+    step = required(meta, "step", ckpt)
+    if cfg.steps is not None and step > cfg.steps:
+        raise ValueError(f"{run_dir} is already at step {step}, beyond steps={cfg.steps}")
+    return meta, tensors, ckpt
+
+
+def restore(run, meta: dict, tensors: dict, ckpt: Path) -> None:
+    """Weights, EMA, optimiser, random streams and the objective's state from a checked checkpoint."""
+    rng = required(meta, "rng", ckpt)
+    missing = [k for k in (*run.objective.streams, "torch") if k not in rng]
+    if missing:
+        raise ValueError(f"checkpoint {ckpt} lacks the random stream(s) {missing} of its objective")
+    try:
+        load_module(run.net, tensors, "model/")
+        load_module(run.ema, tensors, "ema/")
+        load_optimizer(run.opt, required(meta, "optimizer", ckpt), tensors)
+        run.streams.load_state_dict({k: v for k, v in rng.items() if k != "torch"})
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        state = {k[len("objective/"):]: v for k, v in tensors.items() if k.startswith("objective/")}
+        run.objective.load_state_dict({**state, **meta.get("objective", {})})
+        run.start, run.elapsed = int(meta["step"]), float(required(meta, "elapsed_s", ckpt))
+    except (KeyError, TypeError, RuntimeError, AttributeError) as e:
+        raise ValueError(f"checkpoint {ckpt} cannot be restored: {' '.join(str(e).split())[:300]}") from None
+    run.last_ckpt = ckpt
+    run.metrics = cut_metrics(run.run_dir / "metrics.jsonl", run.start)
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + stream)
+
+
+class DataOrder:
+    """Data order: epoch e is randperm(N) from a generator seeded by (seed, e); step k takes
+    positions [kB, (k+1)B) of the concatenated epochs."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._cache = n, seed, {}
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {epoch: torch.randperm(self.n, generator=_generator(self.seed, 1000 + epoch))}
+        return self._cache[epoch]
+
+    def indices(self, step: int, batch: int) -> torch.Tensor:
+        pos = torch.arange(step * batch, (step + 1) * batch)
+        epochs, within = pos // self.n, pos % self.n
+        out = torch.empty(batch, dtype=torch.long)
+        for e in epochs.unique().tolist():
+            m = epochs == e
+            out[m] = self.perm(e)[within[m]]
+        return out
