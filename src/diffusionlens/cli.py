@@ -149,7 +149,7 @@ def cmd_sample(args) -> int:
     _check_conditions(args, r.config, r.path)
     from . import run
 
-    steps = 16 if args.steps is None else args.steps
+    steps = run.default_steps(r.denoiser) if args.steps is None else args.steps
     res = run.sample_to_files(r, args.n, out=args.out, progress=_progress(args), sampler=args.sampler, steps=steps,
                               seed=args.seed, guidance=args.guidance, grid=args.grid, label=args.label,
                               analytic_start=args.analytic_start, teleport=args.teleport)
@@ -354,9 +354,20 @@ def cmd_main(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from . import run
+
+    res = run.distill(args.run, method=args.method, minutes=args.minutes, name=args.name, steps=args.steps,
+                      seed=args.seed, device=device(args.device), progress=_progress(args))
+    print(f"distilled in {res.step} steps, {res.elapsed_s / 60:.2f} min; final loss {res.loss:.4g}")
+    print(f"run directory: {res.run_dir}  (next: diffusionlens sample {args.name} --steps 1)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
-            "encode": cmd_encode, "report": cmd_report, "main": cmd_main}
+            "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
+            "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,11 @@ def _sample_batch(den, noise, *, sampler, steps, smin, smax, grid, seeds, progre
                   plan):
     from ..samplers import SAMPLERS, sample
     from .plan import plan_kwargs
+    from .students import own_sampling
+
+    own = own_sampling(den)
+    if own is not None:  # a distilled run: its own grid or levels, steps = evaluations
+        return own(noise, steps, generator=seeds, progress=progress)
 
     # only the starts asked for: an explicit plain start would override the plan's tuned one
     start = {k: v for k, v in (("analytic_start", analytic_start), ("data_mean", mean), ("teleport", gauss))
