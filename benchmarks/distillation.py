@@ -179,6 +179,7 @@ def main(argv=None) -> None:
         write_results(args.out, _markdown(res))
         write_results(Path(args.out).with_suffix(".json"), json.dumps(res, indent=1) + "\n")
 
+    old = {}
     if args.merge:  # results of an earlier invocation (other methods), kept and extended
         old = json.loads(Path(args.merge).read_text())
         res["students"] = {**old.get("students", {}), **res["students"]}
@@ -186,7 +187,10 @@ def main(argv=None) -> None:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     teacher = _teacher(args, res, save)
     score = headline_scorer("digits", seed=0)
-    _baselines(teacher, args.n, score, res, save)
+    if args.merge and "ode" in old and old.get("n") == args.n:  # the same teacher's baselines, measured then
+        res["teacher"], res["ode"] = old["teacher"], old["ode"]
+    else:
+        _baselines(teacher, args.n, score, res, save)
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         for seed in seeds:
             res["students"].setdefault(method, []).append(_students(method, seed, args, teacher, args.n, score))

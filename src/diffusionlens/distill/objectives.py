@@ -20,9 +20,6 @@ import math
 
 import torch
 
-from .consistency import ConsistencyDistillation, ConsistencyFunction, ConsistencyTraining
-from .progressive import ProgressiveRounds
-
 __all__ = ["build_consistency_training", "build_consistency_distillation", "build_progressive", "consistency_model",
            "sampling_levels", "sigma_range", "load_teacher", "MODELS"]
 
@@ -101,15 +98,9 @@ class _Oracle:
         return self.gm.denoise(x.double(), sigma.double()).to(x.dtype)
 
 
-class _FromTeacher:
-    """Mixin: the student network starts from the teacher's weights (same network spec)."""
-
-    teacher_cfg = None
-    teacher_net = None
-
-    def initialise(self, net) -> None:
-        if self.teacher_net is not None:
-            net.load_state_dict(self.teacher_net.state_dict())
+def _start_from(obj, teacher_net) -> None:
+    """The student network starts from the teacher's weights (same network spec)."""
+    obj.initialise = lambda net: net.load_state_dict(teacher_net.state_dict())
 
 
 def _check_spec(cfg, tcfg) -> None:
@@ -118,50 +109,55 @@ def _check_spec(cfg, tcfg) -> None:
                          "starts from the teacher's weights")
 
 
-class _Progressive(_FromTeacher, ProgressiveRounds):
-    pass
+# the classes are imported when an objective is built: this module is imported by the objectives registry,
+# which the distillation classes themselves import
 
 
-class _ConsistencyDistillation(_FromTeacher, ConsistencyDistillation):
-    pass
-
-
-def build_progressive(cfg, data) -> ProgressiveRounds:
+def build_progressive(cfg, data):
     """``progressive-distillation``: rounds from ``steps`` (default 16) to ``final_steps`` (default 1)."""
+    from .progressive import ProgressiveRounds
+
     opts = _options(cfg)
     teacher, tcfg = load_teacher(cfg)
     _check_spec(cfg, tcfg)
     lo, hi = sigma_range(cfg)
-    obj = _Progressive(teacher, int(opts.get("steps", 16)), _total(cfg), final_steps=int(opts.get("final_steps", 1)),
-                       weighting=opts.get("weighting", "truncated-snr"), sigma_min=lo, sigma_max=hi)
+    obj = ProgressiveRounds(teacher, int(opts.get("steps", 16)), _total(cfg),
+                            final_steps=int(opts.get("final_steps", 1)),
+                            weighting=opts.get("weighting", "truncated-snr"), sigma_min=lo, sigma_max=hi)
     if tcfg is not None and tcfg.param == cfg.param:
-        obj.teacher_cfg, obj.teacher_net = tcfg, teacher.net
+        _start_from(obj, teacher.net)
     return obj
 
 
-def build_consistency_distillation(cfg, data) -> ConsistencyDistillation:
+def build_consistency_distillation(cfg, data):
     """``consistency-distillation``: the teacher's ``solver`` step (heun) over ``n`` (18) levels."""
+    from .consistency import ConsistencyDistillation
+
     opts = _options(cfg)
     teacher, tcfg = load_teacher(cfg)
     _check_spec(cfg, tcfg)
     lo, hi = sigma_range(cfg)
-    obj = _ConsistencyDistillation(teacher, n=int(opts.get("n", 18)), solver=opts.get("solver", "heun"), sigma_min=lo,
-                                   sigma_max=hi, p_mean=opts.get("p_mean", -1.1), p_std=opts.get("p_std", 2.0))
+    obj = ConsistencyDistillation(teacher, n=int(opts.get("n", 18)), solver=opts.get("solver", "heun"), sigma_min=lo,
+                                  sigma_max=hi, p_mean=opts.get("p_mean", -1.1), p_std=opts.get("p_std", 2.0))
     if tcfg is not None and tcfg.param == "edm":  # the same F(c_in x, ln(sigma)/4) as the consistency function
-        obj.teacher_cfg, obj.teacher_net = tcfg, teacher.net
+        _start_from(obj, teacher.net)
     return obj
 
 
-def build_consistency_training(cfg, data) -> ConsistencyTraining:
+def build_consistency_training(cfg, data):
     """``consistency-training``: the improved recipe with its curriculum laid over the step budget."""
+    from .consistency import ConsistencyTraining
+
     opts = _options(cfg)
     lo, hi = sigma_range(cfg)
     return ConsistencyTraining(_total(cfg), sigma_min=lo, sigma_max=hi, p_mean=opts.get("p_mean", -1.1),
                                p_std=opts.get("p_std", 2.0), s0=int(opts.get("s0", 10)), s1=int(opts.get("s1", 1280)))
 
 
-def consistency_model(cfg, net) -> ConsistencyFunction:
+def consistency_model(cfg, net):
     """The model a consistency objective trains around ``net``: f with the boundary condition at sigma_min."""
+    from .consistency import ConsistencyFunction
+
     return ConsistencyFunction(net, sigma_min=sigma_range(cfg)[0], sigma_data=cfg.sigma_data or 0.5)
 
 

@@ -50,7 +50,7 @@ def _teacher(teacher, dataset: str | None):
 
 
 def _student_config(method: str, teacher: str, tcfg, *, steps: int | None, dataset: str | None, seed: int,
-                    device: str, lr: float | None, batch_size: int | None):
+                    device: str, lr: float | None, batch_size: int | None, net: dict | None):
     from ..data import load_dataset
     from ..distill import halvable_grid
     from ..training import TrainConfig
@@ -61,7 +61,9 @@ def _student_config(method: str, teacher: str, tcfg, *, steps: int | None, datas
     if tcfg is None:
         data = load_dataset(dataset, "train", seed=seed)
         base = TrainConfig(dataset=dataset).to_dict()
-        base.update(sigma_data=round(data.sigma_data, 6), net=default_net(data, False))
+        base.update(sigma_data=round(data.sigma_data, 6), net=net or default_net(data, False))
+    elif net is not None:
+        raise ValueError("net= applies to the oracle teacher only: a run's student has its teacher's network")
     else:
         base = tcfg.to_dict()
         if tcfg.conditional:
@@ -140,7 +142,7 @@ def _budget(cfg, minutes: float | None, train_steps: int | None) -> int:
 def distill(teacher, *, method: str = "progressive", name: str | None = None, run_dir=None,
             minutes: float | None = None, train_steps: int | None = None, steps: int | None = None, seed: int = 0,
             dataset: str | None = None, device: str = "cpu", lr: float | None = None, batch_size: int | None = None,
-            progress: bool = True):
+            net: dict | None = None, progress: bool = True):
     """Distil ``teacher`` (a run directory or name, or ``"oracle"`` with an oracle ``dataset``) into a new
     run directory (``run_dir``, or ``runs/<name>``) and return the training result.
 
@@ -151,6 +153,7 @@ def distill(teacher, *, method: str = "progressive", name: str | None = None, ru
         minutes: process CPU minutes, turned into a step budget by timing a few steps; or ``train_steps``.
         seed, lr, batch_size: the student's training (defaults: the teacher's batch, lr 5e-4 from a run
             teacher, 2e-3 from the oracle).
+        net: the student's network spec, for the oracle teacher only (default: the data set's default).
     """
     from ..training import train
 
@@ -161,7 +164,7 @@ def distill(teacher, *, method: str = "progressive", name: str | None = None, ru
         raise FileExistsError(f"{str(out)!r} already exists; choose another name for the distilled run")
     src, tcfg = _teacher(teacher, dataset)
     cfg = _student_config(method, src, tcfg, steps=steps, dataset=dataset, seed=seed, device=device, lr=lr,
-                          batch_size=batch_size)
+                          batch_size=batch_size, net=net)
     cfg = cfg.replace(steps=_budget(cfg, minutes, train_steps))
     if minutes is not None:
         cfg = cfg.replace(objective_options={**cfg.objective_options, "minutes": minutes})
