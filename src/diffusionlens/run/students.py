@@ -155,3 +155,29 @@ def student_sweep(run, n: int, *, seed: int = 0, progress: bool = False) -> dict
         xs, _, used = generate(den, run.config, n, steps=k, seed=seed, progress=progress)
         curve.append([used, score(xs)])
     return {f"{den.kind} student": curve}
+
+
+def beside_teacher(run, n: int, *, seed: int = 0) -> list[tuple[str, Tensor, float]]:
+    """(title, samples, headline metric) of a distilled run at 1, 2 and 4 steps (those it has), then of its
+    teacher at the default sampler and 16 steps (a run teacher), or exact samples (the oracle), same noise."""
+    from ..evaluate import headline_scorer, true_density
+    from ..samplers import DEFAULT_SAMPLER
+    from ._core import open_run
+    from .sampling import generate
+
+    den, cfg = run.denoiser, run.config
+    score = headline_scorer(cfg.dataset, seed=seed)
+    steps = [k for k in (1, 2, 4) if den.steps is None or k in den.steps]
+    out = []
+    for k in steps:
+        x, _, _ = generate(den, cfg, n, steps=k, seed=seed)
+        out.append((f"{den.kind} student, {k} step{'s' if k > 1 else ''}", x, score(x)))
+    teacher = (cfg.objective_options or {}).get("teacher")
+    if teacher == "oracle":
+        x = true_density(cfg.dataset).sample(n, torch.Generator().manual_seed(seed)).float()
+        out.append(("exact samples (the oracle teacher)", x, score(x)))
+    elif teacher is not None:
+        t = open_run(teacher, device=run.device, plan=False)
+        x, _, nfe = generate(t.denoiser, t.config, n, sampler=DEFAULT_SAMPLER, steps=16, seed=seed)
+        out.append((f"teacher, {DEFAULT_SAMPLER} NFE {nfe:g}", x, score(x)))
+    return out
