@@ -154,7 +154,8 @@ def cmd_sample(args) -> int:
                               seed=args.seed, guidance=args.guidance, grid=args.grid, label=args.label,
                               analytic_start=args.analytic_start, teleport=args.teleport)
     what = "adaptive steps" if args.sampler == "adaptive" else f"{steps} steps"
-    print(f"{args.n} samples with {args.sampler} ({what}): NFE {res['nfe']:g} per sample, {res['seconds']:.1f} s")
+    how = f"its {r.denoiser.kind} sampling" if hasattr(r.denoiser, "kind") else args.sampler  # a distilled run
+    print(f"{args.n} samples with {how} ({what}): NFE {res['nfe']:g} per sample, {res['seconds']:.1f} s")
     print(f"wrote {res['stem']}.safetensors and {res['stem']}.png")
     return 0
 
