@@ -129,3 +129,26 @@ def test_cli_distill_train_objective_and_sample_steps(progressive, tmp_path, mon
         assert len(err.splitlines()) == 1
         assert re.search(msg, err), err
         assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_distill_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--method" in out and "examples" in out
+
+
+@pytest.mark.slow
+def test_report_of_a_distilled_run_shows_its_students(progressive, tmp_path):
+    import shutil
+
+    from diffusionlens.report import write_report
+
+    path = tmp_path / "pd"
+    shutil.copytree(progressive, path)
+    ev = run.evaluate(run.open_run(path), n_samples=200, bpd_n=0, progress=False)
+    assert ev["sampler"] == "progressive student" and ev["steps"] == 1
+    assert [nfe for nfe, _ in ev["quality_vs_nfe"]["progressive student"]] == [1.0, 2.0]
+    write_report(path, progress=False)
+    assert (path / "fig_distillation.png").is_file()
