@@ -19,6 +19,7 @@ TRAIN_FLAGS = {  # CLI flag -> TrainConfig field, for flags that override the co
     "weighting": "weighting", "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps",
     "cooldown": "cooldown", "clock": "clock", "ema": "ema", "label_dropout": "label_dropout",
     "log_every": "log_every", "ckpt_every": "ckpt_every", "n_train": "n_train",
+    "objective": "objective",
 }
 
 
@@ -121,7 +122,8 @@ def add_sampling_args(q) -> None:
     from .samplers import Grid
 
     add_sampler_arg(q)
-    q.add_argument("--steps", type=positive_int, help="grid intervals (default 16; not with --sampler adaptive)")
+    q.add_argument("--steps", type=positive_int, help="grid intervals (default 16; not with --sampler adaptive); "
+                                                      "a distilled run: network evaluations (default its fewest)")
     q.add_argument("--grid", choices=[g.value for g in Grid],
                    help="noise-level grid: karras (rho = 7), logsnr (uniform in log sigma), time (uniform in the "
                         "process time), timesteps (a discrete model's own), fitted (steps placed where a pilot "
@@ -217,6 +219,12 @@ def _train_parser(sub) -> None:
     add_budget_args(q, D.steps)
     q.add_argument("--clock", choices=["wall", "process"],
                    help=f"what --minutes measures: wall time or this process's CPU time (default {D.clock})")
+    from .objectives import OBJECTIVES
+
+    q.add_argument("--objective", choices=list(OBJECTIVES),
+                   help=f"what a training step minimises (default {D.objective}; consistency-training = improved "
+                        "consistency training from scratch, sampled in 1, 2, 4 steps; the distillation objectives "
+                        "need a teacher: use `diffusionlens distill`)")
     q.add_argument("--process", choices=list(PROCESSES), help=f"noise process (default {D.process})")
     q.add_argument("--param", choices=[v.value for v in Param],
                    help=f"what the network predicts (default {D.param}; edm = preconditioned)")
@@ -287,7 +295,8 @@ def _evaluate_parser(sub) -> None:
              "  diffusionlens evaluate main --no-sweep --bpd-n 0      # quick: headline only")
     add_run_arg(q)
     add_sampler_arg(q, "headline sampler")
-    q.add_argument("--steps", type=positive_int, default=16, help="headline sampler's steps (default 16)")
+    q.add_argument("--steps", type=positive_int, help="headline sampler's steps (default 16; a distilled run: "
+                                                      "its fewest)")
     q.add_argument("--n", type=positive_int, help="samples to score (default: the train split's size for images, "
                                                   "5000 otherwise)")
     q.add_argument("--samplers", type=sampler_list,
@@ -368,6 +377,30 @@ def _report_parser(sub) -> None:
              "<run>/report.html beside them. Needs `diffusionlens evaluate` first.",
              "example:\n  diffusionlens report main && xdg-open runs/main/report.html")
     add_run_arg(q)
+    add_common(q)
+
+
+def _distill_parser(sub) -> None:
+    q = _sub(sub, "distill", "distil a run into a 1-, 2- or 4-step student (writes a new run directory)",
+             "Distil a trained run (the teacher) into a few-step student, written as an ordinary run directory that "
+             "`sample --steps 1|2|4`, `evaluate` and `report` use like any other. progressive (Salimans & Ho "
+             "2022): rounds that halve the teacher's Euler/DDIM grid of --steps steps down to 1, each student "
+             "learning two teacher steps in one; the run keeps every round's student. consistency (Song et al. "
+             "2023): a consistency function learning the teacher's probability-flow map from its Heun steps over "
+             "--steps + 1 levels, sampled in one step or several. The budget is process CPU minutes, turned into "
+             "training steps by timing a few steps first; resume a killed run with `train --name NEW --resume`.",
+             "examples:\n"
+             "  diffusionlens distill main --method progressive --minutes 10 --name main-pd\n"
+             "  diffusionlens sample main-pd --steps 1\n"
+             "  diffusionlens distill main --method consistency --minutes 10 --name main-cd")
+    add_run_arg(q)
+    q.add_argument("--method", default="progressive", choices=["progressive", "consistency"],
+                   help="progressive (default) or consistency distillation")
+    q.add_argument("--minutes", type=positive_float, required=True, help="CPU-time budget in minutes")
+    q.add_argument("--name", required=True, help="the new run: runs/<name> (must not exist)")
+    q.add_argument("--steps", type=positive_int, help="the teacher's grid: progressive, a power of two (default 16); "
+                                                      "consistency, ODE intervals (default 17)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the student's training (default 0)")
     add_common(q)
 
 
@@ -510,6 +543,7 @@ commands, in the order of a workflow:
   denoise     x_t and the model's E[x0|x_t] at chosen noise levels, with the MSE per level
   weighting   the weighting over log-SNR that a loss configuration implies (no run needed)
   interpolate slerp between test points in the probability-flow latent, decoded
+  distill     distil a run into a 1-, 2- or 4-step student (progressive or consistency distillation)
   main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
 
 quick start:
@@ -520,7 +554,7 @@ quick start:
 
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
            _report_parser, _main_parser,
-           _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser)
+           _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser, _distill_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -138,12 +138,13 @@ def cmd_sample(args) -> int:
     _check_conditions(args, r.config, r.path)
     from . import run
 
-    steps = 16 if args.steps is None else args.steps
+    steps = run.default_steps(r.denoiser) if args.steps is None else args.steps
     res = run.sample_to_files(r, args.n, out=args.out, progress=_progress(args), sampler=args.sampler, steps=steps,
                               seed=args.seed, guidance=args.guidance, grid=args.grid, label=args.label,
                               analytic_start=args.analytic_start, teleport=args.teleport)
     what = "adaptive steps" if args.sampler == "adaptive" else f"{steps} steps"
-    print(f"{args.n} samples with {args.sampler} ({what}): NFE {res['nfe']:g} per sample, {res['seconds']:.1f} s")
+    how = f"its {r.denoiser.kind} sampling" if hasattr(r.denoiser, "kind") else args.sampler  # a distilled run
+    print(f"{args.n} samples with {how} ({what}): NFE {res['nfe']:g} per sample, {res['seconds']:.1f} s")
     print(f"wrote {res['stem']}.safetensors and {res['stem']}.png")
     return 0
 
@@ -425,13 +426,21 @@ def cmd_interpolate(args) -> int:
     print(f"round-trip relative error of the ends: mean {res['round_trip_error_mean']:.3g}, max "
           f"{res['round_trip_error_max']:.3g}; latent std / sigma_max = {res['latent_std_over_sigma_max']:.3f}")
     print(f"wrote {path}")
+def cmd_distill(args) -> int:
+    from . import run
+
+    res = run.distill(args.run, method=args.method, minutes=args.minutes, name=args.name, steps=args.steps,
+                      seed=args.seed, device=device(args.device), progress=_progress(args))
+    print(f"distilled in {res.step} steps, {res.elapsed_s / 60:.2f} min; final loss {res.loss:.4g}")
+    print(f"run directory: {res.run_dir}  (next: diffusionlens sample {args.name} --steps 1)")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
             "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
-            "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate}
+            "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate,
+            "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .._util import as_sigma, expand
 from ..objectives.base import Batch, Objective, Streams
-from ..samplers import euler_update, heun_update
+from ..samplers import NoiseStream, euler_update, heun_update
 
 __all__ = ["ConsistencyFunction", "discretisation", "curriculum", "level_probabilities", "pseudo_huber",
            "ConsistencyTraining", "ConsistencyDistillation", "consistency_sample"]
@@ -190,15 +190,21 @@ class ConsistencyDistillation(_Consistency):
 
 @torch.no_grad()
 def consistency_sample(f, noise: Tensor, sigmas=(80.0,), *, sigma_min: float = 0.002,
-                       generator: torch.Generator | None = None) -> Tensor:
+                       generator: torch.Generator | Tensor | None = None) -> Tensor:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): x = f(sigmas[0] noise, sigmas[0]),
-    then for each later level tau: x = f(x + sqrt(tau^2 - sigma_min^2) z, tau). One level = one step."""
+    then for each later level tau: x = f(x + sqrt(tau^2 - sigma_min^2) z, tau). One level = one step.
+    ``generator``: a torch.Generator, or (batch,) int64 per-sample seeds (batch-size invariant noise,
+    as :func:`diffusionlens.samplers.sample` takes them)."""
     s = [float(v) for v in torch.as_tensor(sigmas, dtype=torch.float64).flatten()]
     if not s or any(not (v > sigma_min) for v in s) or any(a <= b for a, b in zip(s, s[1:])):
         raise ValueError(f"sigmas must decrease and stay above sigma_min={sigma_min}, got {s}")
     x = f(noise * s[0], as_sigma(s[0], noise))
-    for tau in s[1:]:
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    stream = NoiseStream.make(generator, x) if isinstance(generator, Tensor) else None
+    for step, tau in enumerate(s[1:]):
+        if stream is not None:
+            z = stream.normal(step, x)
+        else:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x_tau = x + math.sqrt(tau**2 - sigma_min**2) * z
         x = f(x_tau, as_sigma(tau, x_tau))
     return x

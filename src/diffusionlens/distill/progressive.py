@@ -26,7 +26,7 @@ from ..objectives.base import Batch, Objective, Streams
 from ..samplers import euler_update, make_grid
 
 __all__ = ["WEIGHTINGS", "data_sampler", "two_step_target", "halvable_grid", "ProgressiveDistillation",
-           "progressive_distill"]
+           "ProgressiveRounds", "progressive_distill"]
 
 WEIGHTINGS = ("truncated-snr", "v")
 
@@ -118,6 +118,93 @@ class ProgressiveDistillation(Objective):
             raise ValueError("state has no teacher weights for a module teacher")
 
 
+def _rounds(steps: int, final_steps: int) -> int:
+    if not (isinstance(final_steps, int) and 1 <= final_steps < steps and steps % final_steps == 0
+            and (steps // final_steps) & (steps // final_steps - 1) == 0):
+        raise ValueError(f"final_steps must be steps / 2^k for k >= 1, got {final_steps!r} with steps={steps}")
+    return (steps // final_steps).bit_length() - 1
+
+
+def _snapshot(model) -> nn.Module:
+    """A frozen copy of a training model (a canonical denoiser around a network, unwrapped from DDP)."""
+    net = model.net
+    model.net = getattr(net, "module", net)
+    try:
+        return copy.deepcopy(model).requires_grad_(False).eval()
+    finally:
+        model.net = net
+
+
+class ProgressiveRounds(Objective):
+    """Every round steps -> steps/2 -> ... -> final_steps in one training run of ``total`` steps, for the
+    generic training loop: round r takes steps [r T, (r + 1) T) with T = total // rounds (the last one
+    the rest); at a round's end the student, frozen, becomes the next round's teacher and the network
+    trains on.
+
+    State: the step count, the current round's grid and teacher weights, and every finished round's
+    student network (``students/<k>/...``, k = its steps), so a resumed run continues exactly and the
+    run directory holds a student for every step count.
+    """
+
+    streams = ("t", "noise")
+
+    def __init__(self, teacher, steps: int, total: int, *, final_steps: int = 1, weighting: str = "truncated-snr",
+                 sigma_min: float = 0.002, sigma_max: float = 80.0):
+        grid = halvable_grid(steps, sigma_min, sigma_max)
+        self.rounds = _rounds(steps, final_steps)
+        if not (isinstance(total, int) and total >= self.rounds):
+            raise ValueError(f"a budget of {total!r} training steps is too small for the {self.rounds} rounds "
+                             f"{steps} -> {final_steps} steps (one step per round at the least)")
+        self.total, self.per_round, self.k, self.round = total, total // self.rounds, 0, 0
+        self.current = ProgressiveDistillation(teacher, grid, weighting)
+        self.students: dict[int, dict] = {}
+        self._pending: dict | None = None
+
+    def round_of(self, k: int) -> int:
+        return min(k // self.per_round, self.rounds - 1)
+
+    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
+        if self._pending is not None:  # resumed after round 0: the teacher is a network like the student's
+            teacher = _snapshot(model)
+            teacher.net.load_state_dict(self._pending)
+            self.current = ProgressiveDistillation(teacher, self.current.grid, self.current.weighting)
+            self._pending = None
+        if self.round_of(self.k) != self.round:
+            done = _snapshot(model)
+            self.students[self.current.student_steps] = {k: v.clone() for k, v in done.net.state_dict().items()}
+            self.current = ProgressiveDistillation(done, self.current.grid[::2], self.current.weighting)
+            self.round += 1
+        loss = self.current(model, batch, rng)
+        self.k += 1
+        return loss
+
+    def state_dict(self) -> dict:
+        state = {"k": self.k, "round": self.round, "total": self.total, "grid": self.current.grid.clone(),
+                 "weighting": self.current.weighting}
+        teacher = self.current.teacher
+        if self._pending is not None:
+            state.update({f"teacher/{k}": v.clone() for k, v in self._pending.items()})
+        elif self.round > 0:
+            state.update({f"teacher/{k}": v.clone() for k, v in teacher.net.state_dict().items()})
+        for steps, weights in self.students.items():
+            state.update({f"students/{steps}/{k}": v for k, v in weights.items()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("total") != self.total:
+            raise ValueError(f"progressive-distillation state must have total={self.total}, got {state.get('total')}")
+        self.k, self.round = int(state["k"]), int(state["round"])
+        grid = torch.as_tensor(state["grid"], dtype=torch.float64)
+        self.current = ProgressiveDistillation(self.current.teacher, grid, state["weighting"])
+        teacher = {k[len("teacher/"):]: v for k, v in state.items() if k.startswith("teacher/")}
+        self._pending = teacher if self.round > 0 else None
+        self.students = {}
+        for key, v in state.items():
+            if key.startswith("students/"):
+                _, steps, name = key.split("/", 2)
+                self.students.setdefault(int(steps), {})[name] = v
+
+
 def data_sampler(data) -> Callable[[int, torch.Generator], Tensor]:
     """``data`` as a function (n, generator) -> x0: rows of a tensor drawn with replacement, or itself."""
     if isinstance(data, Tensor):
@@ -154,9 +241,7 @@ def progressive_distill(
     and then becomes the next round's teacher. ``callback`` gets {"round", "steps", "iter", "loss"}.
     """
     grid = halvable_grid(steps, sigma_min, sigma_max)
-    if not (isinstance(final_steps, int) and 1 <= final_steps < steps and steps % final_steps == 0
-            and (steps // final_steps) & (steps // final_steps - 1) == 0):
-        raise ValueError(f"final_steps must be steps / 2^k for k >= 1, got {final_steps!r} with steps={steps}")
+    _rounds(steps, final_steps)
     if student is None:
         if not isinstance(teacher, nn.Module):
             raise ValueError("a teacher that is not a torch module cannot initialise the student: pass student=")

@@ -7,13 +7,14 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 ``build(cfg, data)`` function, and one line in :data:`OBJECTIVES`.
 """
 
+from ..distill import objectives as distill
 from ..distill import regularisers
 from ..interpolants import objective as interpolant
 from . import denoising
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
 
-__all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "build_objective"]
+__all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "MODELS", "build_objective"]
 
 OBJECTIVES = {
     "denoising": denoising.build,
@@ -21,8 +22,14 @@ OBJECTIVES = {
     "denoising+fokker-planck": regularisers.build_fokker_planck,
     "interpolant": interpolant.build_independent, "interpolant+ot": interpolant.build_ot,
     "interpolant+sinkhorn": interpolant.build_sinkhorn,
+    "consistency-training": distill.build_consistency_training,
+    "consistency-distillation": distill.build_consistency_distillation,
+    "progressive-distillation": distill.build_progressive,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
+
+MODELS = dict(distill.MODELS)
+"""Objectives that train a model other than ``cfg.denoiser``'s canonical one: name -> ``model(cfg, net)``."""
 
 
 def build_objective(cfg, data) -> Objective:

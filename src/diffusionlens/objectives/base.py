@@ -92,6 +92,10 @@ class Objective:
     def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
         raise NotImplementedError
 
+    def initialise(self, net) -> None:
+        """Set the freshly built network's starting weights (default: its own random initialisation);
+        called once before training, before a resume restores the checkpoint's weights."""
+
     def state_dict(self) -> dict:
         return {}
 

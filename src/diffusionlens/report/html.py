@@ -364,6 +364,32 @@ def _regularisers(ctx: Context) -> Figure:
                   "off the line has a non-conservative score.")
 
 
+@section("distillation")
+def _distillation(ctx: Context) -> Figure:
+    from ..run import open_run
+    from ..run.students import beside_teacher, own_sampling
+
+    if own_sampling(ctx.denoiser) is None:
+        raise NotApplicable("not a distilled or consistency run (made by `diffusionlens distill` or `train "
+                            "--objective consistency-training`)")
+    panels = beside_teacher(open_run(ctx.run_dir, plan=False), min(int(ctx.ev["n_samples"]), 1000))
+    name = "FD" if ctx.samples.ndim == 4 else "SW2"
+    plt = figures._plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False)
+    for ax, (title, x, v) in zip(axes[0], panels):
+        if x.ndim == 4:
+            figures._show_images(ax, x[:64], 8, f"{title}\n{name} {v:.3g}")
+        else:
+            p = x.reshape(len(x), -1)[:, :2].numpy()
+            ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5)
+            ax.set_aspect("equal")
+            ax.set_title(f"{title}\n{name} {v:.3g}", fontsize=9)
+    figures._save(fig, ctx.path("fig_distillation.png"))
+    return Figure("fig_distillation.png", f"The distilled model's samples at 1, 2 and 4 network evaluations beside "
+                  f"its teacher's (or, for the oracle teacher, exact samples), from the same noise, with the "
+                  f"headline metric ({name}, lower is better) of {min(int(ctx.ev['n_samples']), 1000)} samples each.")
+
+
 # ----------------------------------------------------------------------------- page
 
 

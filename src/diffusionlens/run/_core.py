@@ -49,11 +49,13 @@ def open_run(path, *, device: str = "cpu", plan: bool = True) -> Run:
     its stored sampling plan unless ``plan=False``."""
     from ..training.checkpoint import latest_checkpoint
     from .plan import load_plan
+    from .students import open_model
 
     path = find_run(path)
     if latest_checkpoint(path) is None:
         raise ValueError(f"{str(path)!r} holds no checkpoint: it is not a trained run")
     den, cfg = _load(path, device)
+    den = open_model(path, den, cfg, device)  # a distilled run's model samples its own way
     return Run(path, den, cfg, str(device), load_plan(path) if plan else None)
 
 

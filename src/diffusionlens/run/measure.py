@@ -16,6 +16,7 @@ from ._core import LEVELS, Run, open_run, progress_bar
 from .files import check_writable, save_json, save_tensors
 from .plan import has_tuned
 from .sampling import generate, steps_for_nfe, sweep_entry, usable_plan
+from .students import default_steps, own_sampling, student_sweep
 
 DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis", "unipc@fitted-stop")
 """Entries of the quality-vs-NFE sweep: samplers on their recommended grids, and UniPC on the fitted grid
@@ -30,6 +31,8 @@ def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progres
     one), and solves its own pilot otherwise."""
     from ..evaluate import headline_scorer
 
+    if own_sampling(run.denoiser) is not None and sweep:  # a distilled run: its students, not samplers
+        return student_sweep(run, n, seed=seed, progress=progress)
     entries = {e: sweep_entry(e) for e in sweep}
     jobs = [(s, k) for s in sweep for k in nfes]
     if not jobs:
@@ -86,7 +89,7 @@ def _training_summary(run_dir, result: dict) -> dict:
     return dict(result, loss=losses[-1]) if losses else result
 
 
-def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_SAMPLER, steps: int = 16,
+def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
              seed: int = 0, sweep: tuple[str, ...] = DEFAULT_SWEEP, nfes: tuple[int, ...] = DEFAULT_NFE,
              bpd_n: int = 100, guidance: float = 1.0, progress: bool = True) -> dict:
     """Evaluate a trained run and write ``evaluation.json`` and ``samples.safetensors`` into its directory.
@@ -94,7 +97,8 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     Args:
         n_samples: samples to score (default: the size of the train split for images — so the
             train-vs-test floor is measured at the same sample size — and 5,000 otherwise).
-        sampler, steps: the headline sampler and its grid size.
+        sampler, steps: the headline sampler and its grid size (default 16; a distilled run samples its own
+            way, with its fewest steps by default).
         sweep, nfes: entries (``"sampler"`` or ``"sampler@grid"``, :func:`sweep_entry`) and NFE budgets of
             the quality-vs-NFE curve (empty ``sweep`` skips it).
         bpd_n: test images for bits/dim (0 skips); for points, test points for the model's PF-ODE log-likelihood.
@@ -109,6 +113,9 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
         sweep_entry(e)
     if any(not (isinstance(k, int) and k >= 1) for k in nfes):
         raise ValueError(f"NFE budgets must be integers >= 1, got {list(nfes)}")
+    steps = default_steps(run.denoiser) if steps is None else steps
+    if own_sampling(run.denoiser) is not None:
+        run.denoiser.check_steps(steps)
     check_writable(run.path)
     cfg = run.config
     train = load_dataset(cfg.dataset, "train", seed=cfg.seed)
@@ -119,7 +126,8 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     sample_s = time.perf_counter() - t0
     metrics = evaluate_samples(x, cfg.dataset, seed=seed)
     name = "fd" if "fd" in metrics else "sw2"
-    out = {"dataset": cfg.dataset, "sampler": sampler, "steps": steps, "nfe": nfe, "n_samples": n,
+    used = f"{run.denoiser.kind} student" if own_sampling(run.denoiser) is not None else sampler
+    out = {"dataset": cfg.dataset, "sampler": used, "steps": steps, "nfe": nfe, "n_samples": n,
            "sampling_seconds": sample_s, "guidance": guidance if cfg.conditional else None,
            "sigma_range": list(run.sigma_range), "metrics": metrics,
            "headline": {"name": name, "value": metrics[name]}, "plan": run.plan is not None}

@@ -147,6 +147,7 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     """
     from ..data import load_dataset
     from ..samplers import PILOT_GRIDS, Grid, MeanStart, gaussian_model, noise_seeds, randn, sample
+    from .students import own_sampling
 
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
@@ -170,9 +171,11 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
             gauss = gaussian_model(denoiser, shape, smax, device=dev)
             if pilot_cache is not None:
                 pilot_cache["gaussian"] = gauss
-    r, means = _resolve(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
-                        analytic_start=analytic_start, gauss=gauss, plan=usable_plan(plan, cfg, guidance),
-                        cache=pilot_cache, dev=dev, progress=progress)
+    own = own_sampling(denoiser)  # a distilled run: its own grid or levels, steps = evaluations
+    if own is None:
+        r, means = _resolve(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
+                            analytic_start=analytic_start, gauss=gauss, plan=usable_plan(plan, cfg, guidance),
+                            cache=pilot_cache, dev=dev, progress=progress)
     g = torch.Generator().manual_seed(seed)
     noise_ids, sampler_ids = noise_seeds(g, n), noise_seeds(g, n)  # two per-sample streams: start, sampler
     out, nfe = [], 0.0
@@ -180,12 +183,15 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
         b = min(batch_size, n - i)
         noise = randn((b,) + shape, noise_ids[i:i + b]).to(dev)
         yb = None if labels is None else labels[i:i + b]
-        start = r.start
-        if yb is not None and means is not None and isinstance(start, MeanStart):
-            start = MeanStart(torch.stack([means[int(c)] for c in yb]))
-        x, info = sample(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=r.sampler, grid=r.sigmas,
-                         start=start, sigma_max=r.sigma_max, generator=sampler_ids[i:i + b].to(dev),
-                         return_info=True, progress=progress, **r.options)
+        if own is not None:
+            x, info = own(noise, steps, generator=sampler_ids[i:i + b].to(dev), progress=progress)
+        else:
+            start = r.start
+            if yb is not None and means is not None and isinstance(start, MeanStart):
+                start = MeanStart(torch.stack([means[int(c)] for c in yb]))
+            x, info = sample(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=r.sampler,
+                             grid=r.sigmas, start=start, sigma_max=r.sigma_max,
+                             generator=sampler_ids[i:i + b].to(dev), return_info=True, progress=progress, **r.options)
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"sampler {sampler!r} produced a non-finite sample (batch starting at {i})")
         out.append(x.cpu())

@@ -83,6 +83,7 @@ class TrainConfig:
     """Everything that defines a training run (all JSON-able).
 
     Model and objective: ``objective`` (a name in :data:`diffusionlens.objectives.OBJECTIVES`),
+    ``objective_options`` (that objective's own settings, JSON: e.g. a distillation's teacher run),
     ``process`` (a name in :data:`PROCESSES`), ``param`` (eps, x0, v, score, velocity, edm),
     ``density`` (``Uniform()``, ``LogNormal(p_mean, p_std)``, ``LogitNormal(mean, std)``; a kind name
     gives the defaults) and ``weighting`` (``TargetWeight()``, ``MinSNR(gamma)``, ``ELBOWeight()``,
@@ -112,6 +113,7 @@ class TrainConfig:
     seed: int = 0
     n_train: int | None = None
     objective: str = "denoising"
+    objective_options: dict | None = None
     process: str = "edm"
     param: str = "edm"
     density: NoiseDensity = LogNormal()
@@ -195,6 +197,8 @@ class TrainConfig:
         need("timeout", self.timeout is None or (is_num(self.timeout) and self.timeout > 0), "None or > 0 seconds")
         if self.sigma_data is not None:
             check_sigma_data(self.sigma_data)
+        need("objective_options", self.objective_options is None or isinstance(self.objective_options, dict),
+             "None or a dict of the objective's own settings")
         need("net", self.net is None or (isinstance(self.net, dict) and "kind" in self.net), "None or a spec dict")
         if self.conditional and self.dataset not in ("digits", "mnist"):
             raise ValueError(f"conditional training needs labelled data (digits, mnist), got {self.dataset!r}")
@@ -225,7 +229,12 @@ class TrainConfig:
                     t_min=self.t_min, t_max=self.t_max)
 
     def denoiser(self, net) -> Denoiser:
-        """The canonical denoiser of ``net`` under this (resolved) config."""
+        """The canonical denoiser of ``net`` under this (resolved) config (the model its objective trains
+        around ``net``: :data:`diffusionlens.objectives.MODELS`, e.g. a consistency function)."""
+        from ..objectives import MODELS
+
+        if self.objective in MODELS:
+            return MODELS[self.objective](self, net)
         return Denoiser(net, self._process, self._param, sigma_data=self.sigma_data)
 
     # ------------------------------------------------------------------ JSON
@@ -234,6 +243,7 @@ class TrainConfig:
         d["adam_betas"] = list(self.adam_betas)
         d["density"], d["weighting"] = self.density.to_dict(), self.weighting.to_dict()
         d["net"] = copy.deepcopy(self.net)
+        d["objective_options"] = copy.deepcopy(self.objective_options)
         return d
 
     @classmethod

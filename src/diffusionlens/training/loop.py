@@ -260,6 +260,7 @@ def _prepare(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, inf
     dev = info.device
     torch.manual_seed(cfg.seed)
     net = build_net(cfg.net).to(dev)
+    objective.initialise(net)  # e.g. a distillation's student starts from its teacher's weights
     if cfg.channels_last and data.is_image:
         net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).requires_grad_(False)

@@ -1,0 +1,183 @@
+"""Models that sample their own way: a progressive-distillation student set and a consistency model.
+
+A run whose config names a distillation or consistency objective opens (:func:`open_model`) as one of
+these wrappers around its EMA model. Each is still a canonical denoiser-shaped callable (its default
+student's D, or the consistency function f ~ the flow's end point, so figures and likelihood code can
+call it) and carries its own sampling, which :func:`diffusionlens.run.generate` uses in place of the
+sampler: ``--steps k`` is the number of network evaluations.
+
+- progressive: the student of k steps on its own Euler/DDIM grid, every other level of the teacher's
+  halvable Karras grid (:func:`diffusionlens.distill.halvable_grid`); students of every round are
+  kept in the checkpoint.
+- consistency: multistep consistency sampling (:func:`diffusionlens.distill.consistency_sample`) on
+  the levels stored in the config or their default (:func:`diffusionlens.distill.objectives.sampling_levels`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+DISTILLED = ("progressive-distillation", "consistency-distillation", "consistency-training")
+"""Objectives whose runs sample their own way."""
+
+
+@dataclass(frozen=True)
+class OwnInfo:
+    """What :func:`diffusionlens.run.generate` reads of a sampling: the evaluations per sample."""
+
+    nfe: float
+
+
+class ProgressiveStudents(nn.Module):
+    """The students of a progressive distillation by step count; D of the fewest-step one."""
+
+    kind = "progressive"
+
+    def __init__(self, students: dict[int, nn.Module], grid: Tensor):
+        super().__init__()
+        self.students = nn.ModuleDict({str(k): v for k, v in sorted(students.items())})
+        self.grid = grid
+        self.steps = tuple(sorted(students))
+        self.default_steps = self.steps[0]
+
+    def forward(self, x, sigma, **kwargs):
+        return self.students[str(self.default_steps)](x, sigma, **kwargs)
+
+    def check_steps(self, steps: int) -> int:
+        if steps not in self.steps:
+            raise ValueError(f"--steps {steps}: this progressive-distillation run has students of "
+                             f"{', '.join(map(str, self.steps))} steps")
+        return steps
+
+    def grid_of(self, steps: int) -> Tensor:
+        n = len(self.grid) - 1
+        return self.grid[:: n // self.check_steps(steps)]
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False) -> tuple[Tensor, OwnInfo]:
+        from ..samplers import sample
+
+        grid = self.grid_of(steps)
+        x = sample(self.students[str(steps)], noise, sampler="euler", grid=grid.to(noise.device), generator=generator,
+                   progress=progress)
+        return x, OwnInfo(float(steps))
+
+
+class ConsistencyModel(nn.Module):
+    """A consistency function with its multistep sampling levels; D = f (the one-step map)."""
+
+    kind = "consistency"
+
+    def __init__(self, f: nn.Module, cfg):
+        super().__init__()
+        self.f, self.cfg = f, cfg
+        self.steps = None  # any number of steps
+        self.default_steps = 1
+
+    def forward(self, x, sigma, **kwargs):
+        return self.f(x, sigma, **kwargs)
+
+    def check_steps(self, steps: int) -> int:
+        self.levels(steps)
+        return steps
+
+    def levels(self, steps: int) -> list[float]:
+        from ..distill.objectives import sampling_levels
+
+        return sampling_levels(self.cfg, steps)
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False) -> tuple[Tensor, OwnInfo]:
+        from ..distill import consistency_sample
+
+        x = consistency_sample(self.f, noise, self.levels(steps), sigma_min=self.f.sigma_min, generator=generator)
+        return x, OwnInfo(float(steps))
+
+
+def is_distilled(cfg) -> bool:
+    return getattr(cfg, "objective", None) in DISTILLED
+
+
+def open_model(path, den, cfg, device="cpu"):
+    """The model a run samples: ``den`` itself for an ordinary run; the wrapper of a distilled one (the
+    progressive students are read from the newest checkpoint)."""
+    if not is_distilled(cfg):
+        return den
+    if cfg.objective != "progressive-distillation":
+        return ConsistencyModel(den, cfg).eval()
+    from ..distill import halvable_grid
+    from ..distill.objectives import sigma_range
+    from ..distill.progressive import _rounds
+    from ..nets import build_net
+    from ..training.checkpoint import latest_checkpoint, load_checkpoint
+
+    opts = cfg.objective_options or {}
+    steps, final = int(opts.get("steps", 16)), int(opts.get("final_steps", 1))
+    meta, tensors = load_checkpoint(latest_checkpoint(path))
+    rnd = int((meta.get("objective") or {}).get("round", _rounds(steps, final) - 1))
+    students = {steps >> (rnd + 1): den}  # the network of the round in progress (the final one when done)
+    prefix = "objective/students/"
+    for key in tensors:
+        if key.startswith(prefix):
+            students.setdefault(int(key[len(prefix):].split("/", 1)[0]), None)
+    for k in [k for k, v in students.items() if v is None]:
+        net = build_net(cfg.net)
+        p = f"{prefix}{k}/"
+        net.load_state_dict({key[len(p):]: v for key, v in tensors.items() if key.startswith(p)})
+        students[k] = cfg.denoiser(net.to(device).eval().requires_grad_(False))
+    return ProgressiveStudents(students, halvable_grid(steps, *sigma_range(cfg))).eval()
+
+
+def own_sampling(den):
+    """The model's own ``sample(noise, steps, generator)`` when it has one (a distilled run), else None."""
+    return den.sample if isinstance(den, (ProgressiveStudents, ConsistencyModel)) else None
+
+
+def default_steps(den, fallback: int = 16) -> int:
+    """The step count a run samples with when none is asked for: a distilled model's fewest, else ``fallback``."""
+    return den.default_steps if own_sampling(den) is not None else fallback
+
+
+def student_sweep(run, n: int, *, seed: int = 0, progress: bool = False) -> dict:
+    """Quality against NFE of a distilled run: its own sampling at 1, 2, 4 (and 8) steps, same noise and metric
+    as the samplers' sweep."""
+    from ..evaluate import headline_scorer
+    from .sampling import generate
+
+    den = run.denoiser
+    steps = den.steps if den.steps is not None else (1, 2, 4, 8)
+    score = headline_scorer(run.config.dataset, seed=seed)
+    curve = []
+    for k in steps:
+        xs, _, used = generate(den, run.config, n, steps=k, seed=seed, progress=progress)
+        curve.append([used, score(xs)])
+    return {f"{den.kind} student": curve}
+
+
+def beside_teacher(run, n: int, *, seed: int = 0) -> list[tuple[str, Tensor, float]]:
+    """(title, samples, headline metric) of a distilled run at 1, 2 and 4 steps (those it has), then of its
+    teacher at the default sampler and 16 steps (a run teacher), or exact samples (the oracle), same noise."""
+    from ..evaluate import headline_scorer, true_density
+    from ..samplers import DEFAULT_SAMPLER
+    from ._core import open_run
+    from .sampling import generate
+
+    den, cfg = run.denoiser, run.config
+    score = headline_scorer(cfg.dataset, seed=seed)
+    steps = [k for k in (1, 2, 4) if den.steps is None or k in den.steps]
+    out = []
+    for k in steps:
+        x, _, _ = generate(den, cfg, n, steps=k, seed=seed)
+        out.append((f"{den.kind} student, {k} step{'s' if k > 1 else ''}", x, score(x)))
+    teacher = (cfg.objective_options or {}).get("teacher")
+    if teacher == "oracle":
+        x = true_density(cfg.dataset).sample(n, torch.Generator().manual_seed(seed)).float()
+        out.append(("exact samples (the oracle teacher)", x, score(x)))
+    elif teacher is not None:
+        t = open_run(teacher, device=run.device, plan=False)
+        x, _, nfe = generate(t.denoiser, t.config, n, sampler=DEFAULT_SAMPLER, steps=16, seed=seed)
+        out.append((f"teacher, {DEFAULT_SAMPLER} NFE {nfe:g}", x, score(x)))
+    return out
