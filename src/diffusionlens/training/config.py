@@ -36,7 +36,7 @@ from ..losses import (
 from ..model import Denoiser
 from ..objectives import OBJECTIVES
 from ..parameterization import Param
-from ..processes import EDM, VE, VP, Discrete, Flow, Process, SubVP
+from ..processes import EDM, VE, VP, DDPMTable, Flow, Process, SubVP
 
 __all__ = ["TrainConfig", "PROCESSES", "EMA_KINDS", "make_process", "make_loss", "default_net"]
 
@@ -47,7 +47,7 @@ PROCESSES = {
     "subvp": SubVP,
     "ve": VE,
     "flow": Flow,
-    "ddpm": Discrete,
+    "ddpm": DDPMTable,
 }
 """Process names accepted by :class:`TrainConfig` (defaults of each class; ``ddpm`` is the 1000-step
 linear-beta table of Ho et al. 2020)."""
