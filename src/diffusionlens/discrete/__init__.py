@@ -1,7 +1,9 @@
 """Discrete-state diffusion: tokens corrupted by masking or uniform noise (see :mod:`.process`)."""
 
+from .ctmc import SAMPLERS, ancestral, masked_elbo, maskgit, tau_leaping
 from .oracle import CategoricalMixture, all_sequences, random_mixture
 from .process import Corruption, Kind, Schedule, check_tokens, log_probs, reverse_probs, reverse_rates
 
 __all__ = ["CategoricalMixture", "all_sequences", "random_mixture", "Corruption", "Kind", "Schedule",
-           "check_tokens", "log_probs", "reverse_probs", "reverse_rates"]
+           "check_tokens", "log_probs", "reverse_probs", "reverse_rates", "SAMPLERS", "ancestral", "masked_elbo",
+           "maskgit", "tau_leaping"]

@@ -10,8 +10,8 @@ q(x_t | x0) = alpha [x_t = x0] + (1 - alpha) pi(x_t)), the posterior is again su
 
 so the per-position posterior marginals p(x0_l | x_t) (what a trained x0-model predicts) and exact
 joint posterior draws are closed forms, at any t, for masking and uniform corruption alike. Every
-computation is in float64 with log-sum-exp. :meth:`CategoricalMixture.denoiser` binds a process and
-is usable wherever a trained discrete model is.
+computation is in float64; products over positions are taken in log space.
+:meth:`CategoricalMixture.denoiser` binds a process and is usable wherever a trained model is.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class CategoricalMixture:
         return x.reshape((n,) + self.shape)
 
     def _posterior_parts(self, x_t: Tensor, t, process: Corruption) -> tuple[Tensor, Tensor]:
-        """(log p(k | x_t) (B, K), log p(x0_l | x_t, k) (B, K, L, V)) under ``process`` at time t."""
+        """(log p(k | x_t) (B, K), p(x0_l | x_t, k) (B, K, L, V)) under ``process`` at time t."""
         if process.vocab != self.vocab:
             raise ValueError(f"the process has vocabulary {process.vocab} but the oracle {self.vocab}")
         x = self._flat(x_t, process.states)
@@ -85,24 +85,24 @@ class CategoricalMixture:
         a = a.expand(B) if a.ndim == 0 else a
         onehot = torch.nn.functional.one_hot(x, process.states)[..., : self.vocab].double()
         lik = a[:, None, None] * onehot + (1 - a[:, None, None]) * process.prior().to(x.device)[x][..., None]
-        joint = self.log_p.reshape(self.log_p.shape[0], -1, self.vocab).to(x.device) + torch.log(lik)[:, None]
-        per = torch.logsumexp(joint, dim=-1)  # (B, K, L): log sum_v P_k(v) q(x_t | v)
-        per = torch.where(torch.isfinite(per), per, torch.full_like(per, -torch.inf))
-        safe = torch.where(torch.isfinite(per), per, torch.zeros_like(per))
-        log_r = torch.log_softmax(self.log_w.to(x.device) + per.sum(-1), dim=-1)
-        return log_r, joint - safe[..., None]
+        # per position the sum over v cannot underflow (both factors are probabilities of one token);
+        # only the product over positions can, so it is taken in log space
+        joint = self.probs.reshape(self.probs.shape[0], -1, self.vocab).to(x.device) * lik[:, None]
+        per = joint.sum(-1)  # (B, K, L): sum_v P_k(v) q(x_t | v)
+        log_r = torch.log_softmax(self.log_w.to(x.device) + torch.log(per).sum(-1), dim=-1)
+        return log_r, joint / per.clamp_min(1e-300)[..., None]
 
     def posterior(self, x_t: Tensor, t, process: Corruption) -> Tensor:
         """Per-position posterior marginals p(x0_l | x_t): (batch, *shape, V) float64 probabilities."""
         log_r, cond = self._posterior_parts(x_t, t, process)
-        logp = torch.logsumexp(log_r[:, :, None, None] + cond, dim=1)
-        return logp.exp().reshape(tuple(x_t.shape) + (self.vocab,))
+        p = (log_r.exp()[:, :, None, None] * cond).sum(1)
+        return p.reshape(tuple(x_t.shape) + (self.vocab,))
 
     def sample_posterior(self, x_t: Tensor, t, process: Corruption, generator: torch.Generator | None = None):
         """An exact joint draw x0 ~ p(x0 | x_t) (the whole sequence at once): int64 like ``x_t``."""
         log_r, cond = self._posterior_parts(x_t, t, process)
         k = torch.multinomial(log_r.exp().cpu(), 1, generator=generator).squeeze(-1).to(x_t.device)
-        p = cond[torch.arange(k.shape[0], device=x_t.device), k].exp()  # (B, L, V)
+        p = cond[torch.arange(k.shape[0], device=x_t.device), k]  # (B, L, V)
         x = torch.multinomial(p.reshape(-1, self.vocab).cpu(), 1, generator=generator).to(x_t.device)
         return x.reshape(x_t.shape)
 
@@ -110,7 +110,7 @@ class CategoricalMixture:
         """A model ``(x_t, t) -> log p(x0 | x_t)`` per position (batch, *shape, V): the exact x0-posterior."""
 
         def model(x_t: Tensor, t: Tensor) -> Tensor:
-            return torch.log(self.posterior(x_t, t, process))
+            return torch.log(self.posterior(x_t, t, process).clamp_min(1e-300))
 
         return model
 
