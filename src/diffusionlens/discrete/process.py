@@ -176,11 +176,28 @@ def log_probs(model, x_t: Tensor, t, vocab: int) -> Tensor:
     return torch.log_softmax(out.double(), dim=-1)
 
 
-def _ratio(p0: Tensor, x_t: Tensor, qbar_t: Tensor) -> Tensor:
-    """p(x0 | x_t) / q(x_t | x0) per position, zero where q(x_t | x0) = 0 (x0 impossible given x_t)."""
+def _times(process: Corruption, t, x_t: Tensor) -> Tensor:
+    """alpha at a float or per-sample (batch,) time, as (batch,) float64 on x_t's device."""
+    a = process.alpha(t).to(x_t.device)
+    if a.ndim == 0:
+        return a.expand(x_t.shape[0])
+    if a.shape != (x_t.shape[0],):
+        raise ValueError(f"times must be a float or have shape (batch,) = ({x_t.shape[0]},), got {tuple(a.shape)}")
+    return a
+
+
+def _rows(mats: Tensor, idx: Tensor) -> Tensor:
+    """Per sample b and position l the row mats[b, idx[b, l]]: mats (B, R, C), idx (B, L) -> (B, L, C)."""
+    return torch.gather(mats, 1, idx[..., None].expand(*idx.shape, mats.shape[-1]))
+
+
+def _ratio(p0: Tensor, x: Tensor, qbar_t: Tensor) -> Tensor:
+    """p(x0 | x_t) / q(x_t | x0) per position, zero where q(x_t | x0) = 0 (x0 impossible given x_t).
+
+    p0 (B, L, V), x (B, L), qbar_t (B, S, S) -> (B, L, V).
+    """
     V = p0.shape[-1]
-    q = qbar_t[..., :V, :].transpose(-1, -2)  # (..., S, V): row x_t holds q(x_t | x0) over x0
-    q = q[x_t]
+    q = _rows(qbar_t[:, :V, :].transpose(1, 2), x)  # q(x_t | x0) over x0
     return torch.where(q > 0, p0 / q.clamp_min(1e-300), torch.zeros_like(p0))
 
 
@@ -190,15 +207,18 @@ def reverse_probs(process: Corruption, p0: Tensor, x_t: Tensor, s, t) -> Tensor:
     The x0-parameterisation (Austin et al. 2021, sec. 3.3) in the form that is exact when ``p0`` is the
     true posterior: q(x_s | x_t, x0) = q(x_t | x_s) q(x_s | x0) / q(x_t | x0). Mass ``p0`` puts on
     values of x0 that cannot produce x_t is dropped and the result renormalised (for masking: an
-    unmasked token stays). ``s``, ``t``: floats (s may be 0).
+    unmasked token stays). ``p0``: (*x_t.shape, V) probabilities; ``s``, ``t``: floats or (batch,)
+    (s may be 0).
     """
-    a_s, a_t = process.alpha(s), process.alpha(t)
+    B, V = x_t.shape[0], p0.shape[-1]
+    a_s, a_t = _times(process, s, x_t), _times(process, t, x_t)
+    x, p = x_t.reshape(B, -1), p0.reshape(B, -1, V).double()
     qbar_s, qbar_t = process.transition(a_s), process.transition(a_t)
-    step = process.transition(a_t / a_s)  # q(x_t | x_s)
-    V = p0.shape[-1]
-    mix = _ratio(p0, x_t, qbar_t) @ qbar_s[:V]  # (..., S): sum_x0 p0 q(x_s | x0) / q(x_t | x0)
-    out = mix * step.transpose(0, 1)[x_t]  # times q(x_t | x_s) as a function of x_s
-    return out / out.sum(-1, keepdim=True).clamp_min(1e-300)
+    step = process.transition(a_t / a_s)  # (B, S, S): q(x_t | x_s)
+    mix = _ratio(p, x, qbar_t) @ qbar_s[:, :V]  # (B, L, S): sum_x0 p0 q(x_s | x0) / q(x_t | x0)
+    out = mix * _rows(step.transpose(1, 2), x)  # times q(x_t | x_s) as a function of x_s
+    out = out / out.sum(-1, keepdim=True).clamp_min(1e-300)
+    return out.reshape(tuple(x_t.shape) + (process.states,))
 
 
 def reverse_rates(process: Corruption, p0: Tensor, x_t: Tensor, t) -> Tensor:
@@ -206,11 +226,13 @@ def reverse_rates(process: Corruption, p0: Tensor, x_t: Tensor, t) -> Tensor:
 
     R^_t(i, j) = R_t(j, i) sum_x0 p(x0 | x_t = i) q_t(j | x0) / q_t(i | x0) for j != i; zero at j = i.
     """
-    a_t = process.alpha(t)
-    beta = -process.dalpha(t) / a_t
+    B, V = x_t.shape[0], p0.shape[-1]
+    a_t = _times(process, t, x_t)
+    tt = process.t_of_alpha(a_t)
+    beta = -process.dalpha(tt) / a_t  # (B,)
+    x, p = x_t.reshape(B, -1), p0.reshape(B, -1, V).double()
     qbar_t = process.transition(a_t)
-    V = p0.shape[-1]
-    mix = _ratio(p0, x_t, qbar_t) @ qbar_t[:V]
-    fwd = beta * process.prior()  # R_t(j, i) = beta pi(i) for j != i
-    rates = mix * fwd[x_t][..., None]
-    return rates.scatter(-1, x_t[..., None], 0.0)
+    mix = _ratio(p, x, qbar_t) @ qbar_t[:, :V]
+    fwd = beta[:, None] * process.prior().to(x.device)[x]  # R_t(j, i) = beta pi(i) for j != i
+    rates = (mix * fwd[..., None]).scatter(-1, x[..., None], 0.0)
+    return rates.reshape(tuple(x_t.shape) + (process.states,))
