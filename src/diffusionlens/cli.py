@@ -260,6 +260,26 @@ def cmd_likelihood(args) -> int:
     return 0
 
 
+def cmd_discrete(args) -> int:
+    from .data import decode_text
+    from .discrete import run as drun
+
+    r = drun.open_run(args.run, device=device(args.device))
+    opts = {"schedule": args.schedule, "temperature": args.temperature} if args.sampler == "maskgit" else {}
+    ev = drun.evaluate(r, n_test=args.n_test, n_samples=args.n, sampler=args.sampler, steps=args.steps,
+                       seed=args.seed, progress=_progress(args), **opts)
+    print(f"test negative ELBO: {ev['test_bpd']:.4f} ± {ev['test_bpd_stderr']:.2g} bits/token (n={ev['n_test']}, "
+          f"{ev['objective']})")
+    if r.config.dataset == "text":
+        from safetensors.torch import load_file
+
+        for line in decode_text(load_file(str(r.path / "samples.safetensors"))["tokens"][:4]):
+            print(repr(line))
+    print(f"wrote {r.path / 'evaluation.json'} and {r.path / 'samples.safetensors'} ({args.n} samples, "
+          f"{args.sampler}, {args.steps} steps)")
+    return 0
+
+
 def cmd_encode(args) -> int:
     from . import run
 
@@ -356,7 +376,7 @@ def cmd_main(args) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
-            "encode": cmd_encode, "report": cmd_report, "main": cmd_main}
+            "encode": cmd_encode, "report": cmd_report, "main": cmd_main, "discrete": cmd_discrete}
 
 
 def main(argv: list[str] | None = None) -> int:

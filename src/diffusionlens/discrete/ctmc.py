@@ -23,12 +23,30 @@ from torch import Tensor
 
 from .process import Corruption, Kind, check_tokens, log_probs, reverse_probs, reverse_rates
 
-__all__ = ["masked_elbo", "ancestral", "tau_leaping", "maskgit", "SAMPLERS"]
+__all__ = ["masked_elbo", "masked_loss", "stratified_times", "ancestral", "tau_leaping", "maskgit", "SAMPLERS"]
 
 
 def _need_mask(process: Corruption, what: str) -> None:
     if process.kind is not Kind.MASK:
         raise ValueError(f"{what} needs the masking process, got {process.kind.value!r}")
+
+
+def masked_loss(model, x0: Tensor, x_t: Tensor, t: Tensor, process: Corruption) -> Tensor:
+    """The integrand of :func:`masked_elbo` at one draw: -alpha'(t) / (1 - alpha(t)) times the
+    cross-entropy summed over the masked positions, (batch,) nats; ``t`` (batch,) in (0, 1]."""
+    lp = log_probs(model, x_t, t, process.vocab)
+    nll = -torch.gather(lp, -1, x0[..., None]).squeeze(-1)
+    B = x0.shape[0]
+    masked = (x_t == process.mask_id).reshape(B, -1)
+    w = -process.dalpha(t).to(x0.device) / (1 - process.alpha(t).to(x0.device))
+    return w * (nll.reshape(B, -1) * masked).sum(-1)
+
+
+def stratified_times(n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """n times in (0, 1], one per stratum ((j + 1 - u) / n, one shared u ~ U[0, 1)): an unbiased,
+    low-variance draw of t ~ U(0, 1] for a batch (MDLM's low-discrepancy sampler), float64 (n,)."""
+    u = torch.rand((), dtype=torch.float64, generator=generator)
+    return ((torch.arange(n, dtype=torch.float64) + 1 - u) / n).to(device)
 
 
 def masked_elbo(model, x0: Tensor, process: Corruption, *, n_t: int = 1,
@@ -42,18 +60,11 @@ def masked_elbo(model, x0: Tensor, process: Corruption, *, n_t: int = 1,
     check_tokens(x0, process.vocab)
     if not (isinstance(n_t, int) and n_t >= 1):
         raise ValueError(f"n_t must be a positive integer, got {n_t!r}")
-    B = x0.shape[0]
-    u = torch.rand(B, dtype=torch.float64, generator=generator).to(x0.device)
-    total = torch.zeros(B, dtype=torch.float64, device=x0.device)
+    u = torch.rand(x0.shape[0], dtype=torch.float64, generator=generator).to(x0.device)
+    total = 0.0
     for j in range(n_t):
         t = (j + 1 - u) / n_t
-        x_t = process.corrupt(x0, t, generator)
-        lp = log_probs(model, x_t, t, process.vocab)
-        nll = -torch.gather(lp, -1, x0[..., None]).squeeze(-1)
-        masked = (x_t == process.mask_id).reshape(B, -1)
-        a = process.alpha(t).to(x0.device)
-        w = -process.dalpha(t).to(x0.device) / (1 - a)
-        total = total + w * (nll.reshape(B, -1) * masked).sum(-1)
+        total = total + masked_loss(model, x0, process.corrupt(x0, t, generator), t, process)
     return total / n_t
 
 

@@ -110,13 +110,18 @@ class D3PM:
         return self.prior_term(x0) + self.T * self.term(model, x0, self.corrupt(x0, k, generator), k)
 
     def hybrid_loss(self, model, x0: Tensor, *, lam: float = 0.01, generator: torch.Generator | None = None):
-        """Austin et al.'s hybrid loss (eq. 5) per sample: the one-step ELBO estimate plus ``lam`` times the
-        cross-entropy -log p(x0 | x_k) summed over positions at the same draw (batch,) nats."""
+        """Austin et al.'s hybrid loss (eq. 5) per sample at one draw k ~ U{1..T}, x_k ~ q(x_k | x0):
+        see :meth:`loss_at`."""
         check_tokens(x0, self.process.vocab)
+        k = torch.randint(1, self.T + 1, (x0.shape[0],), generator=generator).to(x0.device)
+        return self.loss_at(model, x0, self.corrupt(x0, k, generator), k, lam=lam)
+
+    def loss_at(self, model, x0: Tensor, x_k: Tensor, k: Tensor, *, lam: float = 0.01) -> Tensor:
+        """The hybrid loss at a given draw: prior + T * term(k) (the one-step ELBO estimate) plus ``lam``
+        times the cross-entropy -log p(x0 | x_k) summed over positions, (batch,) nats."""
         if not (lam >= 0 and math.isfinite(lam)):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        k = torch.randint(1, self.T + 1, (x0.shape[0],), generator=generator).to(x0.device)
-        x_k = self.corrupt(x0, k, generator)
+        k = self._k(k, x0)
         lp = log_probs(model, x_k, k.double() / self.T, self.process.vocab)
         vb = self.prior_term(x0) + self.T * self._term(lp, x0, x_k, k)
         ce = -torch.gather(lp, -1, x0[..., None]).reshape(x0.shape[0], -1).sum(-1)

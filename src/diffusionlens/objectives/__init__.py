@@ -8,6 +8,7 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 """
 
 from . import denoising
+from . import discrete as discrete_objective
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
 
@@ -15,6 +16,9 @@ __all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "build_ob
 
 OBJECTIVES = {
     "denoising": denoising.build,
+    "masked": discrete_objective.build_masked,
+    "d3pm-absorbing": discrete_objective.build_d3pm_absorbing,
+    "d3pm-uniform": discrete_objective.build_d3pm_uniform,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 

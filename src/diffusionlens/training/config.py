@@ -299,6 +299,10 @@ def make_loss(cfg: TrainConfig, sigma_data: float | None = None) -> Loss:
 def default_net(data: Data, conditional: bool) -> dict:
     """The default network spec for a data set: the compact UNet for images, the MLP otherwise."""
     classes = data.num_classes if conditional else None
+    if getattr(data, "vocab", None) is not None:  # token data: discrete diffusion's transformer
+        from ..discrete.net import default_spec
+
+        return default_spec(data, conditional)
     if data.is_image:
         C, H, W = data.data_shape
         if H != W:
