@@ -34,6 +34,10 @@ def test_the_cli_scores_and_samples_a_masked_run(tiny_run, capsys):
     # an untrained x0-model predicts uniform tokens: its bound is about log2(17) bits per token
     assert abs(ev["test_bpd"] - math.log2(17)) < 0.5 and ev["n_test"] == 16
     assert len(ev["bound_per_time"]["t"]) == len(ev["bound_per_time"]["nats_per_token"]) == 20
+    page = (tiny_run / "report.html").read_text()
+    assert "fig_discrete_samples.png" in page and "fig_discrete_bound.png" in page and "failed" not in page
+    assert (tiny_run / "fig_discrete_bound.png").stat().st_size > 1000
+    assert main(["report", str(tiny_run), "--quiet"]) == 0  # the report command hands discrete runs over
     r = drun.open_run(tiny_run)
     x = drun.sample(r, 3, sampler="ancestral", steps=4)
     assert x.shape == (3, 8, 8) and int(x.max()) < 17 and int(x.min()) >= 0

@@ -275,8 +275,11 @@ def cmd_discrete(args) -> int:
 
         for line in decode_text(load_file(str(r.path / "samples.safetensors"))["tokens"][:4]):
             print(repr(line))
-    print(f"wrote {r.path / 'evaluation.json'} and {r.path / 'samples.safetensors'} ({args.n} samples, "
-          f"{args.sampler}, {args.steps} steps)")
+    from .discrete.report import write_report
+
+    page = write_report(r.path, ev)
+    print(f"wrote {r.path / 'evaluation.json'}, {r.path / 'samples.safetensors'} ({args.n} samples, "
+          f"{args.sampler}, {args.steps} steps) and {page}")
     return 0
 
 
