@@ -88,13 +88,13 @@ def _start(process: Corruption, shape, generator, device) -> Tensor:
 
 
 def ancestral(model, process: Corruption, shape, steps: int, *, generator: torch.Generator | None = None,
-              device=None, final: bool = True) -> Tensor:
+              device=None) -> Tensor:
     """Exact ancestral steps of the reverse chain on a uniform grid of ``steps`` intervals: (*shape) int64.
 
     Each step draws x_s ~ p(x_s | x_t) per position from the model's p(x0 | x_t). With the masking
     process and the exact posterior this is exact whenever at most one token changes per step, so the
-    samples converge to p(x0) as steps grow. ``final``: the last step goes to t = 0 exactly, where
-    p(x_0 | x_t) is p(x0 | x_t) itself (no mask left).
+    samples converge to p(x0) as steps grow. The last step goes to t = 0, where p(x_0 | x_t) is
+    p(x0 | x_t) itself: no mask is left.
     """
     x = _start(process, shape, generator, device)
     ts = _grid(steps)

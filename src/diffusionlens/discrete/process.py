@@ -228,7 +228,7 @@ def reverse_rates(process: Corruption, p0: Tensor, x_t: Tensor, t) -> Tensor:
     """
     B, V = x_t.shape[0], p0.shape[-1]
     a_t = _times(process, t, x_t)
-    tt = process.t_of_alpha(a_t)
+    tt = torch.as_tensor(t, dtype=torch.float64).to(x_t.device).expand(x_t.shape[0])
     beta = -process.dalpha(tt) / a_t  # (B,)
     x, p = x_t.reshape(B, -1), p0.reshape(B, -1, V).double()
     qbar_t = process.transition(a_t)
