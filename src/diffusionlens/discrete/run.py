@@ -45,7 +45,7 @@ def open_run(path, *, device="cpu") -> TokenRun:
     from ..run import find_run
     from ..training import load_denoiser
 
-    path = find_run(str(path)) if not Path(path).is_dir() else Path(path)
+    path = find_run(path)
     den, cfg = load_denoiser(path, device=device)
     if cfg.objective not in DISCRETE_OBJECTIVES:
         raise ValueError(f"{path} was trained with objective {cfg.objective!r}, not a discrete one "
