@@ -135,3 +135,39 @@ def test_bad_input_is_one_line(mix):
         maskgit(mix.denoiser(pr), pr, (2, L), 4, schedule="exp")
     with pytest.raises(ValueError, match="non-empty"):
         ancestral(mix.denoiser(pr), pr, (2, 0), 4)
+
+
+@pytest.mark.slow
+def test_a_trained_small_model_approaches_the_exact_posterior(mix):
+    """The masked objective's minimiser is the exact posterior: a small TokenTransformer trained on the
+    oracle's samples gets its bound close to the exact entropy and its predictions close to the posterior."""
+    from diffusionlens.discrete.net import TokenTransformer
+    from diffusionlens.objectives import Batch, Streams
+    from diffusionlens.objectives.discrete import MaskedDiffusion
+
+    torch.manual_seed(0)
+    pr = Corruption("mask", V)
+    net = TokenTransformer(V, L, dim=32, depth=2, heads=2)
+    obj, rng = MaskedDiffusion(pr), Streams(0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(8)
+    for _ in range(600):
+        loss = obj(net, Batch(mix.sample(256, g)), rng).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x0 = mix.sample(4000, g)
+    with torch.no_grad():
+        bound = masked_elbo(net, x0, pr, n_t=2, generator=g)
+        x_t = pr.corrupt(x0, 0.6, g)
+        exact = mix.posterior(x_t, 0.6, pr)
+        model = torch.log_softmax(net(x_t, torch.full((4000,), 0.6)).double(), -1)
+        context_free = torch.log(mix.posterior(torch.full_like(x_t, V), 0.6, pr))  # ignores the visible tokens
+    masked = x_t == V  # the objective trains the masked positions only
+
+    def kl(logq):
+        return float((exact * (torch.log(exact.clamp_min(1e-300)) - logq)).sum(-1)[masked].mean())
+
+    entropy = -float(mix.log_prob(x0).mean())
+    assert float(bound.mean()) - entropy < 0.05 * entropy + 4 * float(bound.std()) / math.sqrt(4000)
+    assert kl(model) < 0.25 * kl(context_free)

@@ -13,9 +13,9 @@ import inspect
 
 from torch import nn
 
-from ..discrete.net import TokenTransformer
 from .embedding import ClassEmbedding, Embedding, NoiseEmbedding
 from .mlp import MLP
+from .tokens import TokenTransformer
 from .unet import UNet
 
 __all__ = ["MLP", "UNet", "NoiseEmbedding", "ClassEmbedding", "Embedding", "build_net", "NETS", "count_params"]
