@@ -94,7 +94,7 @@ def test_discrete_bound_above_true_nll_and_gap_shrinks_with_T():
     assert gaps[0] > gaps[1] + 4 * math.hypot(ses[0], ses[1])
     assert gaps[1] > gaps[2] + 4 * math.hypot(ses[1], ses[2])
     # continuous time: the T -> infinity limit, still a bound, below the T = 1000 bound
-    cont = vdm_vlb(o.denoise, x0, sigma_min=0.002, sigma_max=80.0, samples=256, generator=_gen(3))
+    cont = vdm_vlb(o.denoise, x0, sigma_min=0.002, sigma_max=80.0, samples=128, rounds=2, generator=_gen(3))
     dc = cont.total - nll
     se_c = (dc.std() / math.sqrt(dc.numel())).item()
     assert dc.mean() > -4 * se_c
@@ -106,7 +106,8 @@ def test_continuous_bound_is_schedule_invariant():
     x0 = o.sample(24, _gen(4))
     smin, smax = 0.01, 50.0
     schedules = [None, VE(smin, smax), EDM(smin, smax, rho=7.0), VP("linear")]
-    res = [vdm_vlb(o.denoise, x0, sigma_min=smin, sigma_max=smax, process=p, samples=512, generator=_gen(5 + i))
+    res = [vdm_vlb(o.denoise, x0, sigma_min=smin, sigma_max=smax, process=p, samples=256, rounds=2,
+                   generator=_gen(5 + i))
            for i, p in enumerate(schedules)]
     means = [r.diffusion.mean().item() for r in res]
     ses = [(r.stderr**2).mean().sqrt().item() / math.sqrt(x0.shape[0]) for r in res]
@@ -152,7 +153,7 @@ def test_8bit_images_bound_in_bits_per_dim():
     # a bound on -log2 of a discrete probability: positive
     assert bool((vlb.bpd > 0).all())
     cont = vdm_vlb(o.denoise, x0, sigma_min=0.002, sigma_max=80.0, decoder="discretized", decoder_var=0.002**2,
-                   samples=32, generator=g)
+                   samples=16, rounds=2, generator=g)
     assert bool((cont.bpd > 0).all())
     # same end points and decoder: the continuous bound is the tighter one (MC error included)
     diff = vlb.total - cont.total

@@ -156,7 +156,8 @@ def test_evaluate_and_report_on_images(digits_run):
     assert json.loads((digits_run / "evaluation.json").read_text())["nfe"] == ev["nfe"]
     page = write_report(digits_run, progress=False)
     html = page.read_text()
-    for fig in ("fig_samples.png", "fig_loss.png", "fig_quality_vs_nfe.png", "fig_denoising.png", "fig_weighting.png"):
+    for fig in ("fig_samples.png", "fig_loss.png", "fig_quality_vs_nfe.png", "fig_denoising.png", "fig_weighting.png",
+                "fig_elbo.png", "fig_score.png", "fig_sde.png", "fig_flow.png", "fig_expectation.png"):
         assert f'src="{fig}"' in html and _is_png(digits_run / fig)
     assert "fig_expectation_gap.png" not in html  # no exact posterior mean for the digits
     for row in ("Fréchet distance", "floor: train split vs test split", "test bits/dim", "classifier test accuracy",

@@ -410,6 +410,105 @@ def _main_parser(sub) -> None:
     add_common(q)
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.1,0.5,2, got {text!r}") from None
+    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return vals
+
+
+def add_out_arg(q, default: str) -> None:
+    q.add_argument("--out", help=f"figure path (.png), in an existing directory (default {default})")
+
+
+def _elbo_parser(sub) -> None:
+    q = _sub(sub, "elbo", "the variational bound: DDPM term by term, continuous time, probability flow",
+             "The latent-variable view of a run on held-out points: the discrete-time DDPM bound of a chain of --steps "
+             "noise levels term by term, the continuous-time (VDM) bound with its Monte-Carlo standard error per "
+             "point (importance-sampled noise levels and independent rounds until --target nats per dimension), and "
+             "the probability-flow value (the evaluation's, or computed on the same points with --pf). Images: bits "
+             "per dimension of the discrete data; 2-D data: nats per point. Writes <run>/fig_elbo.png.",
+             "examples:\n"
+             "  diffusionlens elbo main\n"
+             "  diffusionlens elbo main --n 100 --steps 200 --pf")
+    add_run_arg(q)
+    q.add_argument("--n", type=positive_int, default=32, help="test points (default 32)")
+    q.add_argument("--steps", type=positive_int, default=64, help="noise levels of the DDPM chain (default 64)")
+    q.add_argument("--samples", type=positive_int, default=16, help="draws per point and round of the continuous "
+                                                                   "bound (even; default 16)")
+    q.add_argument("--target", type=positive_float, default=0.05,
+                   help="standard error per point to reach, nats per dimension (default 0.05)")
+    q.add_argument("--pf", action="store_true", help="compute the probability-flow likelihood of the same points")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed (default 0)")
+    add_common(q)
+
+
+def _denoise_parser(sub) -> None:
+    q = _sub(sub, "denoise", "x_t and the model's E[x0|x_t] at chosen noise levels",
+             "The denoising-autoencoder view: add noise of level sigma to held-out points and denoise them with the "
+             "model's E[x0|x_t]; prints the MSE per dimension at each level (next to the exact posterior mean's for "
+             "oracle data) and draws noisy and denoised points side by side. Each sigma must lie in the model's "
+             "noise-level range.",
+             "examples:\n"
+             "  diffusionlens denoise main --sigma 0.1,0.5,2\n"
+             "  diffusionlens denoise runs/ring --sigma 0.3 --n 1000")
+    add_run_arg(q)
+    q.add_argument("--sigma", type=float_list, required=True, help="comma-separated noise levels")
+    q.add_argument("--n", type=positive_int, default=256, help="test points for the MSE (default 256)")
+    q.add_argument("--show", type=positive_int, default=6, help="images in the figure (default 6)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise (default 0)")
+    add_out_arg(q, "<run>/fig_denoise.png")
+    add_common(q)
+
+
+def _weighting_parser(sub) -> None:
+    from .losses import Density, Weighting
+    from .parameterization import Param
+    from .training import PROCESSES, TrainConfig
+
+    D = TrainConfig()
+    q = _sub(sub, "weighting", "the weighting over log-SNR that a loss configuration implies",
+             "Print and plot the weighting over log-SNR lambda = -2 log sigma that a training configuration implies "
+             "(its density of noise levels times its loss weight, in the eps-MSE form of Kingma & Gao 2023, "
+             "'Understanding diffusion objectives as the ELBO with simple data augmentation'), normalised to a "
+             "maximum of 1, and whether it is monotone (their condition for the objective to be an ELBO of "
+             "noise-augmented data). No run needed.",
+             "examples:\n"
+             "  diffusionlens weighting\n"
+             "  diffusionlens weighting --process vp --param eps --density uniform --weighting target")
+    q.add_argument("--process", choices=list(PROCESSES), default=D.process, help=f"noise process (default {D.process})")
+    q.add_argument("--param", choices=[v.value for v in Param], default=D.param,
+                   help=f"what the network predicts (default {D.param})")
+    q.add_argument("--density", choices=[v.value for v in Density], default=Density(D.density.kind).value,
+                   help="distribution of training noise levels (default: the train default)")
+    q.add_argument("--weighting", choices=[v.value for v in Weighting], default=Weighting(D.weighting.kind).value,
+                   help="loss weighting (default: the train default)")
+    q.add_argument("--sigma-data", type=positive_float, default=0.5,
+                   help="data standard deviation of EDM's preconditioning and weighting (default 0.5)")
+    q.add_argument("--points", type=positive_int, default=13, help="rows printed (default 13)")
+    add_out_arg(q, "weighting.png in the current directory")
+    add_common(q, device=False)
+
+
+def _interpolate_parser(sub) -> None:
+    q = _sub(sub, "interpolate", "slerp between test points in the probability-flow latent, decoded",
+             "The flow view: encode pairs of held-out points into the model's latent noise through the "
+             "probability-flow ODE (Heun on a log-uniform grid), interpolate between the two latents of each pair "
+             "by slerp, decode every frame, and print the round-trip error of the ends. Writes the figure.",
+             "examples:\n"
+             "  diffusionlens interpolate main\n"
+             "  diffusionlens interpolate main --pairs 5 --frames 9 --steps 32")
+    add_run_arg(q)
+    q.add_argument("--pairs", type=positive_int, default=3, help="pairs of test points (default 3)")
+    q.add_argument("--frames", type=positive_int, default=7, help="frames per pair, ends included (default 7)")
+    q.add_argument("--steps", type=positive_int, default=24, help="Heun steps each way (default 24)")
+    add_out_arg(q, "<run>/fig_interpolate.png")
+    add_common(q)
+
+
 EPILOG = f"""\
 commands, in the order of a workflow:
   train       train a denoiser on a data set and write a run directory (runs/<name>)
@@ -419,6 +518,10 @@ commands, in the order of a workflow:
   likelihood  test-set bits/dim (images) or log-likelihood in nats (2-D) through the PF-ODE
   encode      map test data to latent noise through the PF-ODE and back; report the round-trip error
   report      draw the figures and write report.html for an evaluated run
+  elbo        the variational bound of a run: DDPM term by term, continuous time, probability flow
+  denoise     x_t and the model's E[x0|x_t] at chosen noise levels, with the MSE per level
+  weighting   the weighting over log-SNR that a loss configuration implies (no run needed)
+  interpolate slerp between test points in the probability-flow latent, decoded
   main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
 
 quick start:
@@ -428,7 +531,8 @@ quick start:
 """
 
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
-           _report_parser, _main_parser, _discrete_parser)
+           _report_parser, _main_parser,
+           _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser, _discrete_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ Distributed training: ``torchrun --standalone --nproc_per_node=2 -m diffusionlen
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -377,9 +378,96 @@ def cmd_main(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- views
+
+
+def _figure(args, r, name: str) -> Path:
+    from . import run
+
+    stem = run.output_stem(args.out, (r.path if r is not None else Path(".")) / name)
+    return stem.with_name(stem.name + ".png")
+
+
+def cmd_elbo(args) -> int:
+    from .run import views
+
+    _conflicts([(args.samples % 2 == 1, f"--samples {args.samples} must be even (antithetic noise pairs)")])
+    r = _open(args)
+    res = views.elbo(r, n=args.n, steps=args.steps, samples=args.samples, target=args.target, pf=args.pf,
+                     seed=args.seed)
+    from .report import figures
+
+    figures.elbo_figure(res, r.path / "fig_elbo.png")
+    u, dd, c = res["unit"], res["ddpm"], res["continuous"]
+    print(f"{res['n']} test points, {u}:")
+    print(f"  DDPM bound, {dd['steps']} levels:  {dd['total']:.4f} ± {dd['stderr']:.2g}   (prior "
+          f"{dd['terms'][-1]:.3g}, decoder {dd['terms'][0]:.3g}, KL terms {sum(dd['terms'][1:-1]):.4g})")
+    print(f"  continuous-time bound:   {c['total']:.4f} ± {c['stderr']:.2g}   (prior {c['prior']:.3g}, diffusion "
+          f"{c['diffusion']:.4g}, decoder {c['decoder']:.3g})")
+    print(f"    Monte-Carlo standard error per point: {c['mc_stderr_nats_per_dim']:.3g} nats/dim ({c['draws']} draws "
+          f"per point; target {args.target:g})")
+    pf = res["pf"]
+    if pf is not None:
+        where = "the same points" if pf["same_points"] else f"the evaluation's {pf['n']} points"
+        print(f"  probability flow:        {pf['mean']:.4f} ± {pf['stderr']:.2g}   (on {where})")
+    else:
+        print("  probability flow: not evaluated (run `diffusionlens evaluate` first, or pass --pf)")
+    if "true_nll" in res:
+        print(f"  true -log p (exact density): {res['true_nll']:.4f}")
+    print(f"wrote {r.path / 'fig_elbo.png'}")
+    return 0
+
+
+def cmd_denoise(args) -> int:
+    from .run import views
+
+    r = _open(args)
+    path = _figure(args, r, "fig_denoise")
+    res = views.denoise(r, args.sigma, n=args.n, show=args.show, seed=args.seed, figure=path)
+    print(f"MSE per dimension of E[x0|x_t] on {res['n']} test points (data variance {res['data_var']:.4g}):")
+    for row in res["levels"]:
+        exact = f"   exact posterior mean {row['exact_mse']:.4g}" if "exact_mse" in row else ""
+        print(f"  sigma {row['sigma']:<8g} model {row['mse']:.4g}{exact}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_weighting(args) -> int:
+    from .run import views
+
+    path = _figure(args, None, "weighting")
+    res = views.weighting(process=args.process, param=args.param, density=args.density, weighting=args.weighting,
+                          sigma_data=args.sigma_data, points=args.points, figure=path)
+    print(f"implied weighting w(lambda) of {res['loss']} (eps form, max 1):")
+    for lam, w in zip(res["logsnr"], res["weight"]):
+        print(f"  lambda {lam:>7.2f}  sigma {math.exp(-lam / 2):>9.4g}  w {w:.4f}  {'#' * round(40 * w)}")
+    print(f"peak at lambda = {res['peak_logsnr']:.2f}; "
+          + ("monotone (non-increasing in lambda): an ELBO of noise-augmented data (Kingma & Gao 2023)"
+             if res["monotone"] else "not monotone in lambda"))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .run import views
+
+    _conflicts([(args.frames < 3, f"--frames {args.frames}: need at least 3 (the two ends and one between)")])
+    r = _open(args)
+    path = _figure(args, r, "fig_interpolate")
+    res = views.interpolate(r, pairs=args.pairs, frames=args.frames, steps=args.steps, figure=path)
+    print(f"{res['pairs']} pairs encoded at sigma_max and decoded ({res['nfe_each_way']} evaluations each way); "
+          f"{res['frames']} slerp frames per pair")
+    print(f"round-trip relative error of the ends: mean {res['round_trip_error_mean']:.3g}, max "
+          f"{res['round_trip_error_max']:.3g}; latent std / sigma_max = {res['latent_std_over_sigma_max']:.3f}")
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
-            "encode": cmd_encode, "report": cmd_report, "main": cmd_main, "discrete": cmd_discrete}
+            "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
+            "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate,
+            "discrete": cmd_discrete}
 
 
 def main(argv: list[str] | None = None) -> int:

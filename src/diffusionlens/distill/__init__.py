@@ -5,6 +5,8 @@
 - :class:`ProgressiveDistillation` / :func:`progressive_distill` (Salimans & Ho 2022).
 - :class:`ConsistencyFunction`, :class:`ConsistencyDistillation`, :class:`ConsistencyTraining`,
   :func:`consistency_sample` (Song et al. 2023; Song & Dhariwal 2023).
+- :func:`consistency_residual`, :func:`fokker_planck_residual`, :func:`consistency_fp_relation`,
+  :class:`Regularised` (Daras et al. 2023; Lai et al. 2023): the consistency regularisers.
 """
 
 from .consistency import (
@@ -18,6 +20,14 @@ from .consistency import (
     pseudo_huber,
 )
 from .progressive import ProgressiveDistillation, halvable_grid, progressive_distill, two_step_target
+from .regularisers import (
+    Regularised,
+    consistency_fp_relation,
+    consistency_residual,
+    fokker_planck_field,
+    fokker_planck_residual,
+    reverse_paths,
+)
 from .variance import target_variance
 
 __all__ = [
@@ -34,4 +44,10 @@ __all__ = [
     "curriculum",
     "level_probabilities",
     "pseudo_huber",
+    "fokker_planck_field",
+    "fokker_planck_residual",
+    "reverse_paths",
+    "consistency_residual",
+    "consistency_fp_relation",
+    "Regularised",
 ]

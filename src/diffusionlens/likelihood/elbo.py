@@ -32,10 +32,11 @@ end points sigma_min = sigma_1 and sigma_max = sigma_T, the sum of KL terms tend
     L_inf = -1/2 int_0^1 SNR'(t) E||x0 - D(x_hat_t, sigma_t)||^2 dt
           = int_{sigma_min}^{sigma_max} E||x0 - D(x_hat, sigma)||^2 / sigma^3 dsigma,
 
-which depends on the schedule only through its end points. The estimator samples t uniformly on the
-schedule's [t(sigma_min), t(sigma_max)] with weight sigma'(t) / sigma(t)^3 (the derivative from the
-process, checked against autograd there), stratified per sample (VDM's low-discrepancy sampler)
-and with antithetic noise pairs (n, -n); the schedule changes the variance, never the mean.
+which depends on the schedule only through its end points. The estimator draws log sigma at a density
+shaped like the integrand (importance sampling; or t uniformly on a given schedule with weight
+sigma'(t) / sigma(t)^3), stratified per sample (VDM's low-discrepancy sampler), with antithetic noise
+pairs (n, -n) and a control variate, in independent rounds until a target standard error
+(:func:`vdm_vlb`); the sampling changes the variance, never the mean.
 With the exact denoiser E||x0 - D||^2 increases with sigma, so the right-endpoint sums of the
 discrete bound exceed L_inf: the discrete VLB falls towards the continuous one as T grows.
 
@@ -119,6 +120,8 @@ class ContinuousVLB:
     total: Tensor
     stderr: Tensor
     bpd: Tensor
+    draws: int = 0
+    """(t, n) draws per data point of the diffusion term (all rounds)."""
 
     @property
     def elbo(self) -> Tensor:
@@ -376,6 +379,111 @@ def _schedule(process: Process | None, sigma_min: float, sigma_max: float, u: Te
     return sigma, (t_hi - t_lo) * process.dsigma(t) / sigma**3
 
 
+def _importance(data_var: float, sigma_min: float, sigma_max: float, u: Tensor):
+    """Like :func:`_schedule`, drawing log sigma at the density q proportional to v / (v + sigma^2), v = ``data_var``.
+
+    For data of per-dimension variance v the integrand over log sigma, E||x0 - D||^2 / sigma^2, is
+    d v / (v + sigma^2) (exact for Gaussian data): flat below the data's scale, falling as sigma^-2
+    above it. q follows that shape, so the weights stay bounded and no draw is spent far above the
+    data. Its CDF is closed form in phi(sigma) = log sigma - log1p(sigma^2 / v) / 2, uniform under q.
+    """
+    v = float(data_var)
+
+    def phi(s: float) -> float:
+        return math.log(s) - 0.5 * math.log1p(s * s / v)
+
+    lo, hi = phi(sigma_min), phi(sigma_max)
+    f = lo + u * (hi - lo)
+    # invert phi: sigma^2 = a^2 / (1 - a^2 / v) with a = e^phi < sqrt(v); log1p keeps 1 - a^2/v exact near 1
+    log_sigma = f - 0.5 * torch.log1p(-torch.exp(2 * f) / v)
+    sigma = torch.exp(log_sigma).clamp(sigma_min, sigma_max)
+    # int f dsigma / sigma^3 = int f / sigma^2 dlog sigma = E_q[(hi - lo) (1 + sigma^2 / v) f / sigma^2]
+    return sigma, (hi - lo) * (1 + sigma**2 / v) / sigma**2
+
+
+def _control(sigma: Tensor, noise_sq: Tensor, d: int, data_var: float) -> Tensor:
+    """A zero-mean control variate for ||x0 - D(x0 + sigma n)||^2: g(sigma) sigma^2 (||n||^2 - d).
+
+    For Gaussian data of variance v, x0 - D = (sigma^2 (x0 - mu) - v sigma n) / (v + sigma^2), whose
+    squared norm holds the term (v sigma / (v + sigma^2))^2 ||n||^2 (the cross term is removed by the
+    antithetic pair); its chi-square fluctuation is most of the variance below the data's scale,
+    where D is close to the identity. E||n||^2 = d, so subtracting it changes no mean.
+    """
+    g = (data_var / (data_var + sigma**2)) ** 2
+    return g * sigma**2 * (noise_sq - d)
+
+
+def _rounds(denoiser, x0: Tensor, sig: Tensor, weight: Tensor, n: Tensor, *, data_var: float, control_variate: bool,
+            dec: Decoder, decoder_var: float, sigma_min: float, generator, max_batch: int, cond: dict, **bins):
+    """K rounds of the diffusion and decoder estimates, each (K, B), from the draws sig, weight (K, M, B)
+    and noise n (K, M, B, ...); each round's decoder term from one antithetic pair at sigma_min."""
+    K, M, B = sig.shape
+    d = x0[0].numel()
+    err = torch.empty(K * M, B, dtype=torch.float64, device=x0.device)
+    sig_f, n_f = sig.reshape(K * M, B), n.reshape((K * M, B) + tuple(x0.shape[1:]))
+    per_call = max(1, max_batch // B)
+    for lo in range(0, K * M, per_call):
+        hi = min(K * M, lo + per_call)
+        err[lo:hi] = _eval_denoiser(denoiser, x0, sig_f[lo:hi].reshape(-1).to(x0.dtype),
+                                    n_f[lo:hi].reshape((-1,) + tuple(x0.shape[1:])), cond).reshape(hi - lo, B)
+    err = err.reshape(K, M, B)
+    if control_variate:
+        err = err - _control(sig, n.flatten(3).double().pow(2).sum(3), d, data_var)
+    diffusion = (weight * err).mean(1)
+    gdev = generator.device if generator is not None else x0.device
+    n0 = torch.randn((K,) + tuple(x0.shape), generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
+    z = torch.cat([n0, -n0]).flatten(0, 1)  # (2 K B, ...): the decoder's fluctuation is small
+    x2 = x0.repeat((2 * K,) + (1,) * (x0.ndim - 1))
+    smin = torch.full((x2.shape[0],), sigma_min, dtype=x0.dtype, device=x0.device)
+    D0 = torch.cat([_call(denoiser, x2[i:i + max_batch] + sigma_min * z[i:i + max_batch], smin[i:i + max_batch],
+                          _tile_cond(cond, 2 * K, B), i, B) for i in range(0, x2.shape[0], max_batch)])
+    v = decoder_nll(x2, D0, decoder_var, dec, **bins)
+    if control_variate and dec is Decoder.GAUSSIAN:
+        sq = z.flatten(1).double().pow(2).sum(1)
+        v = v - _control(torch.tensor(sigma_min, dtype=torch.float64), sq, d, data_var) / (2 * decoder_var)
+    v = v.reshape(2, K, B)
+    return diffusion, (v[0] + v[1]) / 2
+
+
+def _call(denoiser, x: Tensor, sigma: Tensor, cond: dict, start: int, B: int) -> Tensor:
+    """D on rows [start, start + len(x)) of a stack of copies of a batch of B (conditioning sliced to match)."""
+    c = {k: (v[start:start + x.shape[0]] if isinstance(v, Tensor) and v.ndim and v.shape[0] > B else v)
+         for k, v in cond.items()}
+    with torch.no_grad():
+        return denoiser(x, sigma, **c)
+
+
+def _draws(K: int, B: int, M: int, *, stratified: bool, antithetic: bool, shape, dtype, dev, generator):
+    """(u (K, M, B) in [0, 1), noise n (K, M, B, *shape)) of K rounds."""
+    gdev = generator.device if generator is not None else dev
+    if stratified:
+        u0 = torch.rand(K, 1, B, generator=generator, device=gdev, dtype=torch.float64).to(dev)
+        u = torch.remainder(u0 + torch.arange(M, device=dev, dtype=torch.float64)[:, None] / M, 1.0)
+    else:
+        u = torch.rand(K, M, B, generator=generator, device=gdev, dtype=torch.float64).to(dev)
+    half = M // 2 if antithetic else M
+    n = torch.randn((K, half, B) + tuple(shape), generator=generator, device=gdev, dtype=dtype).to(dev)
+    return u, (torch.cat([n, -n], 1) if antithetic else n)
+
+
+def _more_rounds(both: Tensor, d: int, target: float, rounds: int | None, max_rounds: int) -> int:
+    """How many rounds to add after the (R, B) estimates so far: the rest of a fixed count, or (adaptive) the
+    rounds the current standard error says the target needs (at least as many again, capped), 0 when done."""
+    R = both.shape[0]
+    if rounds is not None:
+        return rounds - R
+    if R < 2:
+        return 2 - R
+    se = float((both.std(0, unbiased=True) / math.sqrt(R)).pow(2).mean().sqrt()) / d
+    # aim 15 % below the target: the error is itself estimated (and read when it happens to be low), and
+    # heavy-tailed rounds make it optimistic; measured in benchmarks/results/elbo_variance.md
+    aim = 0.85 * target
+    if se < aim or R >= max_rounds:
+        return 0
+    need = math.ceil(R * (se / aim) ** 2)  # SE falls as 1 / sqrt(rounds)
+    return min(max_rounds - R, max(need - R, 1))
+
+
 def vdm_vlb(
     denoiser,
     x0: Tensor,
@@ -383,9 +491,14 @@ def vdm_vlb(
     sigma_min: float,
     sigma_max: float,
     process: Process | None = None,
+    data_var: float = 1.0,
     samples: int = 16,
+    rounds: int | None = None,
+    target: float = 0.05,
+    max_rounds: int = 512,
     stratified: bool = True,
     antithetic: bool = True,
+    control_variate: bool = True,
     decoder: Decoder | str = Decoder.GAUSSIAN,
     decoder_var: float | None = None,
     prior_var: float | None = None,
@@ -397,65 +510,67 @@ def vdm_vlb(
 ) -> ContinuousVLB:
     """Continuous-time VDM bound (Kingma et al. 2021): prior KL + L_inf + decoder NLL, nats per sample.
 
+    The diffusion term is estimated with importance sampling of the noise level (Song et al. 2021,
+    "Maximum likelihood training of score-based diffusion models", sec. 5: draw t in proportion to
+    the integrand's weight), stratified draws (VDM's low-discrepancy sampler), antithetic noise pairs
+    and a control variate for the noise's chi-square fluctuation (:func:`_control`), in independent
+    rounds of ``samples`` draws; the standard error is the rounds' own (independent replicates).
+
     Args:
         sigma_min, sigma_max: the fixed end points (decoder at sigma_min, prior at sigma_max).
-        process: the schedule t -> sigma the Monte Carlo samples t from (default log-linear in sigma).
-            Only the variance depends on it.
-        samples: draws of (t, n) per data point (even when ``antithetic``).
-        stratified: t_j = t_lo + (u0 + j / samples) mod 1 per sample (low-discrepancy), else i.i.d.
+        process: None (default): log sigma is drawn at the density proportional to
+            ``data_var / (data_var + sigma^2)`` (:func:`_importance`); a process: t uniform on its
+            schedule instead (higher variance, e.g. VP; kept to compare schedules). Only the
+            variance depends on the choice, never the mean.
+        data_var: per-dimension data variance v shaping the density and the control variate (any
+            v > 0 is unbiased; too small a v puts too few draws near the data's scale, so prefer an
+            upper bound: 1 for data in [-1, 1]).
+        samples: draws of (t, n) per data point and round (even when ``antithetic``).
+        rounds: independent rounds; None (default): at least 2, then more until the standard error,
+            root-mean-square over the batch, is 15 % below ``target`` nats per dimension (a margin for the
+            error of the estimated error), at most ``max_rounds``.
+        stratified: t_j = t_lo + (u0 + j / samples) mod 1 per sample and round (low-discrepancy), else i.i.d.
         antithetic: pair every noise n with -n.
+        control_variate: subtract the zero-mean term of :func:`_control` from every draw (and from the
+            Gaussian decoder's).
         decoder, decoder_var, prior_var, levels, binning: as :func:`ddpm_vlb`; decoder_var defaults to
-            sigma_min^2 (scale 1 at t = 0), prior_var to sigma_max^2 + 1.
-
-    The decoder term is averaged over ``samples`` draws of x_hat at sigma_min as well. The standard
-    error treats the draws as independent; with stratification and antithetic pairs they are
-    negatively correlated, so it is conservative.
+            sigma_min^2 (scale 1 at t = 0), prior_var to sigma_max^2 + 1. The decoder term takes one
+            antithetic pair of draws at sigma_min per round.
     """
     _check_x0(x0)
     _check_samples(samples)
     sigma_min, sigma_max = float(sigma_min), float(sigma_max)
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not (isinstance(data_var, (int, float)) and 0 < data_var < math.inf):
+        raise ValueError(f"data_var must be a positive number, got {data_var!r}")
+    if rounds is not None and not (isinstance(rounds, int) and rounds >= 1):
+        raise ValueError(f"rounds must be an integer >= 1 or None, got {rounds!r}")
+    if not (isinstance(max_rounds, int) and max_rounds >= 2) or not target > 0:
+        raise ValueError(f"need an integer max_rounds >= 2 and target > 0, got {max_rounds!r}, {target!r}")
     if antithetic and samples % 2:
         raise ValueError(f"antithetic sampling needs an even number of samples, got {samples}")
     dec = Decoder.parse(decoder)
-    cond = dict(cond or {})
-    dev, dtype = x0.device, x0.dtype
     B, d = x0.shape[0], x0[0].numel()
-    gdev = generator.device if generator is not None else dev
     prior_var = sigma_max**2 + 1 if prior_var is None else float(prior_var)
     decoder_var = sigma_min**2 if decoder_var is None else float(decoder_var)
-
-    M = samples
-    if stratified:
-        u0 = torch.rand(B, generator=generator, device=gdev, dtype=torch.float64).to(dev)
-        u = torch.remainder(u0[None, :] + torch.arange(M, device=dev, dtype=torch.float64)[:, None] / M, 1.0)
-    else:
-        u = torch.rand(M, B, generator=generator, device=gdev, dtype=torch.float64).to(dev)
-    half = M // 2 if antithetic else M
-    n = torch.randn((half, B) + tuple(x0.shape[1:]), generator=generator, device=gdev, dtype=dtype).to(dev)
-    if antithetic:
-        n = torch.cat([n, -n], 0)
-    sigma, weight = _schedule(process, sigma_min, sigma_max, u)  # (M, B)
-    vals = torch.empty(M, B, dtype=torch.float64, device=dev)
-    per_call = max(1, max_batch // B)
-    for lo in range(0, M, per_call):
-        hi = min(M, lo + per_call)
-        err = _eval_denoiser(denoiser, x0, sigma[lo:hi].reshape(-1).to(dtype),
-                             n[lo:hi].reshape((-1,) + tuple(x0.shape[1:])), cond)
-        vals[lo:hi] = weight[lo:hi] * err.reshape(hi - lo, B)
-    # decoder at sigma_min, one draw per (t, n) draw, so both parts share the standard error
-    dec_vals = torch.empty(M, B, dtype=torch.float64, device=dev)
-    n0 = torch.randn((M,) + tuple(x0.shape), generator=generator, device=gdev, dtype=dtype).to(dev)
-    smin = torch.full((B,), sigma_min, dtype=dtype, device=dev)
-    for j in range(M):
-        with torch.no_grad():
-            D0 = denoiser(x0 + sigma_min * n0[j], smin, **cond)
-        dec_vals[j] = decoder_nll(x0, D0, decoder_var, dec, levels=levels, binning=binning)
-    diffusion, dec_nll = vals.mean(0), dec_vals.mean(0)
-    both = vals + dec_vals
-    se = both.std(0, unbiased=True) / math.sqrt(M) if M > 1 else torch.full_like(diffusion, math.inf)
+    kw = dict(data_var=float(data_var), control_variate=control_variate, dec=dec, decoder_var=decoder_var,
+              sigma_min=sigma_min, generator=generator, max_batch=max_batch, cond=dict(cond or {}), levels=levels,
+              binning=binning)
+    diff = torch.empty(0, B, dtype=torch.float64, device=x0.device)
+    decs = torch.empty_like(diff)
+    while (k := _more_rounds(diff + decs, d, target, rounds, max_rounds)) > 0:
+        u, n = _draws(k, B, samples, stratified=stratified, antithetic=antithetic, shape=x0.shape[1:],
+                      dtype=x0.dtype, dev=x0.device, generator=generator)
+        sig, weight = (_importance(data_var, sigma_min, sigma_max, u) if process is None
+                       else _schedule(process, sigma_min, sigma_max, u))
+        a, b = _rounds(denoiser, x0, sig, weight, n, **kw)
+        diff, decs = torch.cat([diff, a]), torch.cat([decs, b])
+    R = diff.shape[0]
+    both = diff + decs  # (R, B)
+    se = both.std(0, unbiased=True) / math.sqrt(R) if R > 1 else torch.full((B,), math.inf, dtype=torch.float64)
     prior = prior_kl(x0, sigma_max, prior_var)
+    diffusion, dec_nll = diff.mean(0), decs.mean(0)
     total = prior + diffusion + dec_nll
-    return ContinuousVLB(prior=prior, diffusion=diffusion, decoder=dec_nll, total=total, stderr=se,
-                         bpd=total / (d * math.log(2)))
+    return ContinuousVLB(prior=prior, diffusion=diffusion, decoder=dec_nll, total=total, stderr=se.to(total.device),
+                         bpd=total / (d * math.log(2)), draws=R * samples)

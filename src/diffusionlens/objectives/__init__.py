@@ -7,6 +7,8 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 ``build(cfg, data)`` function, and one line in :data:`OBJECTIVES`.
 """
 
+from ..distill import regularisers
+from ..interpolants import objective as interpolant
 from . import denoising
 from . import discrete as discrete_objective
 from .base import Batch, Objective, Streams
@@ -19,6 +21,10 @@ OBJECTIVES = {
     "masked": discrete_objective.build_masked,
     "d3pm-absorbing": discrete_objective.build_d3pm_absorbing,
     "d3pm-uniform": discrete_objective.build_d3pm_uniform,
+    "denoising+consistency": regularisers.build_consistency,
+    "denoising+fokker-planck": regularisers.build_fokker_planck,
+    "interpolant": interpolant.build_independent, "interpolant+ot": interpolant.build_ot,
+    "interpolant+sinkhorn": interpolant.build_sinkhorn,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 

@@ -15,7 +15,8 @@ from torch import Tensor
 from .._util import read_jsonl
 
 __all__ = ["image_grid", "sample_figure", "loss_curve", "quality_vs_nfe", "denoising_figure",
-           "weighting_figure", "gap_figure"]
+           "weighting_figure", "gap_figure", "elbo_figure", "langevin_figure", "sde_figure", "interpolation_figure",
+           "target_variance_figure"]
 
 
 def _plt():
@@ -270,4 +271,157 @@ def bound_figure(t: list[float], nats: list[float], path, *, title: str = "") ->
     ax.set_ylabel("bound density (nats per token)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def regularisers_figure(curves: dict[str, dict], path) -> Path:
+    """The consistency regularisers per noise level, and their equivalence.
+
+    ``curves``: {denoiser name: :func:`diffusionlens.distill.regularisers.consistency_fp_relation`
+    output}. Left: |E[D(x_s)|x_t] - D(x_t)|^2 (markers, with two standard errors) and the score-FPE
+    residual integrated along the same reverse paths (lines), per unit ln sigma, on a symmetric-log axis
+    linear within the Monte-Carlo resolution (an exact denoiser's estimates scatter about 0). Right: one
+    against the other, with y = x.
+    """
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    top, floor = 0.0, math.inf
+    for k, (name, rel) in enumerate(curves.items()):
+        c, f = rel["consistency"], rel["fokker-planck"]
+        col = f"C{k}"
+        ax.errorbar(c["sigma"], c["value"], yerr=2 * c["stderr"], fmt="o", color=col, ms=4, capsize=2,
+                    label=f"{name}: consistency")
+        ax.plot(f["sigma"], f["value"], "-", color=col, alpha=0.7, label=f"{name}: Fokker–Planck (integrated)")
+        bx.errorbar(f["value"], c["value"], xerr=2 * f["stderr"], yerr=2 * c["stderr"], fmt="o", color=col, ms=4,
+                    capsize=2, label=name)
+        top = max(top, float(c["value"].max()), float(f["value"].max()))
+        if bool((c["stderr"] > 0).any()):
+            floor = min(floor, float(c["stderr"][c["stderr"] > 0].min()))
+    from matplotlib.ticker import FuncFormatter
+
+    # linear within the finest Monte-Carlo resolution of the consistency estimates: "0 within noise"
+    lin = max(floor if math.isfinite(floor) else 0.0, 1e-3 * top) or 1e-12
+    ax.set_xscale("log")
+    _plain_ticks(ax)
+    bx.set_xscale("symlog", linthresh=lin)
+    plain = FuncFormatter(lambda v, _: f"{v:.0e}" if v else "0")  # not the mathtext labels symlog draws by default
+    for a in (ax, bx):
+        a.set_yscale("symlog", linthresh=lin)
+        a.yaxis.set_major_formatter(plain)
+        a.grid(alpha=0.3, which="both")
+    bx.xaxis.set_major_formatter(plain)
+    ax.set_xlabel("σ (start of the reverse path)")
+    ax.set_ylabel("residual² per dimension, per unit ln σ")
+    ax.set_title("consistent diffusion vs score Fokker–Planck")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=2)  # below: the points stay visible
+    bx.plot([0, top * 1.1], [0, top * 1.1], "k--", lw=0.8, label="y = x (Lai et al. 2023)")
+    bx.set_xlabel("Fokker–Planck residual integrated along the paths")
+    bx.set_ylabel("consistency residual")
+    bx.set_title("equivalence: E[ΔD | x_t] = −E∫ r_FP d ln σ")
+    bx.legend(fontsize=7)
+
+
+# ----------------------------------------------------------------------------- perspectives
+
+
+def _panel(ax, x: Tensor, title: str, *, nrow: int, reference: Tensor | None = None) -> None:
+    """Images as a grid, or points as a scatter over the reference cloud (first two coordinates)."""
+    if x.ndim == 4:
+        _show_images(ax, x, nrow, title)
+        return
+    if reference is not None:
+        r = reference.detach().reshape(reference.shape[0], -1)[:, :2].float().cpu().numpy()
+        ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.25, c="tab:gray")
+    p = x.detach().reshape(x.shape[0], -1)[:, :2].float().cpu().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=4, alpha=0.7, c="tab:blue")
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+
+
+def elbo_figure(res: dict, path) -> Path:
+    """The DDPM bound term by term over its noise levels, with the totals of both bounds and the PF value."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.8, 4))
+    dd, unit = res["ddpm"], res["unit"]
+    terms, sig = dd["terms"], dd["sigmas"]
+    ax.plot(sig[1:], terms[1:-1], marker=".", label="KL terms L_{k-1} (per step)")
+    ax.scatter([sig[-1]], [terms[-1]], marker="^", c="tab:green", zorder=3, label="prior KL L_T")
+    ax.set_xscale("log")
+    ax.set_yscale("log")  # the KL terms are positive; the decoder term (a density, any sign) is in the box
+    ax.set_xlabel("σ_k")
+    ax.set_ylabel(f"term ({unit})")
+    c, pf = res["continuous"], res.get("pf")
+    text = (f"decoder -log p(x0|x_1): {terms[0]:.3g}\n"
+            f"DDPM ({dd['steps']} levels): {dd['total']:.3f} ± {dd['stderr']:.2g}\n"
+            f"continuous time: {c['total']:.3f} ± {c['stderr']:.2g}")
+    if pf is not None:
+        text += f"\nprobability flow: {pf['mean']:.3f} ± {pf['stderr']:.2g}"
+    ax.text(0.02, 0.04, text, transform=ax.transAxes, fontsize=8, va="bottom",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "#ccc"})
+    ax.set_title(f"the variational bound term by term ({unit}, mean over {res['n']} test points)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
+def langevin_figure(x: Tensor, denoised: Tensor, path, *, sigma: float, reference: Tensor | None = None) -> Path:
+    """Annealed Langevin samples at their last noise level, and the same after one Tweedie step."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2), squeeze=False)
+    nrow = 8
+    _panel(axes[0, 0], x, f"annealed Langevin, stopped at σ={sigma:.3g}", nrow=nrow, reference=reference)
+    _panel(axes[0, 1], denoised, "after one Tweedie step D(x, σ)", nrow=nrow, reference=reference)
+    return _save(fig, path)
+
+
+def sde_figure(samples: dict, rows: dict, path, *, metric: str, reference: Tensor | None = None) -> Path:
+    """Samples of each sampler (same initial noise, equal NFE) with its score."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(samples), figsize=(3.6 * len(samples), 3.9), squeeze=False)
+    for ax, (name, x) in zip(axes[0], samples.items()):
+        r = rows[name]
+        _panel(ax, x[:64], f"{name}: NFE {r['nfe']:g}, {metric} {r['score']:.3g}", nrow=8, reference=reference)
+    return _save(fig, path)
+
+
+def interpolation_figure(x: Tensor, decoded: Tensor, path, *, reference: Tensor | None = None) -> Path:
+    """Decoded slerp paths between pairs of encoded points: one row of frames per pair (images), or the
+    paths drawn over the data (points)."""
+    plt = _plt()
+    pairs, frames = decoded.shape[:2]
+    if decoded.ndim == 5:  # (pairs, frames, C, H, W)
+        fig, ax = plt.subplots(figsize=(0.9 * frames + 0.4, 0.9 * pairs + 0.5))
+        _show_images(ax, decoded.flatten(0, 1), frames, "decoded slerp between encoded test images (ends: round trip)")
+        return _save(fig, path)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if reference is not None:
+        r = reference.reshape(reference.shape[0], -1)[:, :2].float().numpy()
+        ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.25, c="tab:gray")
+    for p in decoded.reshape(pairs, frames, -1)[..., :2].float().numpy():
+        ax.plot(p[:, 0], p[:, 1], marker="o", ms=3, lw=1)
+    e = x.reshape(x.shape[0], -1)[:, :2].float().numpy()
+    ax.scatter(e[:, 0], e[:, 1], marker="x", c="k", s=30, zorder=3, label="encoded test points")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("decoded slerp paths in the probability-flow latent", fontsize=10)
+    return _save(fig, path)
+
+
+def target_variance_figure(res: dict, path) -> Path:
+    """Per noise level, the variance of the regression target x0 about the model's E[x0|x_t] (per dimension)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.errorbar(res["sigma"], res["value"], yerr=[2 * s for s in res["stderr"]], marker="o", capsize=2,
+                label="E||x0 - D(x_t)||²/d (target variance)")
+    ax.axhline(res["data_var"], ls="--", c="gray", label="data variance per dimension")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_ticks(ax)
+    ax.set_xlabel("σ")
+    ax.set_ylabel("per dimension")
+    ax.set_title("the expectation MSE training estimates: the target's variance per level", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,23 +209,30 @@ def _quality(ctx: Context) -> Figure:
                   "pilot's own solutions (the pilot's evaluations are not in the NFE).")
 
 
-@section("denoising")
+def _run(ctx: Context):
+    """The run a section's views read (the context's denoiser and config; no second load)."""
+    from .._util import device_of
+    from ..run import Run
+
+    return Run(ctx.run_dir, ctx.denoiser, ctx.cfg, str(device_of(ctx.denoiser)))
+
+
+@section("denoising autoencoder")
 def _denoising(ctx: Context) -> Figure:
-    from ..evaluate import true_density
+    from ..run import views
 
-    cfg, test = ctx.cfg, ctx.test
-    k = 6 if test.is_image else 1000
-    gm = true_density(cfg.dataset)
-    den = ctx.denoiser
-    if cfg.conditional:  # the unconditional branch (null label)
-        from ..guidance import ClassifierFree
-
-        den = ClassifierFree(den, 0.0)
-    figures.denoising_figure(den, test.x[:k], [0.05, 0.2, 0.5, 1.0, 2.5], ctx.path("fig_denoising.png"),
-                             generator=torch.Generator().manual_seed(0), exact=gm)
-    exact = " (red: the exact posterior mean)." if gm is not None else "."
-    return Figure("fig_denoising.png", "Denoising as a user-facing operation: x_t at several noise levels and "
-                  "the model's estimate of E[x0|x_t]" + exact)
+    lo, hi = _run(ctx).sigma_range
+    sigmas = [s for s in (0.05, 0.2, 0.5, 1.0, 2.5) if lo <= s <= hi]
+    if not sigmas:
+        raise NotApplicable(f"the model's noise-level range [{lo:.3g}, {hi:.3g}] holds none of the levels shown")
+    res = views.denoise(_run(ctx), sigmas, n=64, figure=ctx.path("fig_denoising.png"))
+    mid = min(res["levels"], key=lambda r: abs(r["sigma"] - 0.5))
+    exact = (f" (the exact posterior mean: {mid['exact_mse']:.3g}; red in the figure)"
+             if "exact_mse" in mid else "")
+    return Figure("fig_denoising.png", "The denoising-autoencoder view: x_t at several noise levels and the model's "
+                  f"estimate of E[x0|x_t]. At σ = {mid['sigma']:g} its MSE per dimension on {res['n']} held-out points "
+                  f"is {mid['mse']:.3g}{exact}, against a data variance of {res['data_var']:.3g}: at low noise the "
+                  "network is close to the identity, at high noise close to the data mean.")
 
 
 @section("loss weighting")
@@ -243,16 +251,117 @@ def _weighting(ctx: Context) -> Figure:
                   "depends on σ_data, so this run and the EDM recipe differ where their σ_data do.")
 
 
-@section("expectation gap")
+@section("latent-variable model")
+def _latent(ctx: Context) -> Figure:
+    from ..run import views
+
+    res = views.elbo(_run(ctx), n=8, steps=32, max_rounds=32)
+    figures.elbo_figure(res, ctx.path("fig_elbo.png"))
+    c, pf, unit = res["continuous"], res["pf"], res["unit"]
+    flow = (f"; the probability-flow ODE gives {pf['mean']:.3f} ± {pf['stderr']:.2g} on the evaluation's {pf['n']} "
+            "points" if pf is not None else "")
+    return Figure("fig_elbo.png", "The latent-variable view: the denoiser defines a chain of Gaussian decoders whose "
+                  "variational bound is a sum of per-step KL terms (drawn over their noise levels). On the first "
+                  f"{res['n']} test points the {res['ddpm']['steps']}-level DDPM bound is {res['ddpm']['total']:.3f} "
+                  f"{unit} and the continuous-time bound {c['total']:.3f} ± {c['stderr']:.2g} (Monte-Carlo standard "
+                  f"error per point {c['mc_stderr_nats_per_dim']:.3f} nats/dim with {c['draws']} draws){flow}. "
+                  "More levels tighten the discrete bound towards the continuous one; the flow's exact likelihood "
+                  "needs no bound.")
+
+
+@section("score estimator")
+def _score(ctx: Context) -> Figure:
+    from ..run import views
+
+    res = views.score(_run(ctx), n=32 if ctx.test.is_image else 500, figure=ctx.path("fig_score.png"))
+    text = (f"The score view: (D - x)/σ² is the score of the noisy data, so Langevin dynamics annealed over "
+            f"{res['nfe'] - 1:g} evaluations samples without any ODE or SDE solver; it stops at σ = "
+            f"{res['sigma_last']:.3g}, where one Tweedie step x + σ² score = D(x, σ) removes the remaining noise "
+            f"(RMS change {res['tweedie_rms']:.3g} per dimension).")
+    if "score_matching" in res:
+        sm = res["score_matching"][1]
+        text += (f" Explicit score matching against the exact score and denoising score matching differ by a "
+                 f"constant that does not depend on the model (Vincent 2011), so they share their minimiser: at "
+                 f"σ = {sm['sigma']:g} DSM − ESM = {sm['difference']:.3f} ± {sm['stderr']:.2g} measured, "
+                 f"{sm['constant']:.3f} exact (ESM {sm['esm']:.3g}, DSM {sm['dsm']:.3g}).")
+    else:
+        text += " Explicit score matching needs the exact score: shown for oracle data only."
+    return Figure("fig_score.png", text)
+
+
+@section("reverse SDE")
+def _sde(ctx: Context) -> Figure:
+    from ..run import views
+
+    res = views.reverse_sde(_run(ctx), n=100 if ctx.test.is_image else 1000, nfe=16,
+                            figure=ctx.path("fig_sde.png"))
+    r = res["samplers"]
+    best = min(r, key=lambda k: r[k]["score"])
+    return Figure("fig_sde.png", "The reverse-SDE view: the same denoiser drives the stochastic reverse process "
+                  "(Euler–Maruyama; predictor–corrector adds a Langevin step per level) and its probability-flow "
+                  f"ODE (Euler), here from the same noise at about {r['euler']['nfe']:g} evaluations on "
+                  f"{res['n']} samples: {res['metric']} {r['euler']['score']:.3g} (ODE), "
+                  f"{r['euler_maruyama']['score']:.3g} (SDE), {r['pc']['score']:.3g} (PC), best {best}. All three "
+                  "share the marginals of the forward process; they differ in how discretisation errors are "
+                  "carried (the SDE's injected noise contracts them, at the price of more steps to average out).")
+
+
+@section("flow")
+def _flow(ctx: Context) -> Figure:
+    from ..run import views
+
+    res = views.interpolate(_run(ctx), steps=16, figure=ctx.path("fig_flow.png"))
+    return Figure("fig_flow.png", "The flow view: the probability-flow ODE is a bijection between data and Gaussian "
+                  "latents, so test points encode to latents and decode back (relative round-trip error "
+                  f"{res['round_trip_error_mean']:.2g} on average with Heun, {res['nfe_each_way']} evaluations each "
+                  "way: the solver's error). Spherical interpolation between two latents decodes to a path through "
+                  "the data distribution (each row or path; its ends are the round trips).")
+
+
+@section("expectation")
 def _gap(ctx: Context) -> Figure:
     from ..evaluate import GapCurve
+    from ..run import views
 
-    if "expectation_gap" not in ctx.ev:
-        raise NotApplicable("needs data with an exact posterior mean (oracle mixtures, ring8)")
-    figures.gap_figure(GapCurve(**ctx.ev["expectation_gap"]), ctx.path("fig_expectation_gap.png"))
-    return Figure("fig_expectation_gap.png", "The estimator-of-expectations view: MSE training estimates "
-                  "E[x0|x_t]. The model's MSE splits into the irreducible posterior variance (from the exact "
-                  "oracle) and the gap to the exact posterior mean, which is what training can still remove.")
+    if "expectation_gap" in ctx.ev:
+        figures.gap_figure(GapCurve(**ctx.ev["expectation_gap"]), ctx.path("fig_expectation_gap.png"))
+        return Figure("fig_expectation_gap.png", "The estimator-of-expectations view: MSE training estimates "
+                      "E[x0|x_t]. The model's MSE splits into the irreducible posterior variance (from the exact "
+                      "oracle) and the gap to the exact posterior mean, which is what training can still remove: "
+                      f"here {ctx.ev['expectation_gap']['summary']:.3g} of the irreducible MSE on average.")
+    res = views.expectation(_run(ctx), n=128, figure=ctx.path("fig_expectation.png"))
+    i = min(range(len(res["sigma"])), key=lambda k: abs(math.log(res["sigma"][k] / float(ctx.cfg.sigma_data))))
+    return Figure("fig_expectation.png", "The estimator-of-expectations view: the network regresses x0 on x_t, so "
+                  "it can only learn E[x0|x_t], and every training target scatters around it with the posterior "
+                  f"variance drawn here (per dimension, about the model's own estimate). At σ = {res['sigma'][i]:.3g} "
+                  f"it is {res['value'][i]:.3g} against a data variance of {res['data_var']:.3g}: the noise in the "
+                  "targets that distillation from a teacher removes.")
+
+
+@section("consistency regularisers")
+def _regularisers(ctx: Context) -> Figure:
+    from ..distill.regularisers import consistency_fp_relation
+    from ..evaluate import true_density
+
+    gm = true_density(ctx.cfg.dataset)
+    if gm is None or ctx.cfg.conditional:
+        raise NotApplicable("needs unconditional data with an exact density (oracle mixtures, ring8), whose exact "
+                            "denoiser is the zero reference")
+    p = next(iter(ctx.denoiser.parameters()), None) if hasattr(ctx.denoiser, "parameters") else None
+    dtype, device = (p.dtype, p.device) if p is not None else (torch.float64, "cpu")
+    levels = [ctx.cfg.sigma_data * k for k in (0.1, 0.5, 2.5)]
+    curves = {}
+    for name, den, dt in (("exact", gm, torch.float64), ("exact at 1.3σ", lambda x, s: gm(x, 1.3 * s), torch.float64),
+                          ("this run (EMA)", ctx.denoiser, dtype)):
+        curves[name] = consistency_fp_relation(den, lambda n, g, dt=dt: gm.sample(n, g, dtype=dt, device=device),
+                                               levels, n=16, paths=8, steps=16,
+                                               generator=torch.Generator().manual_seed(0))
+    figures.regularisers_figure(curves, ctx.path("fig_regularisers.png"))
+    return Figure("fig_regularisers.png", "Two consistency notions of one denoiser, measured along its own reverse-SDE "
+                  "paths from σ to σ/e^0.5: how far E[D(x_s)|x_t] drifts from D(x_t) (Daras et al. 2023) and the score "
+                  "Fokker–Planck residual integrated along the same paths (Lai et al. 2023). Both vanish for the exact "
+                  "denoiser; for a conservative score they are equal (right: on y = x), and a trained network that is "
+                  "off the line has a non-conservative score.")
 
 
 _DISCRETE_NA = "needs a run trained with a discrete objective (masked, d3pm-absorbing, d3pm-uniform)"
@@ -290,10 +399,11 @@ def _discrete_bound(ctx: Context) -> Figure:
 
 
 def _render(ctx: Context, sections=None) -> tuple[list[str], list[str]]:
-    """Each section's HTML (figure, reason or error) and the titles of the sections that failed
-    (``sections``: a subset of :data:`SECTIONS`, default all)."""
+    """Each section's HTML (figure, reason or error, with the seconds it took) and the titles of the sections
+    that failed (``sections``: a subset of :data:`SECTIONS`, default all)."""
     parts, failed = [], []
     for title, fn in SECTIONS if sections is None else sections:
+        t0 = time.perf_counter()
         try:
             fig = fn(ctx)
         except NotApplicable as e:
@@ -304,15 +414,17 @@ def _render(ctx: Context, sections=None) -> tuple[list[str], list[str]]:
             parts.append(f'<p class="err">{html.escape(title)} failed: {html.escape(type(e).__name__)}: '
                          f"{html.escape(str(e))}</p>")
             continue
-        parts.append(f'<figure><img src="{html.escape(fig.file)}" alt="{html.escape(title)}">'
-                     f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+        secs = f'<span class="t"> ({time.perf_counter() - t0:.1f} s)</span>'
+        parts.append(f'<figure><h2>{html.escape(title)}</h2><img src="{html.escape(fig.file)}" '
+                     f'alt="{html.escape(title)}"><figcaption>{html.escape(fig.caption)}{secs}</figcaption></figure>')
     return parts, failed
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
 th{font-weight:600;color:#444}figure{margin:2em 0}img{max-width:100%}figcaption{color:#555;font-size:.92em}
-code{background:#f4f4f4;padding:1px 4px}.na{color:#777}.err{color:#a00}"""
+code{background:#f4f4f4;padding:1px 4px}.na{color:#777}.err{color:#a00}
+h2{font-size:1.1em;margin:0 0 .4em}.t{color:#999;font-size:.9em}"""
 
 
 def _page(ctx: Context, parts: list[str]) -> str:
