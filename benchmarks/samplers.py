@@ -19,7 +19,7 @@ import torch
 
 from diffusionlens.ode import solve
 from diffusionlens.oracle import random_mixture, standard_cases
-from diffusionlens.processes import Discrete, karras_grid
+from diffusionlens.processes import DDPMTable, karras_grid
 from diffusionlens.samplers import (
     SAMPLERS,
     Counted,
@@ -163,7 +163,7 @@ def diffusers_run(cls_name: str, label: str, **kw):
     cls = getattr(diffusers, cls_name)
 
     def schedule(nfe):
-        sched = cls(num_train_timesteps=1000, trained_betas=Discrete().betas.numpy(), prediction_type="epsilon", **kw)
+        sched = cls(num_train_timesteps=1000, trained_betas=DDPMTable().betas.numpy(), prediction_type="epsilon", **kw)
         sched.set_timesteps(steps_for("d:" + label, nfe))
         if getattr(sched, "sigmas", None) is not None and len(sched.sigmas) > 1:
             sig = sched.sigmas.double()

@@ -54,7 +54,7 @@ from diffusionlens.evaluate import image_frechet
 from diffusionlens.features import load_classifier
 from diffusionlens.model import from_timestep_model
 from diffusionlens.nets import count_params
-from diffusionlens.processes import Discrete
+from diffusionlens.processes import DDPMTable
 from diffusionlens.samplers import DEFAULT_SAMPLER, sample
 from diffusionlens.training import TrainConfig, load_denoiser, train
 
@@ -226,7 +226,7 @@ def score(snap: Snapshot, samplers: list[str], noise, nfe, batch, test_x, clf, l
         elif name.startswith("diffusers-"):
             x = sample_diffusers(snap.model, noise, nfe, name.removeprefix("diffusers-"), batch)
         else:
-            proc = Discrete()
+            proc = DDPMTable()
             den = from_timestep_model(_EpsNet(snap.model), proc, "eps")
             x = sample_ours(den, noise, nfe, name, batch, sigma_min=float(proc.sigmas[0]),
                             sigma_max=float(proc.sigma_max))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from diffusionlens.cli import build_parser, main
 from diffusionlens.report import DEFAULT_SWEEP
 
-COMMANDS = ("train", "sample", "evaluate", "tune", "likelihood", "encode", "report", "main")
+COMMANDS = ("train", "sample", "evaluate", "tune", "likelihood", "encode", "report", "main", "discrete")
 TINY = {"net": {"kind": "mlp", "data_shape": [2], "width": 32, "depth": 1, "emb_dim": 32}, "batch_size": 128,
         "warmup_steps": 10, "log_every": 10, "ckpt_every": 0}
 

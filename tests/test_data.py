@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffusionlens.data import DATASETS, Data, load_dataset, oracle_for
+from diffusionlens.data import DATASETS, DISCRETE_DATASETS, Data, load_dataset, oracle_for
 from diffusionlens.oracle import standard_cases
 
 
@@ -32,7 +32,7 @@ def test_mnist_split():
     assert -1.0 <= float(tr.x.min()) and float(tr.x.max()) <= 1.0
 
 
-@pytest.mark.parametrize("name", [d for d in DATASETS if d not in ("digits", "mnist")])
+@pytest.mark.parametrize("name", [d for d in DATASETS if d not in ("digits", "mnist") + DISCRETE_DATASETS])
 def test_generated_sets_are_seeded_and_independent(name):
     a = load_dataset(name, "train", seed=3, n=500)
     b = load_dataset(name, "train", seed=3, n=500)

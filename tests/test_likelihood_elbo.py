@@ -17,7 +17,7 @@ import torch
 from diffusionlens.likelihood import Decoder, bin_centers, ddpm_vlb, decoder_nll, vdm_vlb
 from diffusionlens.likelihood.elbo import _schedule
 from diffusionlens.oracle import GaussianMixture, ring
-from diffusionlens.processes import EDM, VE, VP, Discrete
+from diffusionlens.processes import EDM, VE, VP, DDPMTable
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +52,7 @@ def test_every_term_matches_the_single_gaussian_closed_form(posterior_var):
     mu = torch.tensor([0.2, -0.1, 0.4], dtype=torch.float64)
     cov = q @ torch.diag(lam) @ q.T
     o = GaussianMixture(mu[None], (0.5 * (cov + cov.T))[None])
-    proc = Discrete(T=20, schedule="cosine")
+    proc = DDPMTable(T=20, schedule="cosine")
     x0 = o.sample(3, g)
     vlb = ddpm_vlb(o.denoise, x0, process=proc, posterior_var=posterior_var, samples=300, generator=g)
     sig, abar, betas = proc.sigmas, proc.alphas_cumprod, proc.betas
@@ -159,7 +159,7 @@ def test_8bit_images_bound_in_bits_per_dim():
     diff = vlb.total - cont.total
     assert diff.mean() > -4 * math.sqrt(((vlb.stderr**2 + cont.stderr**2).mean() / 8).item())
     # the table view: a DDPM cosine table runs through the same code with its own scales
-    tab = ddpm_vlb(o.denoise, x0, process=Discrete(T=50, schedule="cosine"), decoder="discretized", generator=g)
+    tab = ddpm_vlb(o.denoise, x0, process=DDPMTable(T=50, schedule="cosine"), decoder="discretized", generator=g)
     assert bool((tab.bpd > 0).all()) and tab.terms.shape == (8, 51)
 
 
@@ -172,7 +172,7 @@ def test_bad_input():
         ddpm_vlb(o.denoise, x0, sigmas=_loggrid(5), decoder="laplace")
     with pytest.raises(ValueError, match="increasing"):
         ddpm_vlb(o.denoise, x0, sigmas=_loggrid(5).flip(0))
-    with pytest.raises(ValueError, match="Discrete"):
+    with pytest.raises(ValueError, match="DDPMTable"):
         ddpm_vlb(o.denoise, x0, process=VP())
     with pytest.raises(ValueError, match="samples"):
         ddpm_vlb(o.denoise, x0, sigmas=_loggrid(5), samples=0)

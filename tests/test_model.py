@@ -8,7 +8,7 @@ from torch import nn
 from diffusionlens.model import Denoiser, from_flow_matching, from_timestep_model
 from diffusionlens.oracle import random_mixture, ring
 from diffusionlens.parameterization import Param, edm_precond, from_denoiser
-from diffusionlens.processes import EDM, VE, VP, Discrete, Flow
+from diffusionlens.processes import EDM, VE, VP, DDPMTable, Flow
 
 
 class OracleNet(nn.Module):
@@ -53,7 +53,7 @@ def test_scalar_sigma_and_image_rank():
 
 def test_timestep_adapter_matches_diffusers_convention():
     """An eps-predicting model fed x_t = sqrt(abar) x0 + sqrt(1 - abar) eps and the integer timestep."""
-    process = Discrete()
+    process = DDPMTable()
     abar = process.alphas_cumprod
     gm = ring()
 
@@ -96,10 +96,10 @@ def test_bad_input():
         Denoiser(nn.Identity(), VP(), "bogus")
     with pytest.raises(TypeError, match="Process"):
         Denoiser(nn.Identity(), "vp")
-    with pytest.raises(TypeError, match="Discrete"):
+    with pytest.raises(TypeError, match="DDPMTable"):
         from_timestep_model(nn.Identity(), VP())
     with pytest.raises(ValueError, match="'score'"):
-        from_timestep_model(nn.Identity(), Discrete(), "score")
+        from_timestep_model(nn.Identity(), DDPMTable(), "score")
     D = Denoiser(lambda x, c: x[:, :1], VP(), "x0")
     with pytest.raises(ValueError, match="output shape"):
         D(torch.zeros(2, 3), 1.0)

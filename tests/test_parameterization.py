@@ -15,9 +15,9 @@ from diffusionlens.parameterization import (
     to_denoiser,
     x0_weight,
 )
-from diffusionlens.processes import EDM, VE, VP, Discrete, Flow
+from diffusionlens.processes import EDM, VE, VP, DDPMTable, Flow
 
-PROCESSES = [VP(), VP("cosine"), VE(sigma_lo=1e-3, sigma_hi=1e3), EDM(sigma_lo=1e-3, sigma_hi=1e3), Flow(), Discrete()]
+PROCESSES = [VP(), VP("cosine"), VE(sigma_lo=1e-3, sigma_hi=1e3), EDM(sigma_lo=1e-3, sigma_hi=1e3), Flow(), DDPMTable()]
 SHAPES = [(64, 2), (64, 3, 4, 4)]
 
 
@@ -55,7 +55,7 @@ def test_targets_map_to_clean_data(process):
 
 
 def test_v_is_salimans_ho_for_vp():
-    for process in [VP(), Discrete()]:
+    for process in [VP(), DDPMTable()]:
         x0, n, _, c = setup(process, (64, 5))
         alpha, sigma_t = c.scale[:, None], (c.scale * c.sigma)[:, None]
         torch.testing.assert_close(target(Param.V, x0, n, c), alpha * n - sigma_t * x0)

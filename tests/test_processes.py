@@ -10,7 +10,7 @@ from diffusionlens.processes import (
     EDM,
     VE,
     VP,
-    Discrete,
+    DDPMTable,
     Flow,
     SubVP,
     karras_grid,
@@ -28,16 +28,16 @@ PROCESSES = [
     VE(),
     EDM(),
     Flow(),
-    Discrete(),
-    Discrete(schedule="cosine"),
-    Discrete(T=50, schedule="scaled_linear"),
+    DDPMTable(),
+    DDPMTable(schedule="cosine"),
+    DDPMTable(T=50, schedule="scaled_linear"),
 ]
 IDS = [repr(p)[:40] for p in PROCESSES]
 
 
 def interior_times(p, n=64):
     t = torch.linspace(0.02, 0.97, n, dtype=torch.float64)
-    if isinstance(p, Discrete):  # derivatives are piecewise: stay off the knots k / T
+    if isinstance(p, DDPMTable):  # derivatives are piecewise: stay off the knots k / T
         t = torch.unique((torch.floor(t * p.T) + 0.37) / p.T)
     return t
 
@@ -62,7 +62,7 @@ def test_inverse_and_logsnr(p):
     torch.testing.assert_close(p.scale_of_sigma(sig), p.scale(t))
 
 
-@pytest.mark.parametrize("p", [VP(), VP("cosine"), Discrete()], ids=["vp", "vp-cos", "ddpm"])
+@pytest.mark.parametrize("p", [VP(), VP("cosine"), DDPMTable()], ids=["vp", "vp-cos", "ddpm"])
 def test_variance_preserving(p):
     t = interior_times(p)
     s, sig = p.scale(t), p.sigma(t)
@@ -100,7 +100,7 @@ def test_sde_reproduces_marginal_variance(p):
 
 
 def test_discrete_table_and_timesteps():
-    p = Discrete()
+    p = DDPMTable()
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)
     torch.testing.assert_close(p.alphas_cumprod, abar)
@@ -164,7 +164,7 @@ def test_logsnr_and_time_grids():
 
 def test_timestep_spacings_match_diffusers():
     import diffusers  # a test extra (scripts/test.sh installs the peers)
-    p = Discrete()
+    p = DDPMTable()
     for spacing in ["leading", "trailing", "linspace"]:
         for steps in [10, 50, 7]:
             sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
@@ -196,10 +196,10 @@ def test_bad_input_names_the_value():
     with pytest.raises(ValueError, match="beta_min"):
         VP(beta_min=30.0)
     with pytest.raises(ValueError, match="T must be"):
-        Discrete(T=1)
+        DDPMTable(T=1)
     with pytest.raises(ValueError, match="'middle'"):
-        timestep_grid(Discrete(), 10, "middle")
-    with pytest.raises(TypeError, match="Discrete"):
+        timestep_grid(DDPMTable(), 10, "middle")
+    with pytest.raises(TypeError, match="DDPMTable"):
         timestep_grid(VP(), 10)
     with pytest.raises(ValueError, match="outside"):
         time_grid(VE(), 10, 0.002, 80.0)  # VE's sigma range is [0.01, 50]

@@ -15,7 +15,7 @@ import torch
 from diffusionlens.model import from_timestep_model
 from diffusionlens.ode import solve
 from diffusionlens.oracle import GaussianMixture, random_mixture, ring
-from diffusionlens.processes import Discrete, karras_grid, logsnr_grid
+from diffusionlens.processes import DDPMTable, karras_grid, logsnr_grid
 from diffusionlens.samplers import (
     DETERMINISTIC,
     SAMPLERS,
@@ -508,7 +508,7 @@ def test_heun_churn_is_reproducible_and_per_sample():
 
 def test_discrete_model_samples_on_its_integer_grid():
     """A diffusers-style eps model sees exactly its integer timesteps; DDIM on them is exact DDIM."""
-    process, gm = Discrete(), ring()
+    process, gm = DDPMTable(), ring()
     abar = process.alphas_cumprod
     seen = []
 
@@ -525,7 +525,7 @@ def test_discrete_model_samples_on_its_integer_grid():
     got = torch.stack([s[0] for s in seen])
     torch.testing.assert_close(got, torch.arange(900, -1, -100, dtype=torch.float64), rtol=0, atol=1e-9)
     torch.testing.assert_close(x, ddim(gm, noise * info.sigmas[0], info.sigmas), rtol=1e-9, atol=1e-9)
-    with pytest.raises(ValueError, match="Discrete"):
+    with pytest.raises(ValueError, match="DDPMTable"):
         sample(gm, noise, sampler="ddim", steps=10, grid="timesteps")
 
 

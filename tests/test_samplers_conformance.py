@@ -2,7 +2,7 @@
 
 diffusers' schedulers run in a VP model's own coordinates (x_t = alpha x_hat, alpha = 1/sqrt(1 +
 sigma^2)) with an eps-prediction model and their timestep convention; the oracle is wrapped as such
-a model, and the scheduler's own sigma table (from ``Discrete()``'s betas) is handed to our
+a model, and the scheduler's own sigma table (from ``DDPMTable()``'s betas) is handed to our
 sampler. k-diffusion's samplers take the canonical denoiser directly. Both libraries are test-only
 dependencies, installed by the README's test command (``scripts/test.sh``: ``setup.sh --test --peers``);
 without them these tests fail rather than pass silently. Tolerances: k-diffusion computes in the data's float64
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from diffusionlens.oracle import random_mixture, ring
-from diffusionlens.processes import Discrete, timestep_grid
+from diffusionlens.processes import DDPMTable, timestep_grid
 from diffusionlens.samplers import ddim, deis, dpmpp_2m, dpmpp_3m, euler, heun, lms, lms_coefficients_log, unipc
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -74,7 +74,7 @@ def _eps_model(gm, sigma_of_call):
 
 
 def _scheduler(cls, **kw):
-    betas = Discrete().betas.numpy()
+    betas = DDPMTable().betas.numpy()
     return cls(num_train_timesteps=1000, trained_betas=betas, prediction_type="epsilon", **kw)
 
 
@@ -137,9 +137,9 @@ def test_diffusers_ddim_on_the_integer_grid(steps):
     sched = _scheduler(diffusers.DDIMScheduler, clip_sample=False)  # thresholding is a denoiser wrapper here
     noise = _noise(gm)
     theirs, sig = _run_diffusers(sched, gm, noise, steps, vp_input=True)
-    # the same grid is our timestep_grid on the Discrete() table; diffusers' float32 alpha-bar makes
+    # the same grid is our timestep_grid on the DDPMTable() table; diffusers' float32 alpha-bar makes
     # 1 - abar at abar = 1 - 1e-4 (timestep 0) good to 2^-24 / 1e-4 = 6e-4 relative, 3e-4 after the sqrt
-    torch.testing.assert_close(sig, timestep_grid(Discrete(), steps, "leading"), rtol=3e-4, atol=0)
+    torch.testing.assert_close(sig, timestep_grid(DDPMTable(), steps, "leading"), rtol=3e-4, atol=0)
     torch.testing.assert_close(ddim(gm, noise * sig[0], sig), theirs.double(), rtol=1e-4, atol=1e-4)
 
 

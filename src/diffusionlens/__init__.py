@@ -8,7 +8,7 @@ from .likelihood import decode, encode, log_likelihood
 from .model import Denoiser, from_flow_matching, from_timestep_model
 from .oracle import GaussianMixture
 from .parameterization import Param
-from .processes import EDM, VE, VP, Discrete, Flow, SubVP
+from .processes import EDM, VE, VP, DDPMTable, Flow, SubVP
 from .samplers import SAMPLERS, sample
 
 __version__ = "0.1.0"
@@ -23,7 +23,7 @@ __all__ = [
     "VE",
     "VP",
     "SubVP",
-    "Discrete",
+    "DDPMTable",
     "Flow",
     "sample",
     "SAMPLERS",

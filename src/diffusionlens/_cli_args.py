@@ -219,13 +219,8 @@ def _train_parser(sub) -> None:
     add_budget_args(q, D.steps)
     q.add_argument("--clock", choices=["wall", "process"],
                    help=f"what --minutes measures: wall time or this process's CPU time (default {D.clock})")
-    from .objectives import OBJECTIVES
-
-    q.add_argument("--objective", choices=list(OBJECTIVES),
-                   help=f"what a training step minimises (default {D.objective}; consistency-training = improved "
-                        "consistency training from scratch, sampled in 1, 2, 4 steps; the distillation objectives "
-                        "need a teacher: use `diffusionlens distill`)")
     q.add_argument("--process", choices=list(PROCESSES), help=f"noise process (default {D.process})")
+    _objective_arg(q, D)
     q.add_argument("--param", choices=[v.value for v in Param],
                    help=f"what the network predicts (default {D.param}; edm = preconditioned)")
     q.add_argument("--density", choices=[v.value for v in Density],
@@ -329,6 +324,41 @@ def _tune_parser(sub) -> None:
                    default=TUNED_SAMPLERS, help=f"comma-separated deterministic samplers (default "
                                                 f"{','.join(TUNED_SAMPLERS)})")
     add_nfe_arg(q, TUNED_NFES, TUNED_NFES, "NFE budgets")
+    add_common(q)
+
+
+def _objective_arg(q, D) -> None:
+    from .objectives import OBJECTIVES
+
+    q.add_argument("--objective", choices=list(OBJECTIVES), metavar="NAME",
+                   help=f"what a training step minimises: {', '.join(OBJECTIVES)} (default {D.objective}). "
+                        "consistency-training: improved consistency training from scratch, sampled in 1, 2, 4 "
+                        "steps; the distillation objectives need a teacher (use `diffusionlens distill`); masked "
+                        "and d3pm-*: discrete diffusion on token data (digits17, mnist-binary, text); interpolant*: "
+                        "velocity matching with independent, OT or Sinkhorn couplings (--process flow --param "
+                        "velocity)")
+
+
+def _discrete_parser(sub) -> None:
+    from .discrete.ctmc import MASK_SCHEDULES, SAMPLERS
+
+    q = _sub(sub, "discrete", "sample and score a discrete-diffusion run (bits/token)",
+             "For a run trained with a discrete objective (masked, d3pm-absorbing, d3pm-uniform): the test set's "
+             "negative ELBO in bits per token (mean ± standard error; an upper bound on the NLL), the bound per "
+             "time, and samples from the reverse chain (exact ancestral steps, tau-leaping or MaskGIT decoding). "
+             "Writes <run>/evaluation.json and <run>/samples.safetensors; prints text samples.",
+             "examples:\n"
+             "  diffusionlens train --dataset digits17 --objective masked --minutes 5 --name d17\n"
+             "  diffusionlens discrete d17 --sampler maskgit --steps 16\n"
+             "  diffusionlens discrete runs/text --sampler tau-leaping --steps 128 --n-test 200")
+    add_run_arg(q)
+    q.add_argument("--sampler", default="ancestral", choices=list(SAMPLERS), help="reverse sampler")
+    q.add_argument("--steps", type=positive_int, default=64, help="time steps of the reverse chain (default 64)")
+    q.add_argument("--n", type=positive_int, default=64, help="samples to draw (default 64)")
+    q.add_argument("--n-test", type=positive_int, help="test sequences scored (default: the whole split)")
+    q.add_argument("--schedule", default="cosine", choices=list(MASK_SCHEDULES), help="maskgit's mask schedule")
+    q.add_argument("--temperature", type=nonneg_float, default=1.0, help="maskgit's sampling temperature")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sampler and the ELBO draws")
     add_common(q)
 
 
@@ -554,7 +584,8 @@ quick start:
 
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
            _report_parser, _main_parser,
-           _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser, _distill_parser)
+           _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser, _distill_parser,
+           _discrete_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -250,6 +250,29 @@ def cmd_likelihood(args) -> int:
     return 0
 
 
+def cmd_discrete(args) -> int:
+    from .data import decode_text
+    from .discrete import run as drun
+
+    r = drun.open_run(args.run, device=device(args.device))
+    opts = {"schedule": args.schedule, "temperature": args.temperature} if args.sampler == "maskgit" else {}
+    ev = drun.evaluate(r, n_test=args.n_test, n_samples=args.n, sampler=args.sampler, steps=args.steps,
+                       seed=args.seed, progress=_progress(args), **opts)
+    print(f"test negative ELBO: {ev['test_bpd']:.4f} ± {ev['test_bpd_stderr']:.2g} bits/token (n={ev['n_test']}, "
+          f"{ev['objective']})")
+    if r.config.dataset == "text":
+        from safetensors.torch import load_file
+
+        for line in decode_text(load_file(str(r.path / "samples.safetensors"))["tokens"][:4]):
+            print(repr(line))
+    from .discrete.report import write_report
+
+    page = write_report(r.path, ev)
+    print(f"wrote {r.path / 'evaluation.json'}, {r.path / 'samples.safetensors'} ({args.n} samples, "
+          f"{args.sampler}, {args.steps} steps) and {page}")
+    return 0
+
+
 def cmd_encode(args) -> int:
     from . import run
 
@@ -440,7 +463,7 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, 
             "likelihood": cmd_likelihood,
             "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
             "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate,
-            "distill": cmd_distill}
+            "distill": cmd_distill, "discrete": cmd_discrete}
 
 
 def main(argv: list[str] | None = None) -> int:

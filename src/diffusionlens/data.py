@@ -24,7 +24,22 @@ name               data_shape   content, split
 ``oracle-ring``    (2,)         exact samples of ``oracle.standard_cases()["ring2d"]``.
 ``oracle-mix16``   (16,)        exact samples of ``standard_cases()["mix16"]``.
 ``oracle-mix64``   (64,)        exact samples of ``standard_cases()["mix64"]``.
+``digits17``       (8, 8)       the ``digits`` images as tokens: their native integer values 0..16
+                                (vocabulary 17); same split as ``digits`` (1,497 train, 300 test).
+``mnist-binary``   (28, 28)     the ``mnist`` images binarized (pixel >= 128 -> 1; vocabulary 2); same
+                                split as ``mnist`` (4,000 train, 1,000 test).
+``text``           (64,)        character-level English: the 79 documentation topics of Python's
+                                standard library (``pydoc_data.topics``), in sorted topic order,
+                                typographic quotes and dashes mapped to ASCII and other characters to a
+                                space, vocabulary ``TEXT_VOCAB`` (newline + printable ASCII, 96 tokens);
+                                cut into non-overlapping 64-character sequences. Fixed split by topic:
+                                every 10th topic (sorted index % 10 == 0) is ``test`` (8 topics); about
+                                6,750 train and 500 test sequences (the exact counts depend on the
+                                Python version's topics).
 =================  ===========  ======================================================================
+
+Token data sets (``DISCRETE_DATASETS``) hold ``x`` as int64 tokens in ``0 .. vocab - 1`` and set
+``Data.vocab``; every other set has ``vocab = None`` and float32 ``x``.
 
 Generated data sets (toys and oracle samples) draw ``n`` points (default 10,000 for ``train``,
 5,000 for ``test``) from a ``torch.Generator`` seeded by (name, split, seed), so ``train`` and
@@ -37,7 +52,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -45,12 +60,14 @@ from torch import Tensor
 
 from .oracle import GaussianMixture, standard_cases
 
-__all__ = ["Data", "DATASETS", "IMAGE_DATASETS", "TOY_DATASETS", "ORACLE_DATASETS", "load_dataset", "oracle_for"]
+__all__ = ["Data", "DATASETS", "IMAGE_DATASETS", "TOY_DATASETS", "ORACLE_DATASETS", "DISCRETE_DATASETS", "TEXT_VOCAB",
+           "load_dataset", "oracle_for", "decode_text"]
 
 IMAGE_DATASETS = ("digits", "mnist")
 TOY_DATASETS = ("ring8", "moons", "swissroll", "checkerboard", "pinwheel")
 ORACLE_DATASETS = ("oracle-ring", "oracle-mix16", "oracle-mix64")
-DATASETS = IMAGE_DATASETS + TOY_DATASETS + ORACLE_DATASETS
+DISCRETE_DATASETS = ("digits17", "mnist-binary", "text")
+DATASETS = IMAGE_DATASETS + TOY_DATASETS + ORACLE_DATASETS + DISCRETE_DATASETS
 SPLITS = ("train", "test")
 
 _ORACLE_CASE = {"oracle-ring": "ring2d", "oracle-mix16": "mix16", "oracle-mix64": "mix64"}
@@ -69,6 +86,7 @@ class Data:
         name: data set name (one of :data:`DATASETS` for built-in data).
         data_shape: shape of one sample.
         is_image: True for (C, H, W) images.
+        vocab: for token data, the vocabulary size V (x is int64 in 0..V-1); None for real-valued data.
     """
 
     x: Tensor
@@ -77,9 +95,12 @@ class Data:
     name: str
     data_shape: tuple[int, ...]
     is_image: bool
+    vocab: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.x, Tensor) or not self.x.is_floating_point():
+        if self.vocab is not None:
+            _check_tokens(self.x, self.vocab, self.name)
+        elif not isinstance(self.x, Tensor) or not self.x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {type(self.x).__name__}")
         if self.x.ndim < 2 or self.x.shape[0] == 0:
             raise ValueError(
@@ -114,6 +135,15 @@ class Data:
     def sigma_data(self) -> float:
         """Overall standard deviation of the data (EDM's sigma_data)."""
         return float(self.x.double().std())
+
+
+def _check_tokens(x, vocab, name) -> None:
+    if not isinstance(x, Tensor) or x.dtype != torch.int64:
+        raise TypeError(f"tokens of {name!r} must be an int64 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if not (isinstance(vocab, int) and vocab >= 2):
+        raise ValueError(f"vocab must be an integer >= 2, got {vocab!r}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
+        raise ValueError(f"data set {name!r} has a token outside the vocabulary 0..{vocab - 1}")
 
 
 def _generator(name: str, split: str, seed: int) -> torch.Generator:
@@ -207,6 +237,44 @@ _TOYS = {
 # ----------------------------------------------------------------------------- public API
 
 
+# ----------------------------------------------------------------------------- tokens
+
+TEXT_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
+"""The ``text`` vocabulary: token i is character ``TEXT_VOCAB[i]``."""
+TEXT_LENGTH = 64
+_TEXT_MAP = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2026": ".", "\u2014": "-", "\u2013": "-"}
+
+
+def _text_split(split: str) -> Tensor:
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    chosen = [k for i, k in enumerate(keys) if (i % 10 == 0) == (split == "test")]
+    index = {c: i for i, c in enumerate(TEXT_VOCAB)}
+    space = index[" "]
+    ids = [index.get(_TEXT_MAP.get(c, c), space) for c in "".join(topics[k] for k in chosen)]
+    n = len(ids) // TEXT_LENGTH
+    return torch.tensor(ids[: n * TEXT_LENGTH], dtype=torch.int64).reshape(n, TEXT_LENGTH)
+
+
+def decode_text(tokens: Tensor) -> list[str]:
+    """Token sequences of the ``text`` set (batch, L) -> strings."""
+    return ["".join(TEXT_VOCAB[int(i)] for i in row) for row in tokens.reshape(tokens.shape[0], -1)]
+
+
+def _tokens(name: str, split: str) -> Data:
+    if name == "text":
+        x = _text_split(split)
+        return Data(x=x, y=None, num_classes=None, name=name, data_shape=tuple(x.shape[1:]), is_image=False,
+                    vocab=len(TEXT_VOCAB))
+    x, y = _image_split("digits" if name == "digits17" else "mnist", split)
+    if name == "digits17":
+        x, vocab = torch.round((x[:, 0].double() + 1) * 8).long(), 17  # back to the native 0..16
+    else:
+        x, vocab = (x[:, 0] >= (128 / 127.5 - 1) - 1e-6).long(), 2
+    return Data(x=x, y=y, num_classes=10, name=name, data_shape=tuple(x.shape[1:]), is_image=False, vocab=vocab)
+
+
 def oracle_for(name: str) -> GaussianMixture | None:
     """The analytic mixture behind an ``oracle-*`` data set, or None for any other data set."""
     _check_name(name)
@@ -239,6 +307,11 @@ def load_dataset(name: str = "digits", split: str = "train", *, seed: int = 0, n
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if n is not None and not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if name in DISCRETE_DATASETS:
+        data = _tokens(name, split)
+        if n is not None:
+            data = replace(data, x=data.x[:n], y=None if data.y is None else data.y[:n])
+        return data
     if name in IMAGE_DATASETS:
         x, y = _image_split(name, split)
         if n is not None:

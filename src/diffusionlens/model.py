@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ._util import as_sigma, expand
 from .parameterization import Param, edm_precond, to_denoiser
-from .processes import Discrete, Flow, Process
+from .processes import DDPMTable, Flow, Process
 
 __all__ = ["DenoiserFn", "Denoiser", "from_timestep_model", "from_flow_matching"]
 
@@ -85,15 +85,15 @@ class Denoiser(nn.Module):
         return to_denoiser(self.param, out, x_hat, c, self.sigma_data)
 
 
-def from_timestep_model(net: nn.Module | Callable, process: Discrete, param: Param | str = Param.EPS) -> Denoiser:
+def from_timestep_model(net: nn.Module | Callable, process: DDPMTable, param: Param | str = Param.EPS) -> Denoiser:
     """Adapter for an integer-timestep DDPM model (diffusers / improved-diffusion style).
 
     ``net(x_t, timestep, **kwargs)`` takes x_t = sqrt(abar) x0 + sqrt(1 - abar) n and the 0-based
     timestep index (fractional between table entries; exact integers on a
     :func:`~diffusionlens.processes.timestep_grid`), and predicts eps or v.
     """
-    if not isinstance(process, Discrete):
-        raise TypeError(f"from_timestep_model needs a Discrete process, got {process!r}")
+    if not isinstance(process, DDPMTable):
+        raise TypeError(f"from_timestep_model needs a DDPMTable process, got {process!r}")
     param = Param.parse(param)
     if param not in (Param.EPS, Param.V, Param.X0):
         raise ValueError(f"timestep models predict eps, v or x0, got {param.value!r}")

@@ -43,7 +43,7 @@ __all__ = [
     "VE",
     "EDM",
     "Flow",
-    "Discrete",
+    "DDPMTable",
     "VPSchedule",
     "Spacing",
     "posterior_coefs",
@@ -409,7 +409,7 @@ class Flow(Process):
         return 1 / (1 + 1 / sigma)
 
 
-class DiscreteSchedule(str, enum.Enum):
+class DDPMSchedule(str, enum.Enum):
     """Beta schedules of discrete-time DDPM tables (names as diffusers uses them)."""
 
     LINEAR = "linear"  # Ho et al. 2020: beta from 1e-4 to 0.02
@@ -417,10 +417,10 @@ class DiscreteSchedule(str, enum.Enum):
     COSINE = "cosine"  # Nichol & Dhariwal 2021 ("squaredcos_cap_v2"), betas capped at 0.999
 
 
-def _discrete_betas(schedule: DiscreteSchedule, T: int, beta_start: float | None, beta_end: float | None):
-    if schedule is DiscreteSchedule.LINEAR:
+def _ddpm_betas(schedule: DDPMSchedule, T: int, beta_start: float | None, beta_end: float | None):
+    if schedule is DDPMSchedule.LINEAR:
         return torch.linspace(beta_start or 1e-4, beta_end or 0.02, T, dtype=torch.float64)
-    if schedule is DiscreteSchedule.SCALED_LINEAR:
+    if schedule is DDPMSchedule.SCALED_LINEAR:
         lo, hi = math.sqrt(beta_start or 0.00085), math.sqrt(beta_end or 0.012)
         return torch.linspace(lo, hi, T, dtype=torch.float64) ** 2
 
@@ -430,7 +430,7 @@ def _discrete_betas(schedule: DiscreteSchedule, T: int, beta_start: float | None
 
 
 @dataclass(frozen=True)
-class Discrete(_VPScaled):
+class DDPMTable(_VPScaled):
     """Discrete-time DDPM (Ho et al. 2020): a table of abar_k, k = 1..T, seen as a VP process.
 
     Integer step k (diffusers' 0-based ``timestep`` i = k - 1) sits at t = k / T with
@@ -440,7 +440,7 @@ class Discrete(_VPScaled):
     """
 
     T: int = 1000
-    schedule: DiscreteSchedule = DiscreteSchedule.LINEAR
+    schedule: DDPMSchedule = DDPMSchedule.LINEAR
     beta_start: float | None = None
     beta_end: float | None = None
     betas: Tensor = field(init=False, repr=False, compare=False)
@@ -450,8 +450,8 @@ class Discrete(_VPScaled):
     def __post_init__(self):
         if not (isinstance(self.T, int) and self.T >= 2):
             raise ValueError(f"T must be an integer >= 2, got {self.T!r}")
-        object.__setattr__(self, "schedule", DiscreteSchedule(self.schedule))
-        betas = _discrete_betas(self.schedule, self.T, self.beta_start, self.beta_end)
+        object.__setattr__(self, "schedule", DDPMSchedule(self.schedule))
+        betas = _ddpm_betas(self.schedule, self.T, self.beta_start, self.beta_end)
         if not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError(f"betas must lie in (0, 1); got range [{betas.min().item()}, {betas.max().item()}]")
         abar = torch.cumprod(1 - betas, 0)
@@ -571,7 +571,7 @@ class Spacing(str, enum.Enum):
     LINSPACE = "linspace"
 
 
-def timesteps_of(process: Discrete, steps: int, spacing: Spacing | str = Spacing.LEADING, offset: int = 0) -> Tensor:
+def timesteps_of(process: DDPMTable, steps: int, spacing: Spacing | str = Spacing.LEADING, offset: int = 0) -> Tensor:
     """The decreasing integer timestep indices (0-based, as in diffusers) that a DDPM/DDIM user picks."""
     spacing = Spacing(spacing)
     T = process.T
@@ -589,13 +589,13 @@ def timesteps_of(process: Discrete, steps: int, spacing: Spacing | str = Spacing
 
 
 def timestep_grid(
-    process: Discrete, steps: int, spacing: Spacing | str = Spacing.LEADING, offset: int = 0, device=None
+    process: DDPMTable, steps: int, spacing: Spacing | str = Spacing.LEADING, offset: int = 0, device=None
 ) -> Tensor:
     """Noise levels at the integer timesteps of :func:`timesteps_of`, then 0 (DDIM's final abar = 1).
 
     A sampler run on this grid evaluates the model exactly at table entries.
     """
-    if not isinstance(process, Discrete):
-        raise TypeError(f"timestep_grid needs a Discrete process, got {process!r}")
+    if not isinstance(process, DDPMTable):
+        raise TypeError(f"timestep_grid needs a DDPMTable process, got {process!r}")
     ts = timesteps_of(process, steps, spacing, offset)
     return _finish(process.sigmas[ts], device)

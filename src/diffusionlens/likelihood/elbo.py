@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from .._util import Choice, as_tensor, expand
-from ..processes import Discrete, Process, posterior_coefs
+from ..processes import DDPMTable, Process, posterior_coefs
 from .bpd import Binning, bin_centers, bin_width
 
 __all__ = [
@@ -194,8 +194,8 @@ def decoder_nll(
 def _chain(sigmas, process, scales, device):
     """(sigmas (T,), scales (T,)) float64 from the arguments of :func:`ddpm_vlb`."""
     if sigmas is None:
-        if not isinstance(process, Discrete):
-            raise ValueError("give sigmas (T,) or a Discrete process")
+        if not isinstance(process, DDPMTable):
+            raise ValueError("give sigmas (T,) or a DDPMTable process")
         sig = process.sigmas.to(torch.float64)
         sc = torch.sqrt(process.alphas_cumprod.to(torch.float64))
     else:
@@ -281,8 +281,8 @@ def ddpm_vlb(
     Args:
         denoiser: canonical ``D(x_hat, sigma, **cond)``.
         x0: (batch, *data_shape) data (for the discretized decoder, on the bin centers of :mod:`.bpd`).
-        sigmas: (T,) increasing noise levels sigma_1..sigma_T; or omit and pass a ``Discrete`` process.
-        process: gives the scales s_k (``scale_of_sigma``); a ``Discrete`` table gives sigmas too.
+        sigmas: (T,) increasing noise levels sigma_1..sigma_T; or omit and pass a ``DDPMTable`` process.
+        process: gives the scales s_k (``scale_of_sigma``); a ``DDPMTable`` gives sigmas too.
         scales: (T,) explicit scales instead (default 1: a variance-exploding chain).
         posterior_var: ``"small"`` (beta-tilde) or ``"large"`` (beta).
         decoder: ``"gaussian"`` (continuous data) or ``"discretized"`` (8-bit data).

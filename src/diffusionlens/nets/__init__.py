@@ -15,11 +15,12 @@ from torch import nn
 
 from .embedding import ClassEmbedding, Embedding, NoiseEmbedding
 from .mlp import MLP
+from .tokens import TokenTransformer
 from .unet import UNet
 
 __all__ = ["MLP", "UNet", "NoiseEmbedding", "ClassEmbedding", "Embedding", "build_net", "NETS", "count_params"]
 
-NETS = {"mlp": MLP, "unet": UNet}
+NETS = {"mlp": MLP, "unet": UNet, "token-transformer": TokenTransformer}
 
 
 def build_net(spec: dict) -> nn.Module:

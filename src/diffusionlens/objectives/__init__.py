@@ -11,6 +11,7 @@ from ..distill import objectives as distill
 from ..distill import regularisers
 from ..interpolants import objective as interpolant
 from . import denoising
+from . import discrete as discrete_objective
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
 
@@ -18,6 +19,9 @@ __all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "MODELS",
 
 OBJECTIVES = {
     "denoising": denoising.build,
+    "masked": discrete_objective.build_masked,
+    "d3pm-absorbing": discrete_objective.build_d3pm_absorbing,
+    "d3pm-uniform": discrete_objective.build_d3pm_uniform,
     "denoising+consistency": regularisers.build_consistency,
     "denoising+fokker-planck": regularisers.build_fokker_planck,
     "interpolant": interpolant.build_independent, "interpolant+ot": interpolant.build_ot,

@@ -175,6 +175,37 @@ def gap_figure(curve, path) -> Path:
     return _save(fig, path)
 
 
+def token_figure(samples: Tensor, path, *, vocab: int, reference: Tensor | None = None, text: bool = False,
+                 title: str = "samples") -> Path:
+    """Token samples: 2-D token grids drawn as images (token v at intensity v / (V - 1)), beside real
+    test data; character sequences (``text``, strings) written out in a monospace panel."""
+    if not text:
+        def img(x):
+            return x[:, None].float() * (2 / (vocab - 1)) - 1
+
+        return sample_figure(img(samples), path, reference=None if reference is None else img(reference),
+                             title=title)
+    plt = _plt()
+    lines = [repr(s)[1:-1] for s in samples][:12]
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(lines) + 0.8))
+    ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=8, va="top")
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def bound_figure(t: list[float], nats: list[float], path, *, title: str = "") -> Path:
+    """The negative ELBO's density over diffusion time (nats per token); its integral is the bound."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(t, nats, "o-", ms=3)
+    ax.set_xlabel("t (0 = clean, 1 = fully corrupted)")
+    ax.set_ylabel("bound density (nats per token)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def regularisers_figure(curves: dict[str, dict], path) -> Path:
     """The consistency regularisers per noise level, and their equivalence.
 

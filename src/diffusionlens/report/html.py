@@ -390,14 +390,45 @@ def _distillation(ctx: Context) -> Figure:
                   f"headline metric ({name}, lower is better) of {min(int(ctx.ev['n_samples']), 1000)} samples each.")
 
 
+_DISCRETE_NA = "needs a run trained with a discrete objective (masked, d3pm-absorbing, d3pm-uniform)"
+
+
+@section("discrete samples")
+def _discrete_samples(ctx: Context) -> Figure:
+    from ..data import decode_text
+
+    ev = ctx.ev
+    if ev.get("kind") != "discrete":
+        raise NotApplicable(_DISCRETE_NA)
+    text = ev["dataset"] == "text"
+    x = decode_text(ctx.samples) if text else ctx.samples
+    figures.token_figure(x, ctx.path("fig_discrete_samples.png"), vocab=ctx.test.vocab, text=text,
+                         reference=None if text else ctx.test.x,
+                         title=f"samples ({ev['sampler']}, {ev['steps']} steps)")
+    return Figure("fig_discrete_samples.png", f"Samples of the EMA model ({ev['objective']}) by {ev['sampler']} "
+                  f"decoding in {ev['steps']} steps; test bound {ev['test_bpd']:.3f} bits/token.")
+
+
+@section("discrete bound per time")
+def _discrete_bound(ctx: Context) -> Figure:
+    ev = ctx.ev
+    if ev.get("kind") != "discrete":
+        raise NotApplicable(_DISCRETE_NA)
+    b = ev["bound_per_time"]
+    figures.bound_figure(b["t"], b["nats_per_token"], ctx.path("fig_discrete_bound.png"),
+                         title=f"{ev['objective']} on {ev['dataset']}: {ev['test_bpd']:.3f} bits/token")
+    return Figure("fig_discrete_bound.png", "Where the negative ELBO comes from: its density over diffusion "
+                  "time on test data (nats per token; the area under the curve is the bound).")
+
+
 # ----------------------------------------------------------------------------- page
 
 
-def _render(ctx: Context) -> tuple[list[str], list[str]]:
+def _render(ctx: Context, sections=None) -> tuple[list[str], list[str]]:
     """Each section's HTML (figure, reason or error, with the seconds it took) and the titles of the sections
-    that failed."""
+    that failed (``sections``: a subset of :data:`SECTIONS`, default all)."""
     parts, failed = [], []
-    for title, fn in SECTIONS:
+    for title, fn in SECTIONS if sections is None else sections:
         t0 = time.perf_counter()
         try:
             fig = fn(ctx)
@@ -455,6 +486,10 @@ def write_report(run_dir, *, progress: bool = True, device: str = "cpu") -> Path
 
     run_dir = Path(run_dir)
     ev = read_json(run_dir / "evaluation.json", "evaluation", hint=": run `diffusionlens evaluate` on the run first")
+    if ev.get("kind") == "discrete":  # discrete runs: their own page of the discrete sections
+        from ..discrete.report import write_report as discrete_report
+
+        return discrete_report(run_dir, ev)
     opened = open_run(run_dir, device=device)
     den, cfg = opened.denoiser, opened.config
     samples = load_file(str(run_dir / "samples.safetensors"))["x"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .._util import Choice
-from ..processes import Discrete, Process, Spacing, karras_grid, logsnr_grid, time_grid, timestep_grid
+from ..processes import DDPMTable, Process, Spacing, karras_grid, logsnr_grid, time_grid, timestep_grid
 
 __all__ = ["Grid", "SamplerSpec", "sampler", "spec_of", "make_grid"]
 
@@ -26,7 +26,7 @@ class Grid(Choice, what="grid"):
     KARRAS = "karras"  # Karras et al. 2022 eq. 5, rho = 7
     LOGSNR = "logsnr"  # uniform in log sigma (log-SNR)
     TIME = "time"  # uniform in the model's process time t (needs a Denoiser)
-    TIMESTEPS = "timesteps"  # integer timesteps of a Discrete model (exact table entries)
+    TIMESTEPS = "timesteps"  # integer timesteps of a DDPMTable model (exact table entries)
     FITTED = "fitted"  # equidistributes the local error measured by a pilot solve (fitted_grid)
     FITTED_STOP = "fitted-stop"  # the fitted grid, its last level chosen on the pilot for the sampler (stop_grid)
     KARRAS_STOP = "karras-stop"  # the Karras grid, its last level chosen on the pilot (stop_grid, base karras)
@@ -114,6 +114,6 @@ def make_grid(
         if process is None:
             raise ValueError("grid 'time' needs the model's process: pass a diffusionlens Denoiser")
         return time_grid(process, steps, sigma_min, sigma_max)
-    if not isinstance(process, Discrete):
-        raise ValueError(f"grid 'timesteps' needs a Denoiser of a Discrete process, got process {process!r}")
+    if not isinstance(process, DDPMTable):
+        raise ValueError(f"grid 'timesteps' needs a Denoiser of a DDPMTable process, got process {process!r}")
     return timestep_grid(process, steps, spacing)

@@ -36,7 +36,7 @@ from ..losses import (
 from ..model import Denoiser
 from ..objectives import OBJECTIVES
 from ..parameterization import Param
-from ..processes import EDM, VE, VP, Discrete, Flow, Process, SubVP
+from ..processes import EDM, VE, VP, DDPMTable, Flow, Process, SubVP
 
 __all__ = ["TrainConfig", "PROCESSES", "EMA_KINDS", "make_process", "make_loss", "default_net"]
 
@@ -47,7 +47,7 @@ PROCESSES = {
     "subvp": SubVP,
     "ve": VE,
     "flow": Flow,
-    "ddpm": Discrete,
+    "ddpm": DDPMTable,
 }
 """Process names accepted by :class:`TrainConfig` (defaults of each class; ``ddpm`` is the 1000-step
 linear-beta table of Ho et al. 2020)."""
@@ -309,6 +309,10 @@ def make_loss(cfg: TrainConfig, sigma_data: float | None = None) -> Loss:
 def default_net(data: Data, conditional: bool) -> dict:
     """The default network spec for a data set: the compact UNet for images, the MLP otherwise."""
     classes = data.num_classes if conditional else None
+    if getattr(data, "vocab", None) is not None:  # token data: discrete diffusion's transformer
+        from ..discrete.net import default_spec
+
+        return default_spec(data, conditional)
     if data.is_image:
         C, H, W = data.data_shape
         if H != W:

@@ -1,0 +1,103 @@
+"""Training objectives of discrete diffusion, registered in :data:`diffusionlens.objectives.OBJECTIVES`.
+
+* ``masked``: the continuous-time masked-diffusion ELBO (MDLM / MD4),
+  :func:`~diffusionlens.discrete.ctmc.masked_loss` at
+  stratified times over the batch (MDLM's low-discrepancy sampler).
+* ``d3pm-absorbing`` / ``d3pm-uniform``: D3PM's hybrid loss with ``T = 1000`` steps (Austin et al. 2021;
+  lambda = 0.01).
+
+Losses are per token (nats / L) so that learning rates carry over between sequence lengths. The
+network is the raw ``net(x_t, t)`` inside the loop's Denoiser wrapper (a discrete model has no sigma);
+the time and corruption of the whole global batch are drawn on every rank, each rank evaluates its rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..discrete.ctmc import masked_loss, stratified_times
+from ..discrete.d3pm import D3PM
+from ..discrete.process import Corruption, Kind
+from .base import Batch, Objective, Streams
+
+__all__ = ["MaskedDiffusion", "D3PMObjective", "corruption_of", "build_masked", "build_d3pm_absorbing",
+           "build_d3pm_uniform", "D3PM_STEPS", "HYBRID_LAMBDA", "DISCRETE_OBJECTIVES"]
+
+D3PM_STEPS = 1000
+HYBRID_LAMBDA = 0.01
+DISCRETE_OBJECTIVES = ("masked", "d3pm-absorbing", "d3pm-uniform")
+
+
+def _raw(model):
+    """The network ``net(x_t, t)`` of the loop's model (a Denoiser wrapper, possibly around DDP)."""
+    return getattr(model, "net", model)
+
+
+class MaskedDiffusion(Objective):
+    """Masked diffusion in continuous time: per-sample loss = masked ELBO integrand / L (nats per token)."""
+
+    streams = ("t", "noise")
+
+    def __init__(self, process: Corruption):
+        if process.kind is not Kind.MASK:
+            raise ValueError(f"masked diffusion needs the masking process, got {process.kind.value!r}")
+        self.process = process
+
+    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
+        x0 = batch.x0
+        t = stratified_times(batch.size, rng["t"], x0.device)
+        x_t = self.process.corrupt(x0, t, rng["noise"])
+        L = math.prod(x0.shape[1:])
+        per = masked_loss(_raw(model), batch.local(x0), batch.local(x_t), batch.local(t), self.process)
+        return per.float() / L
+
+
+class D3PMObjective(Objective):
+    """D3PM's hybrid loss / L per sample (one step k ~ U{1..T} per sample)."""
+
+    streams = ("t", "noise")
+
+    def __init__(self, d3pm: D3PM, lam: float = HYBRID_LAMBDA):
+        self.d3pm, self.lam = d3pm, float(lam)
+
+    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
+        x0 = batch.x0
+        k = torch.randint(1, self.d3pm.T + 1, (batch.size,), generator=rng["t"]).to(x0.device)
+        x_k = self.d3pm.corrupt(x0, k, rng["noise"])
+        L = math.prod(x0.shape[1:])
+        per = self.d3pm.loss_at(_raw(model), batch.local(x0), batch.local(x_k), batch.local(k), lam=self.lam)
+        return per.float() / L
+
+
+def corruption_of(objective: str, vocab: int):
+    """(Corruption, D3PM or None) that a discrete objective name trains."""
+    if objective == "masked":
+        return Corruption(Kind.MASK, vocab), None
+    if objective in ("d3pm-absorbing", "d3pm-uniform"):
+        kind = Kind.MASK if objective == "d3pm-absorbing" else Kind.UNIFORM
+        pr = Corruption(kind, vocab)
+        return pr, D3PM(pr, D3PM_STEPS)
+    raise ValueError(f"{objective!r} is not a discrete objective; choose one of: {', '.join(DISCRETE_OBJECTIVES)}")
+
+
+def _vocab(cfg, data) -> int:
+    vocab = getattr(data, "vocab", None)
+    if vocab is None:
+        raise ValueError(f"objective {cfg.objective!r} needs token data (digits17, mnist-binary, text), "
+                         f"got dataset {cfg.dataset!r}")
+    return vocab
+
+
+def build_masked(cfg, data) -> MaskedDiffusion:
+    return MaskedDiffusion(corruption_of("masked", _vocab(cfg, data))[0])
+
+
+def build_d3pm_absorbing(cfg, data) -> D3PMObjective:
+    return D3PMObjective(corruption_of("d3pm-absorbing", _vocab(cfg, data))[1])
+
+
+def build_d3pm_uniform(cfg, data) -> D3PMObjective:
+    return D3PMObjective(corruption_of("d3pm-uniform", _vocab(cfg, data))[1])

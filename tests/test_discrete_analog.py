@@ -1,0 +1,36 @@
+"""Analog bits: round trip, and the continuous samplers on the exact analog-bit oracle reproduce the
+discrete oracle's distribution after thresholding."""
+
+import pytest
+import torch
+
+from diffusionlens.discrete import analog, random_mixture
+from diffusionlens.discrete.oracle import all_sequences
+
+
+def test_encode_decode_round_trip_and_clamp():
+    x = torch.arange(17).reshape(1, 17)
+    a = analog.encode(x, 17)
+    assert a.shape == (1, 17, 5) and set(a.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(analog.decode(a, 17), x)
+    assert int(analog.decode(torch.ones(1, 1, 5), 17)) == 16  # code 31 is clamped to V - 1
+    assert analog.bits(2) == 1 and analog.bits(96) == 7
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m_sde"])
+def test_continuous_samplers_on_analog_bits_match_the_discrete_oracle(sampler):
+    mix = random_mixture(2, (2,), 3, torch.Generator().manual_seed(0))
+    gm = analog.gaussian_oracle(mix)
+    n = 2000
+    x = analog.sample(gm, n, (2,), 3, sampler=sampler, steps=16, generator=torch.Generator().manual_seed(1))
+    p = mix.log_prob(all_sequences(3, (2,))).exp()
+    freq = torch.bincount((x * torch.tensor([3, 1])).sum(1), minlength=9).double() / n
+    tol = 1.5 * float((p * (1 - p) / n).sqrt().sum())  # 3x the expected total variation of n draws
+    assert 0.5 * float((freq - p).abs().sum()) < tol
+
+
+def test_bad_input_is_one_line():
+    with pytest.raises(ValueError, match="token 3 is outside the vocabulary 0..2"):
+        analog.encode(torch.tensor([[3]]), 3)
+    with pytest.raises(ValueError, match="2 values per token"):
+        analog.decode(torch.zeros(1, 1, 3), 3)
