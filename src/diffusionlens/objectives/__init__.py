@@ -7,7 +7,7 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 ``build(cfg, data)`` function, and one line in :data:`OBJECTIVES`.
 """
 
-from . import denoising
+from . import blurring, denoising
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
 
@@ -15,6 +15,7 @@ __all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "build_ob
 
 OBJECTIVES = {
     "denoising": denoising.build,
+    "blurring": blurring.build,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 
