@@ -19,6 +19,7 @@ TRAIN_FLAGS = {  # CLI flag -> TrainConfig field, for flags that override the co
     "weighting": "weighting", "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps",
     "cooldown": "cooldown", "clock": "clock", "ema": "ema", "label_dropout": "label_dropout",
     "log_every": "log_every", "ckpt_every": "ckpt_every", "n_train": "n_train",
+    "objective": "objective",
 }
 
 
@@ -160,6 +161,7 @@ def _sub(sub, name: str, help: str, description: str, epilog: str):
 def _train_parser(sub) -> None:
     from .data import DATASETS
     from .losses import Density, Weighting
+    from .objectives import OBJECTIVES
     from .parameterization import Param
     from .training import PROCESSES, TrainConfig
 
@@ -186,6 +188,8 @@ def _train_parser(sub) -> None:
     q.add_argument("--clock", choices=["wall", "process"],
                    help=f"what --minutes measures: wall time or this process's CPU time (default {D.clock})")
     q.add_argument("--process", choices=list(PROCESSES), help=f"noise process (default {D.process})")
+    q.add_argument("--objective", choices=list(OBJECTIVES),
+                   help=f"what a training step minimises (default {D.objective}; blurring = blurring diffusion)")
     q.add_argument("--param", choices=[v.value for v in Param],
                    help=f"what the network predicts (default {D.param}; edm = preconditioned)")
     q.add_argument("--density", choices=[v.value for v in Density],

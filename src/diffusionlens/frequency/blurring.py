@@ -26,6 +26,7 @@ exact Gaussian posterior q(u' | u, u0) of the forward process (Hoogeboom & Salim
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,13 @@ from .._util import expand
 from .dct import dct2, heat_rates, idct2
 
 __all__ = ["Blur", "blurring_sample", "blurred_denoiser"]
+
+
+@functools.cache
+def _relative_rates(h: int, w: int) -> Tensor:
+    """Heat-equation decay rates relative to the lowest nonzero one, (h, w) float64."""
+    rates = heat_rates(h, w)
+    return torch.from_numpy(rates / rates[rates > 0].min())
 
 
 @dataclass(frozen=True)
@@ -50,11 +58,9 @@ class Blur:
 
     def scales(self, sigma: Tensor, shape) -> Tensor:
         """Per-coefficient scales d(sigma), (batch, 1, H, W) in sigma's dtype, for images of ``shape`` (C, H, W)."""
-        h, w = shape[-2:]
-        rates = torch.as_tensor(heat_rates(h, w), dtype=sigma.dtype, device=sigma.device)
-        lowest = rates.flatten()[rates.flatten() > 0].min()
+        rel = _relative_rates(*shape[-2:]).to(dtype=sigma.dtype, device=sigma.device)
         frac = sigma**2 / (1 + sigma**2)
-        damp = torch.exp(-self.max_blur * frac[:, None, None] * (rates / lowest)[None])
+        damp = torch.exp(-self.max_blur * frac[:, None, None] * rel[None])
         return ((1 - self.d_min) * damp + self.d_min)[:, None]
 
     def corrupt(self, x0: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:

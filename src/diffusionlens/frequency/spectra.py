@@ -58,7 +58,7 @@ def radial_groups(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 def _images(x) -> Tensor:
     x = torch.as_tensor(x)
     if not x.is_floating_point():
-        raise TypeError(f"images must be floating point, got {x.dtype}")
+        raise TypeError(f"images must be a floating-point tensor, got {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[0] < 1:
