@@ -80,7 +80,8 @@ def run_one(objective: str, seed: int, minutes: float, n: int, nfe: int, clf, te
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| objective | sampler | seed | training steps | training CPU-s | FD | floor |", "|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| objective | sampler | seed | training steps | training CPU-s | FD | floor |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['objective']} | {r['sampler']} | {r['seed']} | {r['steps']} | {r['cpu_s']:.0f} | "
                    f"{r['fd']:.2f} | {r['floor']:.2f} |")

@@ -3,8 +3,6 @@ Gaussian-mixture oracle with the same covariance), measured spectra, fits and hi
 oracle's exact ones, the coarse-to-fine settling of an exact flow, and blurring diffusion on the
 spectral oracle (where the blurred process is again Gaussian)."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -34,7 +32,8 @@ F64 = torch.float64
 def _dense(oracle):
     """The oracle as a one-component GaussianMixture with the full covariance Q^T diag(v) Q."""
     h, w = oracle.data_shape[1:]
-    q = torch.kron(_matrix(h, F64, torch.device("cpu")), _matrix(w, F64, torch.device("cpu")))  # vec(dct2(x)) = q vec(x)
+    cpu = torch.device("cpu")
+    q = torch.kron(_matrix(h, F64, cpu), _matrix(w, F64, cpu))  # vec(dct2(x)) = q vec(x)
     cov = q.T @ torch.diag(oracle.variances.flatten()) @ q
     return GaussianMixture(oracle.mean()[None], (0.5 * (cov + cov.T))[None], data_shape=oracle.data_shape), q
 

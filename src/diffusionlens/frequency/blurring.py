@@ -15,8 +15,8 @@ damped by exp(-max_blur) at full blur, whatever the image size. The mean (f = 0)
 
 A network trained on this corruption is still a function D(x_hat, sigma) ~ E[x0 | x_hat], so the
 training loop, EMA, checkpoints and the run layer's model loading are unchanged; only the objective
-(:class:`diffusionlens.objectives.blurring.Blurring`, ``objective="blurring"``) and the sampler (:func:`blurring_sample`)
-differ. It is an objective rather than a process because a process is a scalar pair s(t), sigma(t)
+(:class:`diffusionlens.objectives.blurring.Blurring`, ``objective="blurring"``) and the sampler
+(:func:`blurring_sample`) differ. It is an objective rather than a process because a process is a scalar pair s(t), sigma(t)
 that every generic sampler relies on; a per-frequency scale would make each of them silently wrong.
 
 Sampling works per DCT coefficient: with u = dct2(x_hat) and u0 = dct2(D), a deterministic step from
