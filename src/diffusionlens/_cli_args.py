@@ -379,6 +379,35 @@ def _main_parser(sub) -> None:
     add_common(q)
 
 
+def _spectrum_parser(sub) -> None:
+    def sigma_list(text: str) -> tuple[float, ...]:
+        try:
+            vals = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated noise levels such as 0.1,1, got {text!r}") from None
+        if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+            raise argparse.ArgumentTypeError(f"expected comma-separated positive noise levels, got {text!r}")
+        return vals
+
+    q = _sub(sub, "spectrum", "power spectrum, power-law fit, hinge and coarse-to-fine order",
+             "The frequency view of a data set or a run: the radially averaged power spectrum (DCT basis) with its "
+             "power-law fit and 95% interval, the hinge per noise level (the frequency below which the data's "
+             "power exceeds the noise's), and for a run the coarse-to-fine order its sampler measurably follows "
+             "(the sigma at which each frequency is half settled). Writes <stem>.json and <stem>.png.",
+             "examples:\n"
+             "  diffusionlens spectrum photos\n"
+             "  diffusionlens spectrum digits --sigmas 0.1,0.5,1\n"
+             "  diffusionlens spectrum main                  # writes runs/main/spectrum.json + .png")
+    q.add_argument("source", help="a data set name (digits, mnist, photos) or a run directory / name")
+    q.add_argument("--n", type=positive_int, default=2000, help="images of the train split (default 2000 or all)")
+    q.add_argument("--sigmas", type=sigma_list, help="noise levels of the hinge (default 0.01 ... 5; a run's "
+                                                     "must lie in its noise range)")
+    q.add_argument("--out", help="output path without extension (default <run>/spectrum, or spectrum-<dataset> "
+                                 "in the current directory)")
+    q.add_argument("--no-settling", action="store_true", help="skip sampling the run's model (data view only)")
+    add_common(q)
+
+
 EPILOG = f"""\
 commands, in the order of a workflow:
   train       train a denoiser on a data set and write a run directory (runs/<name>)
@@ -388,6 +417,7 @@ commands, in the order of a workflow:
   likelihood  test-set bits/dim (images) or log-likelihood in nats (2-D) through the PF-ODE
   encode      map test data to latent noise through the PF-ODE and back; report the round-trip error
   report      draw the figures and write report.html for an evaluated run
+  spectrum    power spectrum, hinge and coarse-to-fine order of a data set or a run
   main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
 
 quick start:
@@ -397,7 +427,7 @@ quick start:
 """
 
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
-           _report_parser, _main_parser)
+           _report_parser, _main_parser, _spectrum_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

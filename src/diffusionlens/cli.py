@@ -354,9 +354,20 @@ def cmd_main(args) -> int:
     return 0
 
 
+def cmd_spectrum(args) -> int:
+    from .frequency.measure import print_summary, spectrum, write_spectrum
+
+    r = spectrum(args.source, n=args.n, sigmas=args.sigmas, settle=not args.no_settling, device=device(args.device))
+    paths = write_spectrum(r, args.out if args.out else r["default_stem"])
+    print_summary(r)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
-            "encode": cmd_encode, "report": cmd_report, "main": cmd_main}
+            "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
+            "spectrum": cmd_spectrum}
 
 
 def main(argv: list[str] | None = None) -> int:

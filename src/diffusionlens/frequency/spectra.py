@@ -205,21 +205,29 @@ class Settling:
 
 
 @torch.no_grad()
-def settling(denoiser, noise: Tensor, *, sampler: str = "heun", steps: int = 32, mean=None, **options) -> Settling:
+def settling(denoiser, noise: Tensor, *, sampler: str | None = "heun", steps: int = 32, mean=None, solve=None,
+             **options) -> Settling:
     """Run ``sampler`` from ``noise`` (B, C, H, W) and measure, per step, what its estimate has settled.
 
     ``options`` go to :func:`diffusionlens.samplers.sample` (grid, sigma_min, sigma_max, ...); the
     estimate at step k is the first denoiser evaluation of that step, the final sample closes the
-    sequence. ``mean``: the centre c (a tensor broadcasting against one image, or None for the mean of
-    the final samples).
+    sequence. ``solve``: instead, a function ``solve(callback) -> samples`` running any sampler that
+    reports k-diffusion-style step info (e.g. :func:`~.blurring.blurring_sample`). ``mean``: the centre c
+    (a tensor broadcasting against one image, or None for the mean of the final samples).
     """
     from ..samplers import sample
 
     x = _images(noise).to(noise.dtype)
     seen: list[tuple[float, Tensor]] = []
-    out = sample(denoiser, x, sampler=sampler, steps=steps,
-                 callback=lambda info: seen.append((float(info["sigma"]), info["denoised"].to(torch.float64))),
-                 **options).to(torch.float64)
+
+    def keep(info):
+        seen.append((float(info["sigma"]), info["denoised"].to(torch.float64)))
+
+    if solve is None:
+        out = sample(denoiser, x, sampler=sampler, steps=steps, callback=keep, **options)
+    else:
+        out = solve(keep)
+    out = out.to(torch.float64)
     if not seen or any(d is None for _, d in seen):
         raise ValueError(f"sampler {sampler!r} reports no estimate per step; choose one that does (heun, euler, ...)")
     c = out.mean(0, keepdim=True) if mean is None else torch.as_tensor(mean, dtype=torch.float64)
