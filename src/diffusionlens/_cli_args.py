@@ -384,7 +384,8 @@ def _spectrum_parser(sub) -> None:
         try:
             vals = tuple(float(v) for v in text.split(",") if v.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated noise levels such as 0.1,1, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected comma-separated noise levels such as 0.1,1, "
+                                             f"got {text!r}") from None
         if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
             raise argparse.ArgumentTypeError(f"expected comma-separated positive noise levels, got {text!r}")
         return vals

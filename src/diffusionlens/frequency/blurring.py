@@ -16,8 +16,9 @@ damped by exp(-max_blur) at full blur, whatever the image size. The mean (f = 0)
 A network trained on this corruption is still a function D(x_hat, sigma) ~ E[x0 | x_hat], so the
 training loop, EMA, checkpoints and the run layer's model loading are unchanged; only the objective
 (:class:`diffusionlens.objectives.blurring.Blurring`, ``objective="blurring"``) and the sampler
-(:func:`blurring_sample`) differ. It is an objective rather than a process because a process is a scalar pair s(t), sigma(t)
-that every generic sampler relies on; a per-frequency scale would make each of them silently wrong.
+(:func:`blurring_sample`) differ. It is an objective rather than a process because a process is a
+scalar pair s(t), sigma(t) that every generic sampler relies on; a per-frequency scale would make
+each of them silently wrong. The run layer's ``generate`` hands blurring runs to :func:`generate`.
 
 Sampling works per DCT coefficient: with u = dct2(x_hat) and u0 = dct2(D), a deterministic step from
 sigma to sigma' is DDIM, u' = d' u0 + sigma' (u - d u0) / sigma; the stochastic step draws from the
@@ -121,11 +122,11 @@ def generate(denoiser, cfg, n: int, *, sampler: str, steps: int, seed: int = 0, 
     and the NFE. A deterministic ``sampler`` name selects the DDIM step, a stochastic one the ancestral
     step (the generic samplers do not apply to this corruption); ``steps`` intervals of the Karras grid
     in the run's noise range, one evaluation each. Sample i depends only on ``seed`` and i."""
+    from .._util import device_of
     from ..data import load_dataset
     from ..processes import karras_grid
     from ..run import sampling_range
     from ..samplers import SAMPLERS, noise_seeds, randn
-    from .._util import device_of
 
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
