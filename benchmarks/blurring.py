@@ -2,9 +2,10 @@
 
     python -m benchmarks.blurring                                 # 1 CPU-minute per run, seeds 0 1 2 (~10 CPU-min)
     python -m benchmarks.blurring --minutes 0.2 --seeds 0 --samples 200 --out /tmp/b.md     # smoke test
-    # the seeds in parallel processes (CPU budgets are per process), then one table:
-    for s in 0 1 2; do python -m benchmarks.blurring --seeds $s --rows /tmp/b$s.json & done; wait
-    python -m benchmarks.blurring --merge /tmp/b0.json /tmp/b1.json /tmp/b2.json
+    # runs in parallel processes (CPU budgets are per process), then one table:
+    for s in 0 1 2; do for o in denoising blurring; do
+        python -m benchmarks.blurring --seeds $s --objectives $o --rows /tmp/b$s$o.json & done; done; wait
+    python -m benchmarks.blurring --merge /tmp/b*.json
 
 Each seed trains two runs with the library's default recipe (``TrainConfig(dataset="digits")``:
 EDM process, preconditioning, log-normal noise levels, EDM weighting, the default UNet), one with
@@ -98,6 +99,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=1.0, help="CPU-minutes of training per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--objectives", nargs="+", default=["denoising", "blurring"], choices=["denoising", "blurring"])
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--rows", help="write the rows as JSON here instead of the table (one part of a parallel run)")
     p.add_argument("--merge", nargs="+", help="JSON row files of parallel parts: write their table")
@@ -122,7 +124,7 @@ def main(argv=None) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     rows = []
     for seed in a.seeds:
-        for objective in ("denoising", "blurring"):
+        for objective in a.objectives:
             rows += run_one(objective, seed, a.minutes, a.samples, a.nfe, clf, test, train_x)
     command = f"`python -m benchmarks.blurring {' '.join(sys.argv[1:] if argv is None else argv)}`"
     setup = (f"{a.minutes:g} CPU-minutes of training per run, {a.samples} samples (floor: as many train images), "

@@ -79,7 +79,7 @@ def power_spectrum(x, *, center: bool = True) -> Spectrum:
     x = _images(x)
     if center:
         x = x - x.mean(0, keepdim=True)
-    u2 = dct2(x).pow(2).mean(dim=(0, 1)).numpy()  # (H, W): per-coefficient power
+    u2 = dct2(x).pow(2).mean(dim=(0, 1)).cpu().numpy()  # (H, W): per-coefficient power
     freq, index = radial_groups(*x.shape[-2:])
     total, count = _group_mean(u2, index)
     power = total / count
@@ -217,17 +217,17 @@ def settling(denoiser, noise: Tensor, *, sampler: str | None = "heun", steps: in
     """
     from ..samplers import sample
 
-    x = _images(noise).to(noise.dtype)
+    x = _images(noise).to(device=noise.device, dtype=noise.dtype)
     seen: list[tuple[float, Tensor]] = []
 
     def keep(info):
-        seen.append((float(info["sigma"]), info["denoised"].to(torch.float64)))
+        seen.append((float(info["sigma"]), info["denoised"].to("cpu", torch.float64)))
 
     if solve is None:
         out = sample(denoiser, x, sampler=sampler, steps=steps, callback=keep, **options)
     else:
         out = solve(keep)
-    out = out.to(torch.float64)
+    out = out.to("cpu", torch.float64)
     if not seen or any(d is None for _, d in seen):
         raise ValueError(f"sampler {sampler!r} reports no estimate per step; choose one that does (heun, euler, ...)")
     c = out.mean(0, keepdim=True) if mean is None else torch.as_tensor(mean, dtype=torch.float64)
