@@ -126,9 +126,9 @@ class PowerLawGaussian:
     # ------------------------------------------------------------------ closed forms of the frequency view
     def spectrum(self) -> Spectrum:
         """The exact radially averaged spectrum (what :func:`power_spectrum` of many samples tends to)."""
-        freq, _ = radial_groups(*self.data_shape[1:])
+        freq, index = radial_groups(*self.data_shape[1:])
         f = freq[1:]
-        counts = np.bincount(radial_groups(*self.data_shape[1:])[1].ravel())[1:] * self.data_shape[0]
+        counts = np.bincount(index.ravel())[1:] * self.data_shape[0]
         return Spectrum(f, self.amplitude * f**self.exponent, counts, 0, float(self._v[0, 0]))
 
     def hinge(self, sigma) -> np.ndarray:
