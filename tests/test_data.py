@@ -32,7 +32,7 @@ def test_mnist_split():
     assert -1.0 <= float(tr.x.min()) and float(tr.x.max()) <= 1.0
 
 
-@pytest.mark.parametrize("name", [d for d in DATASETS if d not in ("digits", "mnist") + DISCRETE_DATASETS])
+@pytest.mark.parametrize("name", [d for d in DATASETS if d not in ("digits", "mnist", "photos") + DISCRETE_DATASETS])
 def test_generated_sets_are_seeded_and_independent(name):
     a = load_dataset(name, "train", seed=3, n=500)
     b = load_dataset(name, "train", seed=3, n=500)

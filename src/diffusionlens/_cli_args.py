@@ -334,7 +334,8 @@ def _objective_arg(q, D) -> None:
                    help=f"what a training step minimises: {', '.join(OBJECTIVES)} (default {D.objective}). "
                         "consistency-training: improved consistency training from scratch, sampled in 1, 2, 4 "
                         "steps; the distillation objectives need a teacher (use `diffusionlens distill`); masked "
-                        "and d3pm-*: discrete diffusion on token data (digits17, mnist-binary, text); interpolant*: "
+                        "and d3pm-*: discrete diffusion on token data (digits17, mnist-binary, text); blurring: "
+                        "blurring diffusion (heat dissipation in the DCT basis plus noise); interpolant*: "
                         "velocity matching with independent, OT or Sinkhorn couplings (--process flow --param "
                         "velocity)")
 
@@ -560,6 +561,26 @@ def _interpolate_parser(sub) -> None:
     add_common(q)
 
 
+def _spectrum_parser(sub) -> None:
+    q = _sub(sub, "spectrum", "power spectrum, power-law fit, hinge and coarse-to-fine order",
+             "The frequency view of a data set or a run: the radially averaged power spectrum (DCT basis) with its "
+             "power-law fit and 95% interval, the hinge per noise level (the frequency below which the data's "
+             "power exceeds the noise's), and for a run the coarse-to-fine order its sampler measurably follows "
+             "(the sigma at which each frequency is half settled). Writes <stem>.json and <stem>.png.",
+             "examples:\n"
+             "  diffusionlens spectrum photos\n"
+             "  diffusionlens spectrum digits --sigmas 0.1,0.5,1\n"
+             "  diffusionlens spectrum main                  # writes runs/main/spectrum.json + .png")
+    q.add_argument("source", help="a data set name (digits, mnist, photos) or a run directory / name")
+    q.add_argument("--n", type=positive_int, default=2000, help="images of the train split (default 2000 or all)")
+    q.add_argument("--sigmas", type=float_list, help="noise levels of the hinge (default 0.01 ... 5; a run's "
+                                                     "must lie in its noise range)")
+    q.add_argument("--out", help="output path without extension (default <run>/spectrum, or spectrum-<dataset> "
+                                 "in the current directory)")
+    q.add_argument("--no-settling", action="store_true", help="skip sampling the run's model (data view only)")
+    add_common(q)
+
+
 EPILOG = f"""\
 commands, in the order of a workflow:
   train       train a denoiser on a data set and write a run directory (runs/<name>)
@@ -574,6 +595,7 @@ commands, in the order of a workflow:
   weighting   the weighting over log-SNR that a loss configuration implies (no run needed)
   interpolate slerp between test points in the probability-flow latent, decoded
   distill     distil a run into a 1-, 2- or 4-step student (progressive or consistency distillation)
+  spectrum    power spectrum, hinge and coarse-to-fine order of a data set or a run
   main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
 
 quick start:
@@ -585,7 +607,8 @@ quick start:
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
            _report_parser, _main_parser,
            _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser, _distill_parser,
-           _discrete_parser)
+           _discrete_parser,
+           _spectrum_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -449,6 +449,9 @@ def cmd_interpolate(args) -> int:
     print(f"round-trip relative error of the ends: mean {res['round_trip_error_mean']:.3g}, max "
           f"{res['round_trip_error_max']:.3g}; latent std / sigma_max = {res['latent_std_over_sigma_max']:.3f}")
     print(f"wrote {path}")
+    return 0
+
+
 def cmd_distill(args) -> int:
     from . import run
 
@@ -459,11 +462,22 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_spectrum(args) -> int:
+    from .frequency.measure import print_summary, spectrum, write_spectrum
+
+    r = spectrum(args.source, n=args.n, sigmas=args.sigmas, settle=not args.no_settling, device=device(args.device))
+    paths = write_spectrum(r, args.out if args.out else r["default_stem"])
+    print_summary(r)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
             "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
             "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate,
-            "distill": cmd_distill, "discrete": cmd_discrete}
+            "distill": cmd_distill, "discrete": cmd_discrete,
+            "spectrum": cmd_spectrum}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,11 @@ name               data_shape   content, split
                                 every 10th topic (sorted index % 10 == 0) is ``test`` (8 topics); about
                                 6,750 train and 500 test sequences (the exact counts depend on the
                                 Python version's topics).
+``photos``         (1, 32, 32)  grayscale patches (ITU-R 601 luma, v / 127.5 - 1) cut at random places from
+                                the two photographs that ship with scikit-learn (``china.jpg``,
+                                ``flower.jpg``, 427 x 640); unlabelled, for spectra of natural images.
+                                Split by place: ``train`` patches lie in the left three quarters of each
+                                photograph, ``test`` patches in the right quarter. Generated (seeded).
 =================  ===========  ======================================================================
 
 Token data sets (``DISCRETE_DATASETS``) hold ``x`` as int64 tokens in ``0 .. vocab - 1`` and set
@@ -60,14 +65,15 @@ from torch import Tensor
 
 from .oracle import GaussianMixture, standard_cases
 
-__all__ = ["Data", "DATASETS", "IMAGE_DATASETS", "TOY_DATASETS", "ORACLE_DATASETS", "DISCRETE_DATASETS", "TEXT_VOCAB",
-           "load_dataset", "oracle_for", "decode_text"]
+__all__ = ["Data", "DATASETS", "IMAGE_DATASETS", "TOY_DATASETS", "ORACLE_DATASETS", "DISCRETE_DATASETS",
+           "PATCH_DATASETS", "TEXT_VOCAB", "load_dataset", "oracle_for", "decode_text"]
 
 IMAGE_DATASETS = ("digits", "mnist")
 TOY_DATASETS = ("ring8", "moons", "swissroll", "checkerboard", "pinwheel")
 ORACLE_DATASETS = ("oracle-ring", "oracle-mix16", "oracle-mix64")
 DISCRETE_DATASETS = ("digits17", "mnist-binary", "text")
-DATASETS = IMAGE_DATASETS + TOY_DATASETS + ORACLE_DATASETS + DISCRETE_DATASETS
+PATCH_DATASETS = ("photos",)
+DATASETS = IMAGE_DATASETS + TOY_DATASETS + ORACLE_DATASETS + DISCRETE_DATASETS + PATCH_DATASETS
 SPLITS = ("train", "test")
 
 _ORACLE_CASE = {"oracle-ring": "ring2d", "oracle-mix16": "mix16", "oracle-mix64": "mix64"}
@@ -234,6 +240,34 @@ _TOYS = {
 }
 
 
+# ----------------------------------------------------------------------------- photograph patches
+
+_PATCH = 32
+
+
+@functools.cache
+def _photos() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_sample_images
+
+    rgb = load_sample_images().images
+    return tuple((im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 127.5 - 1.0 for im in rgb)
+
+
+def _photo_patches(n: int, g: torch.Generator, split: str) -> Tensor:
+    """n patches (n, 1, 32, 32) at places drawn with g; the split decides the columns they may cover."""
+    photos = _photos()
+    which = torch.randint(0, len(photos), (n,), generator=g).tolist()
+    u, v = torch.rand(n, generator=g, dtype=torch.float64).tolist(), torch.rand(n, generator=g, dtype=torch.float64)
+    out = np.empty((n, 1, _PATCH, _PATCH), np.float32)
+    for i, (k, a, b) in enumerate(zip(which, u, v.tolist())):
+        h, w = photos[k].shape
+        cut = (3 * w) // 4
+        lo, hi = (0, cut - _PATCH) if split == "train" else (cut, w - _PATCH)
+        r, c = int(a * (h - _PATCH + 1)), lo + int(b * (hi - lo + 1))
+        out[i, 0] = photos[k][r:r + _PATCH, c:c + _PATCH]
+    return torch.from_numpy(out)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -319,6 +353,9 @@ def load_dataset(name: str = "digits", split: str = "train", *, seed: int = 0, n
         return Data(x=x, y=y, num_classes=10, name=name, data_shape=tuple(x.shape[1:]), is_image=True)
     count = int(n) if n is not None else _DEFAULT_N[split]
     g = _generator(name, split, seed)
+    if name in PATCH_DATASETS:
+        x = _photo_patches(count, g, split)
+        return Data(x=x, y=None, num_classes=None, name=name, data_shape=tuple(x.shape[1:]), is_image=True)
     if name in _TOYS:
         x = _TOYS[name](count, g)
     else:

@@ -10,7 +10,7 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 from ..distill import objectives as distill
 from ..distill import regularisers
 from ..interpolants import objective as interpolant
-from . import denoising
+from . import blurring, denoising
 from . import discrete as discrete_objective
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
@@ -29,6 +29,7 @@ OBJECTIVES = {
     "consistency-training": distill.build_consistency_training,
     "consistency-distillation": distill.build_consistency_distillation,
     "progressive-distillation": distill.build_progressive,
+    "blurring": blurring.build,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 

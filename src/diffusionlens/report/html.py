@@ -421,6 +421,30 @@ def _discrete_bound(ctx: Context) -> Figure:
                   "time on test data (nats per token; the area under the curve is the bound).")
 
 
+@section("frequency")
+def _frequency(ctx: Context) -> Figure:
+    from ..frequency.figures import frequency_figure
+    from ..frequency.measure import report_view
+
+    if not ctx.test.is_image:
+        raise NotApplicable("needs image data (the spectrum of a 2-D point set is not defined)")
+    den = ctx.denoiser
+    if ctx.cfg.conditional:  # the unconditional branch (null label)
+        from ..guidance import ClassifierFree
+
+        den = ClassifierFree(den, 0.0)
+    r = report_view(den, ctx.cfg, ctx.test.x, sampler=ctx.ev.get("sampler"))
+    frequency_figure(r, ctx.path("fig_frequency.png"))
+    fit = r["fit"]
+    return Figure("fig_frequency.png", "The frequency view. Left: the held-out images' power per DCT coefficient "
+                  f"against radial frequency, with a power-law fit (exponent {fit['exponent']:.2f}, 95% interval "
+                  f"{fit['ci'][0]:.2f} to {fit['ci'][1]:.2f}; natural photographs give about -2) and the flat power "
+                  "σ² of the noise at several levels. Middle: the hinge, the frequency below which the signal still "
+                  "dominates at each σ, and the σ at which the sampler has settled half of each frequency. Right: "
+                  "how much of each frequency of the final samples the model's estimate already holds at each step: "
+                  "coarse (low) frequencies settle first.")
+
+
 # ----------------------------------------------------------------------------- page
 
 

@@ -149,6 +149,10 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     from ..samplers import PILOT_GRIDS, Grid, MeanStart, gaussian_model, noise_seeds, randn, sample
     from .students import own_sampling
 
+    if cfg.objective == "blurring":  # its own corruption: the generic samplers would be silently wrong for it
+        from ..frequency.blurring import generate as generate_blurred
+
+        return generate_blurred(denoiser, cfg, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size)
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
     if teleport and (cfg.conditional or grid is None or Grid.parse(grid) not in PILOT_GRIDS
