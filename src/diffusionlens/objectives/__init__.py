@@ -7,14 +7,16 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 ``build(cfg, data)`` function, and one line in :data:`OBJECTIVES`.
 """
 
-from . import denoising
+from . import denoising, selfcond
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
+from .selfcond import SelfConditioning
 
-__all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "build_objective"]
+__all__ = ["Batch", "Objective", "Streams", "Denoising", "SelfConditioning", "OBJECTIVES", "build_objective"]
 
 OBJECTIVES = {
     "denoising": denoising.build,
+    "self-conditioning": selfcond.build,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 
