@@ -7,11 +7,20 @@ import torch
 from torch import nn
 
 from diffusionlens import oracle, samplers
+from diffusionlens.losses import edm_loss
 from diffusionlens.nets import MLP
 from diffusionlens.objectives import Batch, Denoising, SelfConditioning, Streams
-from diffusionlens.losses import edm_loss
-from diffusionlens.rnn import (AgainstData, AgainstSolve, Experts, SelfConditioned, boundaries_of_ranges,
-                               check_boundaries, equal_share_boundaries, finetune_unrolled, unroll_grid)
+from diffusionlens.rnn import (
+    AgainstData,
+    AgainstSolve,
+    Experts,
+    SelfConditioned,
+    boundaries_of_ranges,
+    check_boundaries,
+    equal_share_boundaries,
+    finetune_unrolled,
+    unroll_grid,
+)
 
 GM = oracle.ring()
 FIXED = [n for n, fn in samplers.SAMPLERS.items() if not fn.spec.adaptive]

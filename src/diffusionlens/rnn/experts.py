@@ -50,7 +50,7 @@ def boundaries_of_ranges(ranges: Sequence[tuple[float, float]], rtol: float = 1e
     if not ranges:
         raise ValueError("no experts")
     out = []
-    for (lo0, hi0), (lo1, hi1) in zip(ranges, ranges[1:]):
+    for (_, hi0), (lo1, _) in zip(ranges, ranges[1:]):
         if abs(hi0 - lo1) > rtol * max(abs(hi0), abs(lo1)):
             what = "a gap" if lo1 > hi0 else "an overlap"
             raise ValueError(f"the experts leave {what} between sigma={hi0:.6g} (end of one range) and "
