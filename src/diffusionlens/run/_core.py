@@ -39,9 +39,9 @@ def find_run(text, runs: Path = RUNS) -> Path:
 
 
 def _load(path: Path, device: str):
-    from ..training import load_denoiser
+    from .rnn import load  # ordinary runs, self-conditioned ones and directories of experts
 
-    return load_denoiser(path, device=device)
+    return load(path, device=device)
 
 
 def open_run(path, *, device: str = "cpu", plan: bool = True) -> Run:
@@ -49,9 +49,10 @@ def open_run(path, *, device: str = "cpu", plan: bool = True) -> Run:
     its stored sampling plan unless ``plan=False``."""
     from ..training.checkpoint import latest_checkpoint
     from .plan import load_plan
+    from .rnn import is_experts
 
     path = find_run(path)
-    if latest_checkpoint(path) is None:
+    if latest_checkpoint(path) is None and not is_experts(path):
         raise ValueError(f"{str(path)!r} holds no checkpoint: it is not a trained run")
     den, cfg = _load(path, device)
     return Run(path, den, cfg, str(device), load_plan(path) if plan else None)
