@@ -65,3 +65,18 @@ def test_a_fine_tuned_run_opens_like_any_run(tmp_path):
     with pytest.raises(ValueError, match="larger than the grid"):
         rnn.finetune(base, tmp_path / "ft2", k=9, target="data", grid_steps=8, steps=1, progress=False)
     assert not (tmp_path / "ft2").exists()
+
+
+@pytest.mark.parametrize("dataset", ["digits", "oracle-ring"])
+def test_the_recurrence_is_recorded_and_drawn(tmp_path, dataset):
+    from diffusionlens.oracle import ring
+    from diffusionlens.report.figures import recurrence_figure
+
+    gm = ring()
+    den = (lambda x, s: torch.tanh(x)) if dataset == "digits" else (lambda x, s: gm.denoise(x, s).float())
+    rec = rnn.recurrence(den, TrainConfig(dataset=dataset), 3, sampler="euler", steps=5)
+    assert rec["canvas"].shape[:2] == (6, 3) and rec["estimate"].shape[:2] == (5, 3) and len(rec["sigmas"]) == 6
+    # Euler: each step moves the canvas along (x - estimate) / sigma
+    c, e, s = rec["canvas"], rec["estimate"], rec["sigmas"]
+    torch.testing.assert_close(c[1], c[0] + (c[0] - e[0]) / s[0] * (s[1] - s[0]), rtol=1e-5, atol=1e-5)
+    assert recurrence_figure(s, c, e, tmp_path / "fig.png").stat().st_size > 1000

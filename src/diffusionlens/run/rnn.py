@@ -18,12 +18,22 @@ from pathlib import Path
 
 import torch
 
-from ..rnn import (AgainstData, AgainstSolve, Experts, SelfConditioned, boundaries_of_ranges, check_boundaries,
-                   equal_share_boundaries, expert_configs, finetune_unrolled, is_self_conditioned)
+from ..rnn import (
+    AgainstData,
+    AgainstSolve,
+    Experts,
+    SelfConditioned,
+    boundaries_of_ranges,
+    check_boundaries,
+    equal_share_boundaries,
+    expert_configs,
+    finetune_unrolled,
+    is_self_conditioned,
+)
 from .files import check_writable, save_json
 
 __all__ = ["EXPERTS_FILE", "is_experts", "load", "self_conditioned", "plan_experts", "train_experts", "finetune",
-           "TARGETS"]
+           "TARGETS", "recurrence"]
 
 EXPERTS_FILE = "experts.json"
 TARGETS = ("solve", "data")
@@ -159,3 +169,29 @@ def _loss_weight(cfg):
         return float(loss.x0_space_weight(loss.process.coefs(t))[0])
 
     return weight
+
+
+def recurrence(denoiser, cfg, n: int = 4, *, sampler: str = "dpmpp_2m", steps: int = 8, seed: int = 0) -> dict:
+    """Sampling as a recurrent network, recorded: ``n`` samples' canvas before every step and after the last
+    (``canvas`` (steps + 1, n, ...)), the model's estimate of x0 at every step (``estimate`` (steps, n, ...)),
+    and the grid (``sigmas``, steps + 1 floats), for ``sampler`` on the run's sampling range."""
+    from .. import samplers
+    from .._util import device_of
+    from ..data import load_dataset
+    from ._core import sampling_range
+
+    lo, hi = sampling_range(cfg)
+    shape = tuple(load_dataset(cfg.dataset, "test", seed=cfg.seed).data_shape)
+    noise = samplers.randn((n, *shape), torch.Generator().manual_seed(seed), device=device_of(denoiser))
+    canvas, estimate = [], []
+
+    def record(info: dict) -> None:
+        canvas.append(info["x"].detach().cpu())
+        estimate.append(info["denoised"].detach().cpu())
+
+    with torch.no_grad():
+        _, info = samplers.sample(denoiser, noise, sampler=sampler, steps=steps, sigma_min=lo, sigma_max=hi,
+                                  callback=record, return_info=True)
+    sigmas = info.sigmas.tolist()
+    first = noise.cpu() * sigmas[0]
+    return {"sigmas": sigmas, "canvas": torch.stack([first, *canvas]), "estimate": torch.stack(estimate)}
