@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -107,12 +108,20 @@ def train_experts(cfg, run_dir, *, experts: int | None = None, boundaries=None, 
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty: experts are trained into a new directory")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_writable(run_dir)
     names = [f"expert-{j}" for j in range(len(cfgs))]
-    results = [train(c, run_dir / n, progress=progress) for c, n in zip(cfgs, names)]
-    save_json(run_dir / EXPERTS_FILE, {"experts": names,
-                                       "sigma_ranges": [list(c.sigma_range) for c in cfgs]})
+    try:
+        check_writable(run_dir)
+        results = [train(c, run_dir / n, progress=progress) for c, n in zip(cfgs, names)]
+        save_json(run_dir / EXPERTS_FILE, {"experts": names, "sigma_ranges": [list(c.sigma_range) for c in cfgs]})
+    except BaseException:
+        # an interrupted or failed set of experts is no run: leave nothing half-written
+        for n in names:
+            shutil.rmtree(run_dir / n, ignore_errors=True)
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return results
 
 
