@@ -71,6 +71,8 @@ def test_finetune_writes_a_run(here, capsys):
     (["--expert-boundaries", "500"], "outside the training range"),
     (["--experts", "1"], "K >= 2"),
     (["--experts", "3", "--expert-boundaries", "0.5"], "3 experts need 2 boundaries"),
+    (["--self-condition", "--base", "runs/none"], "--base applies to --experts"),
+    (["--experts", "2", "--base", "runs/none"], "not found"),
 ])
 def test_bad_expert_boundaries_fail_in_one_line(here, capsys, args, message):
     rc, _, err = _train(capsys, "--name", "bad", *args)

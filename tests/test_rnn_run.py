@@ -15,10 +15,12 @@ TINY = {"kind": "mlp", "data_shape": [2], "width": 16, "depth": 1, "emb_dim": 16
 
 
 def _cfg(**kw):
-    return TrainConfig(dataset="oracle-ring", net=TINY, steps=6, batch_size=32, log_every=3, ckpt_every=0,
-                       warmup_steps=0, **kw)
+    kw = {"steps": 6, **kw}
+    return TrainConfig(dataset="oracle-ring", net=TINY, batch_size=32, log_every=3, ckpt_every=0, warmup_steps=0,
+                       **kw)
 
 
+@pytest.mark.slow
 def test_a_self_conditioned_run_opens_and_samples_with_nothing_passed(tmp_path):
     cfg = rnn.self_conditioned(_cfg())
     assert cfg.objective == "self-conditioning" and cfg.net["self_condition"]
@@ -80,3 +82,21 @@ def test_the_recurrence_is_recorded_and_drawn(tmp_path, dataset):
     c, e, s = rec["canvas"], rec["estimate"], rec["sigmas"]
     torch.testing.assert_close(c[1], c[0] + (c[0] - e[0]) / s[0] * (s[1] - s[0]), rtol=1e-5, atol=1e-5)
     assert recurrence_figure(s, c, e, tmp_path / "fig.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_experts_start_from_a_base_run(tmp_path):
+    from diffusionlens.training import train
+    from diffusionlens.training.state import load_denoiser
+
+    train(_cfg(), tmp_path / "base", progress=False)
+    rs = rnn.train_experts(_cfg(steps=2), tmp_path / "ex", experts=2, base=tmp_path / "base", progress=False)
+    assert [r.step for r in rs] == [1, 1]
+    base, _ = load_denoiser(tmp_path / "base")
+    for j in range(2):  # one update from the base weights: near them, not at a fresh initialisation
+        ex, cfg = load_denoiser(tmp_path / "ex" / f"expert-{j}")
+        gap = max((p - q).abs().max().item() for p, q in zip(ex.parameters(), base.parameters()))
+        assert 0 < gap < 0.05
+    with pytest.raises(ValueError, match="not a trained run"):
+        rnn.train_experts(_cfg(), tmp_path / "ex2", experts=2, base=tmp_path / "ex", progress=False)
+    assert not (tmp_path / "ex2").exists()

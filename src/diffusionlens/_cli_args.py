@@ -233,6 +233,9 @@ def _train_parser(sub) -> None:
     q.add_argument("--expert-boundaries", type=float_list, metavar="S1,S2,...",
                    help="noise levels sigma where one expert hands over to the next (increasing, inside the "
                         "training range); K = their number + 1")
+    q.add_argument("--base", metavar="RUN",
+                   help="with --experts: every expert starts from this trained run (its configuration, weights and "
+                        "optimiser state), trained on its own noise range for the budget given here")
     add_common(q)
 
 

@@ -103,7 +103,7 @@ def cmd_train(args) -> int:
     if not args.resume and run.is_dir() and any(run.iterdir()):
         raise UsageError(f"{str(run)!r} already holds a run; pass --resume to continue it, or choose another --name")
     cfg = _train_config(args, resume_from=run if args.resume else None)
-    if args.self_condition or args.experts or args.expert_boundaries:
+    if args.self_condition or args.experts or args.expert_boundaries or args.base:
         return _train_rnn(args, cfg, run)
     res = train(cfg, run, resume=args.resume, progress=_progress(args))
     if _is_main_rank():
@@ -115,12 +115,14 @@ def cmd_train(args) -> int:
 
 def _train_rnn(args, cfg, run: Path) -> int:
     """train --self-condition / --experts / --expert-boundaries (diffusionlens.run.rnn)."""
+    from .run import find_run as run_path
     from .run import rnn
     from .training import train
 
     experts = args.experts is not None or args.expert_boundaries is not None
     _conflicts([(args.resume and experts, "--resume does not apply to --experts (experts train into a new directory)"),
-                (args.experts == 1, "--experts needs K >= 2 (one expert is an ordinary run)")])
+                (args.experts == 1, "--experts needs K >= 2 (one expert is an ordinary run)"),
+                (args.base is not None and not experts, "--base applies to --experts (each expert starts from it)")])
     if args.self_condition and not (args.resume and cfg.objective == "self-conditioning"):
         cfg = rnn.self_conditioned(cfg)
     if not experts:
@@ -128,7 +130,8 @@ def _train_rnn(args, cfg, run: Path) -> int:
         print(f"trained {res.step} steps with self-conditioning in {res.elapsed_s / 60:.2f} min; final loss "
               f"{res.loss:.4g}; {res.num_params:,} parameters")
     else:
-        results = rnn.train_experts(cfg, run, experts=args.experts, boundaries=args.expert_boundaries,
+        base = None if args.base is None else run_path(args.base)
+        results = rnn.train_experts(cfg, run, experts=args.experts, boundaries=args.expert_boundaries, base=base,
                                     progress=_progress(args))
         bounds = ", ".join(f"{b:.4g}" for b in rnn.load(run)[0].boundaries)
         print(f"trained {len(results)} experts split at sigma = {bounds}: "

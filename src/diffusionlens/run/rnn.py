@@ -99,11 +99,18 @@ def plan_experts(cfg, *, experts: int | None = None, boundaries=None) -> list:
     return [c.replace(**budget) for c in expert_configs(cfg, b)]
 
 
-def train_experts(cfg, run_dir, *, experts: int | None = None, boundaries=None, progress: bool = True) -> list:
-    """Train one expert per noise range into ``run_dir/expert-<j>/`` (independently, each from scratch),
-    then write ``run_dir/experts.json``; returns the TrainResults. ``run_dir`` must be new or empty."""
+def train_experts(cfg, run_dir, *, experts: int | None = None, boundaries=None, base=None,
+                  progress: bool = True) -> list:
+    """Train one expert per noise range into ``run_dir/expert-<j>/`` independently, then write
+    ``run_dir/experts.json``; returns the TrainResults. ``run_dir`` must be new or empty.
+
+    ``base``: a trained run each expert starts from (its weights, EMA and optimiser state; the experts take
+    its stored configuration, with ``cfg``'s budget, clock and device); None: each starts from scratch.
+    """
     from ..training import train
 
+    if base is not None:
+        cfg = _base_config(base).replace(steps=cfg.steps, minutes=cfg.minutes, clock=cfg.clock, device=cfg.device)
     cfgs = plan_experts(cfg, experts=experts, boundaries=boundaries)
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -113,7 +120,11 @@ def train_experts(cfg, run_dir, *, experts: int | None = None, boundaries=None, 
     names = [f"expert-{j}" for j in range(len(cfgs))]
     try:
         check_writable(run_dir)
-        results = [train(c, run_dir / n, progress=progress) for c, n in zip(cfgs, names)]
+        results = []
+        for c, n in zip(cfgs, names):
+            if base is not None:
+                _start_from(base, c, run_dir / n)
+            results.append(train(c, run_dir / n, resume=base is not None, progress=progress))
         save_json(run_dir / EXPERTS_FILE, {"experts": names, "sigma_ranges": [list(c.sigma_range) for c in cfgs]})
     except BaseException:
         # an interrupted or failed set of experts is no run: leave nothing half-written
@@ -123,6 +134,25 @@ def train_experts(cfg, run_dir, *, experts: int | None = None, boundaries=None, 
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return results
+
+
+def _base_config(base):
+    from ..training.checkpoint import latest_checkpoint
+    from ..training.state import resume_config
+
+    if is_experts(base) or latest_checkpoint(Path(base)) is None:
+        raise ValueError(f"base {str(base)!r} is not a trained run (a directory with a checkpoint)")
+    return resume_config(base)
+
+
+def _start_from(base, cfg, expert_dir: Path) -> None:
+    """Seed ``expert_dir`` with the base run's newest checkpoint as step 0 of ``cfg``, so that training it with
+    ``resume=True`` starts from the base model (the training loop itself needs no option for this)."""
+    from ..training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    meta, tensors = load_checkpoint(latest_checkpoint(Path(base)))
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version", "step", "tensors", "sha256")}
+    save_checkpoint(expert_dir / "checkpoints", 0, tensors, {**meta, "config": cfg.to_dict(), "elapsed_s": 0.0})
 
 
 def finetune(run, out, *, k: int = 2, sampler: str = "euler", target: str = "solve", steps: int | None = 200,
