@@ -20,6 +20,7 @@ from diffusionlens.rnn import (
     equal_share_boundaries,
     finetune_unrolled,
     unroll_grid,
+    unrolled,
 )
 
 GM = oracle.ring()
@@ -169,3 +170,21 @@ def test_unrolled_fine_tuning_against_the_data_and_bad_depth():
         finetune_unrolled(model, AgainstData(x0, steps=4), k=5, steps=1)
     with pytest.raises(ValueError, match="deterministic fixed-grid"):
         finetune_unrolled(model, AgainstData(x0, steps=4), k=2, steps=1, sampler="euler_maruyama")
+
+
+def test_unrolling_a_self_conditioned_model_threads_its_estimate_with_gradients():
+    class SC(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+        def forward(self, x, sigma, x0_prev=None):
+            return GM.denoise(x, sigma) + self.a * x0_prev
+
+    model = SelfConditioned(SC())
+    fn, grid = unroll_grid(model, (2,), "euler", 6, 0.002, 80.0)
+    x = _noise(5) * float(grid[0])
+    out, _ = unrolled(model, fn, x, grid)
+    torch.testing.assert_close(out, samplers.sample(model, x / float(grid[0]), sampler="euler", grid=grid))
+    out.sum().backward()  # through the checkpointed evaluations (the fed-back estimate carries no gradient)
+    assert model.denoiser.a.grad is not None and torch.isfinite(model.denoiser.a.grad)

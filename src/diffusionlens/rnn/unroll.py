@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .. import samplers
+from .selfcond import SelfConditioned, Trajectory
 
 __all__ = ["AgainstData", "AgainstSolve", "FinetuneResult", "unrolled", "unroll_grid", "finetune_unrolled"]
 
@@ -59,8 +60,12 @@ def unrolled(denoiser, sampler_fn, x: Tensor, sigmas: Tensor, *, checkpoint: boo
     def keep(info: dict) -> None:
         last["denoised"] = info["denoised"]
 
-    den = _Checkpointed(denoiser) if checkpoint else denoiser
-    out = sampler_fn(den, x, sigmas, callback=keep)
+    # a self-conditioned model threads its estimate as in sampling; the state stays outside the recomputed
+    # evaluation, so that the backward pass recomputes each evaluation with the estimate it was given
+    selfcond = isinstance(denoiser, SelfConditioned)
+    inner = denoiser.denoiser if selfcond else denoiser
+    den = _Checkpointed(inner) if checkpoint else inner
+    out = sampler_fn(Trajectory(den) if selfcond else den, x, sigmas, callback=keep)
     return out, last.get("denoised", out)
 
 
