@@ -128,7 +128,7 @@ def _toy_scores(path, nfes=(4, 8)) -> dict:
     for nfe in nfes:
         x, _, _ = runs.generate(r.denoiser, r.config, 2000, sampler="dpmpp_2m", steps=nfe, seed=0)
         ev = evaluate_samples(x, TOY, seed=0, repeats=2)
-        out[str(nfe)] = {"sw2": ev["sw2"], "loglik": ev["true_loglik"]}
+        out[str(nfe)] = {"sw2": ev["sw2"], "loglik": ev["true_loglik"]}  # loglik: {"mean", "stderr"}
     return out
 
 
@@ -166,7 +166,7 @@ def _toy_table(results) -> list[str]:
     for arm, label in (("base", "base run"), ("unrolled", "fine-tuned through 4 steps"),
                        ("longer", "ordinary training")):
         L.append(f"| {label} | " + " | ".join(
-            _spread([r[arm][n][m] for r in rs], 4 if m == "sw2" else 2)
+            _spread([r[arm][n]["sw2"] if m == "sw2" else r[arm][n][m]["mean"] for r in rs], 4 if m == "sw2" else 2)
             for m in ("sw2", "loglik") for n in ("4", "8")) + " |")
     return L + [""]
 
@@ -200,6 +200,8 @@ def _spread(v: list[float], digits: int = 2) -> str:
 
 
 def _table(results, kinds, key, cols, title) -> list[str]:
+    if not any(r["kind"] == kind for kind, _, _ in kinds for r in results):
+        return [title, "", "(not run)", ""]
     L = [title, "", "| arm | " + " | ".join(f"NFE {c}" for c in cols) + " | training steps (sum) | seeds |",
          "|---|" + "---:|" * (len(cols) + 2)]
     for kind, label, field in kinds:
