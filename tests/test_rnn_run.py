@@ -76,8 +76,8 @@ def test_the_recurrence_is_recorded_and_drawn(tmp_path, dataset):
 
     gm = ring()
     den = (lambda x, s: torch.tanh(x)) if dataset == "digits" else (lambda x, s: gm.denoise(x, s).float())
-    rec = rnn.recurrence(den, TrainConfig(dataset=dataset), 3, sampler="euler", steps=5)
-    assert rec["canvas"].shape[:2] == (6, 3) and rec["estimate"].shape[:2] == (5, 3) and len(rec["sigmas"]) == 6
+    rec = rnn.recurrence(den, TrainConfig(dataset=dataset), 2, sampler="euler", steps=3)
+    assert rec["canvas"].shape[:2] == (4, 2) and rec["estimate"].shape[:2] == (3, 2) and len(rec["sigmas"]) == 4
     # Euler: each step moves the canvas along (x - estimate) / sigma
     c, e, s = rec["canvas"], rec["estimate"], rec["sigmas"]
     torch.testing.assert_close(c[1], c[0] + (c[0] - e[0]) / s[0] * (s[1] - s[0]), rtol=1e-5, atol=1e-5)
