@@ -70,6 +70,16 @@ def int_list(text: str) -> tuple[int, ...]:
     return vals
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.1,0.5,2, got {text!r}") from None
+    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return vals
+
+
 def sampler_list(text: str) -> tuple[str, ...]:
     from .run import sweep_entry
 
@@ -249,6 +259,18 @@ def _train_parser(sub) -> None:
                                                          "last checkpoint left off, with its stored configuration "
                                                          "(flags given here override it)")
     q.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in; slow to start)")
+    q.add_argument("--self-condition", action="store_true",
+                   help="self-conditioning: the network also sees its previous estimate of x0 (Chen et al. 2022); "
+                        "stored in the run, so sampling needs nothing")
+    q.add_argument("--experts", type=positive_int, metavar="K",
+                   help="train K experts, one per noise range (equal shares of the training density unless "
+                        "--expert-boundaries), each for 1/K of the budget, into one run directory")
+    q.add_argument("--expert-boundaries", type=float_list, metavar="S1,S2,...",
+                   help="noise levels sigma where one expert hands over to the next (increasing, inside the "
+                        "training range); K = their number + 1")
+    q.add_argument("--base", metavar="RUN",
+                   help="with --experts: every expert starts from this trained run (its configuration, weights and "
+                        "optimiser state), trained on its own noise range for the budget given here")
     add_common(q)
 
 
@@ -462,16 +484,6 @@ def _main_parser(sub) -> None:
     add_common(q)
 
 
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.1,0.5,2, got {text!r}") from None
-    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
-    return vals
-
-
 def add_out_arg(q, default: str) -> None:
     q.add_argument("--out", help=f"figure path (.png), in an existing directory (default {default})")
 
@@ -596,6 +608,7 @@ commands, in the order of a workflow:
   interpolate slerp between test points in the probability-flow latent, decoded
   distill     distil a run into a 1-, 2- or 4-step student (progressive or consistency distillation)
   spectrum    power spectrum, hinge and coarse-to-fine order of a data set or a run
+  finetune    fine-tune a run by back-propagation through unrolled sampler steps
   main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
 
 quick start:
@@ -604,11 +617,42 @@ quick start:
   diffusionlens sample moons --sampler dpmpp_2m --steps 10
 """
 
+def _finetune_parser(sub) -> None:
+    from .run.rnn import TARGETS
+
+    q = _sub(sub, "finetune", "fine-tune a run by back-propagation through unrolled sampler steps",
+             "Fine-tune a trained run through K unrolled steps of a deterministic sampler (the RNN view: train the "
+             "recurrent network over several steps instead of one), against a longer Heun solve of the run as it "
+             "was (--target solve) or against the data (--target data: windows of K steps of the --grid-steps "
+             "grid). Every network evaluation is recomputed in the backward pass (checkpointing). Writes a new run "
+             "directory (--out) that every other command opens like any run.",
+             "examples:\n"
+             "  diffusionlens finetune main --unroll 4 --sampler dpmpp_2m --minutes 2 --out runs/main-unrolled\n"
+             "  diffusionlens finetune moons --unroll 2 --target data --steps 300 --out runs/moons-ft")
+    add_run_arg(q)
+    q.add_argument("--out", required=True, help="the new run directory (must not hold files)")
+    q.add_argument("--unroll", type=positive_int, default=2, metavar="K",
+                   help="sampler steps to back-propagate through (default 2)")
+    add_sampler_arg(q, "deterministic sampler to unroll")
+    q.add_argument("--target", choices=list(TARGETS), default="solve",
+                   help="solve: a longer Heun solve of the run (default); data: the training data")
+    q.add_argument("--steps", type=positive_int, help="fine-tuning updates (default 200 unless --minutes)")
+    q.add_argument("--minutes", type=positive_float, help="budget in CPU minutes of this process")
+    q.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    q.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    q.add_argument("--grid-steps", type=positive_int, default=8, help="--target data: the grid's steps (default 8)")
+    q.add_argument("--solve-steps", type=positive_int, default=32,
+                   help="--target solve: Heun steps of the reference solve (default 32)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise and data draws (default 0)")
+    add_common(q)
+
+
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
            _report_parser, _main_parser,
            _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser, _distill_parser,
            _discrete_parser,
-           _spectrum_parser)
+           _spectrum_parser,
+           _finetune_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,11 +94,42 @@ def cmd_train(args) -> int:
         raise UsageError(f"{str(run)!r} already holds a run; pass --resume to continue it, --overwrite to start "
                          f"over, or choose another --name")
     cfg = _train_config(args, resume_from=run if args.resume else None)
+    if args.self_condition or args.experts or args.expert_boundaries or args.base:
+        return _train_rnn(args, cfg, run)
     res = train(cfg, run, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
     if _is_main_rank():
         print(f"trained {res.step} steps in {res.elapsed_s / 60:.2f} min ({res.images_per_s:.0f} images/s, "
               f"stopped by {res.stopped_by}); final loss {res.loss:.4g}; {res.num_params:,} parameters")
         print(f"run directory: {run}  (next: diffusionlens sample {run})")
+    return 0
+
+
+def _train_rnn(args, cfg, run: Path) -> int:
+    """train --self-condition / --experts / --expert-boundaries (diffusionlens.run.rnn)."""
+    from .run import find_run as run_path
+    from .run import rnn
+    from .training import train
+
+    experts = args.experts is not None or args.expert_boundaries is not None
+    _conflicts([(args.resume and experts, "--resume does not apply to --experts (experts train into a new directory)"),
+                (args.overwrite and experts, "--overwrite does not apply to --experts (experts train into a new "
+                                             "directory)"),
+                (args.experts == 1, "--experts needs K >= 2 (one expert is an ordinary run)"),
+                (args.base is not None and not experts, "--base applies to --experts (each expert starts from it)")])
+    if args.self_condition and not (args.resume and cfg.objective == "self-conditioning"):
+        cfg = rnn.self_conditioned(cfg)
+    if not experts:
+        res = train(cfg, run, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
+        print(f"trained {res.step} steps with self-conditioning in {res.elapsed_s / 60:.2f} min; final loss "
+              f"{res.loss:.4g}; {res.num_params:,} parameters")
+    else:
+        base = None if args.base is None else run_path(args.base)
+        results = rnn.train_experts(cfg, run, experts=args.experts, boundaries=args.expert_boundaries, base=base,
+                                    progress=_progress(args))
+        bounds = ", ".join(f"{b:.4g}" for b in rnn.load(run)[0].boundaries)
+        print(f"trained {len(results)} experts split at sigma = {bounds}: "
+              + ", ".join(f"{r.step} steps" for r in results))
+    print(f"run directory: {run}  (next: diffusionlens sample {run})")
     return 0
 
 
@@ -472,12 +503,27 @@ def cmd_spectrum(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .run import rnn
+
+    r = _open(args)
+    steps = args.steps if args.steps is not None or args.minutes is not None else 200
+    info = rnn.finetune(r, Path(args.out), k=args.unroll, sampler=args.sampler, target=args.target, steps=steps,
+                        minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, grid_steps=args.grid_steps,
+                        solve_steps=args.solve_steps, seed=args.seed, progress=_progress(args))
+    print(f"fine-tuned through {info['k']} {info['sampler']} steps against the {info['target']}: {info['steps']} "
+          f"updates in {info['cpu_seconds'] / 60:.2f} CPU min, loss {info['loss_first'][0]:.4g} -> "
+          f"{info['loss_last'][0]:.4g}")
+    print(f"run directory: {args.out}  (next: diffusionlens evaluate {args.out})")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
             "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
             "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate,
             "distill": cmd_distill, "discrete": cmd_discrete,
-            "spectrum": cmd_spectrum}
+            "spectrum": cmd_spectrum, "finetune": cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .._util import Choice
 
-__all__ = ["Embedding", "NoiseEmbedding", "ClassEmbedding"]
+__all__ = ["Embedding", "NoiseEmbedding", "ClassEmbedding", "with_estimate"]
 
 
 class Embedding(Choice, what="embedding"):
@@ -92,3 +92,17 @@ class ClassEmbedding(nn.Module):
             bad = y[(y < 0) | (y > self.num_classes)][0].item()
             raise ValueError(f"label {bad} outside [0, {self.num_classes}] (the last index is the null label)")
         return self.table(y.long())
+
+
+def with_estimate(self_condition: bool, x: Tensor, x0_prev: Tensor | None, dim: int, name: str) -> Tensor:
+    """The network input: x, with a self-conditioning network's previous x0 estimate concatenated along
+    ``dim`` (zeros when none is given: the first pass and the estimate-free half of training)."""
+    if not self_condition:
+        if x0_prev is not None:
+            raise ValueError(f"x0_prev given to a {name} without self-conditioning (build it with self_condition=True)")
+        return x
+    if x0_prev is None:
+        x0_prev = torch.zeros_like(x)
+    elif x0_prev.shape != x.shape:
+        raise ValueError(f"x0_prev must have the input's shape {tuple(x.shape)}, got {tuple(x0_prev.shape)}")
+    return torch.cat([x, x0_prev.to(x.dtype)], dim=dim)

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from .embedding import ClassEmbedding, Embedding, NoiseEmbedding
+from .embedding import ClassEmbedding, Embedding, NoiseEmbedding, with_estimate
 
 __all__ = ["MLP"]
 
@@ -37,6 +37,8 @@ class MLP(nn.Module):
         emb_dim: width of the noise embedding; embedding: ``"sinusoidal"`` or ``"fourier"``.
         num_classes: if set, a class embedding with a null label (index num_classes) is added.
         dropout: dropout inside the blocks.
+        self_condition: take a second input ``x0_prev`` (a previous estimate of x0, shaped like x;
+            zeros when not given), concatenated to x (self-conditioning, Chen et al. 2022).
 
     The output layer starts at zero, so an untrained net predicts 0 (as EDM's networks do).
     """
@@ -51,6 +53,7 @@ class MLP(nn.Module):
         embedding: Embedding | str = Embedding.SINUSOIDAL,
         num_classes: int | None = None,
         dropout: float = 0.0,
+        self_condition: bool = False,
     ):
         super().__init__()
         self.data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
@@ -63,7 +66,8 @@ class MLP(nn.Module):
         self.num_classes = num_classes
         self.embed = NoiseEmbedding(emb_dim, emb_dim, embedding)
         self.label = ClassEmbedding(num_classes, emb_dim) if num_classes is not None else None
-        self.inp = nn.Linear(dim, width)
+        self.self_condition = bool(self_condition)
+        self.inp = nn.Linear(2 * dim if self.self_condition else dim, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim, dropout) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, dim)
@@ -71,7 +75,7 @@ class MLP(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.act = nn.SiLU()
 
-    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None, x0_prev: Tensor | None = None) -> Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"MLP built for samples of shape {self.data_shape}, got input {tuple(x.shape)}")
         emb = self.embed(cond)
@@ -80,7 +84,7 @@ class MLP(nn.Module):
         elif y is not None:
             raise ValueError("labels given to an unconditional MLP (build it with num_classes)")
         emb = self.act(emb)
-        h = self.inp(x.reshape(x.shape[0], -1))
+        h = self.inp(with_estimate(self.self_condition, x, x0_prev, 1, type(self).__name__).flatten(1))
         for block in self.blocks:
             h = block(h, emb)
         return self.out(self.act(self.out_norm(h))).reshape(x.shape)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedding import ClassEmbedding, Embedding, NoiseEmbedding
+from .embedding import ClassEmbedding, Embedding, NoiseEmbedding, with_estimate
 
 __all__ = ["UNet"]
 
@@ -84,6 +84,8 @@ class UNet(nn.Module):
         emb_dim: noise-embedding width (default 6 * channels); embedding: sinusoidal or fourier.
         num_classes: if set, class-conditional with a null label at index num_classes.
         dropout: dropout in residual blocks.
+        self_condition: take a second input ``x0_prev`` (a previous estimate of x0, shaped like x;
+            zeros when not given) as C extra input channels (self-conditioning, Chen et al. 2022).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class UNet(nn.Module):
         embedding: Embedding | str = Embedding.SINUSOIDAL,
         num_classes: int | None = None,
         dropout: float = 0.0,
+        self_condition: bool = False,
     ):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("image_size", image_size), ("channels", channels),
@@ -119,7 +122,8 @@ class UNet(nn.Module):
         attn = set(attn_resolutions)
         self.embed = NoiseEmbedding(channels, emb_dim, embedding)
         self.label = ClassEmbedding(num_classes, emb_dim) if num_classes is not None else None
-        self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.self_condition = bool(self_condition)
+        self.inp = nn.Conv2d(2 * in_channels if self.self_condition else in_channels, channels, 3, padding=1)
 
         self.down = nn.ModuleList()
         skips, c, res = [channels], channels, image_size
@@ -159,7 +163,7 @@ class UNet(nn.Module):
             h = m(h, emb) if isinstance(m, (ResBlock, Attention)) else m(h)
         return h
 
-    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, y: Tensor | None = None, x0_prev: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.image_size:
             raise ValueError(
                 f"UNet built for (batch, {self.in_channels}, {self.image_size}, {self.image_size}) input, "
@@ -171,7 +175,7 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("labels given to an unconditional UNet (build it with num_classes)")
         emb = F.silu(emb)
-        h = self.inp(x)
+        h = self.inp(with_estimate(self.self_condition, x, x0_prev, 1, type(self).__name__))
         hs = [h]
         for layer in self.down:
             h = self._run(layer, h, emb)

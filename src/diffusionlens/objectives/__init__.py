@@ -10,12 +10,13 @@ Adding an objective is one module with a class deriving from :class:`Objective` 
 from ..distill import objectives as distill
 from ..distill import regularisers
 from ..interpolants import objective as interpolant
-from . import blurring, denoising
+from . import blurring, denoising, selfcond
 from . import discrete as discrete_objective
 from .base import Batch, Objective, Streams
 from .denoising import Denoising
+from .selfcond import SelfConditioning
 
-__all__ = ["Batch", "Objective", "Streams", "Denoising", "OBJECTIVES", "MODELS", "build_objective"]
+__all__ = ["Batch", "Objective", "Streams", "Denoising", "SelfConditioning", "OBJECTIVES", "MODELS", "build_objective"]
 
 OBJECTIVES = {
     "denoising": denoising.build,
@@ -30,6 +31,7 @@ OBJECTIVES = {
     "consistency-distillation": distill.build_consistency_distillation,
     "progressive-distillation": distill.build_progressive,
     "blurring": blurring.build,
+    "self-conditioning": selfcond.build,
 }
 """Objective names accepted by ``TrainConfig.objective``, each mapped to its ``build(cfg, data)``."""
 

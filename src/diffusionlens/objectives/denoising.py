@@ -28,7 +28,8 @@ class Denoising(Objective):
     null_label: int | None = None
     streams = ("t", "noise")
 
-    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
+    def draw(self, batch: Batch, rng: Streams) -> tuple[Tensor, Tensor, dict]:
+        """This rank's (t (local,), noise (local, ...), conditioning) of the global batch's draws."""
         x0, n = batch.x0, batch.size
         t = self.loss.sample_t(n, rng["t"])
         noise = torch.randn(x0.shape, generator=rng["noise"], dtype=x0.dtype).to(x0.device)
@@ -39,7 +40,11 @@ class Denoising(Objective):
             y = batch.labels
             drop = torch.rand(n, generator=rng["noise"]) < self.label_dropout
             cond["y"] = batch.local(torch.where(drop.to(y.device), torch.full_like(y, self.null_label), y))
-        return self.loss(model, batch.local(x0), t=batch.local(t).to(x0.device), noise=batch.local(noise), **cond)
+        return batch.local(t).to(x0.device), batch.local(noise), cond
+
+    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
+        t, noise, cond = self.draw(batch, rng)
+        return self.loss(model, batch.local(batch.x0), t=t, noise=noise, **cond)
 
 
 def build(cfg, data) -> Denoising:

@@ -19,7 +19,7 @@ from .._util import read_jsonl
 
 __all__ = ["image_grid", "sample_figure", "loss_curve", "quality_vs_nfe", "denoising_figure",
            "weighting_figure", "gap_figure", "elbo_figure", "langevin_figure", "sde_figure", "interpolation_figure",
-           "target_variance_figure"]
+           "target_variance_figure", "recurrence_figure"]
 
 
 def _plain_ticks(ax) -> None:
@@ -356,4 +356,43 @@ def target_variance_figure(res: dict, path) -> Path:
     ax.set_title("the expectation MSE training estimates: the target's variance per level", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+def recurrence_figure(sigmas: list[float], canvas: Tensor, estimate: Tensor, path) -> Path:
+    """Sampling as a recurrent network: per step, the canvas x_hat and the model's estimate of x0.
+
+    canvas: (steps + 1, n, ...) the state before each step and the result; estimate: (steps, n, ...) the
+    denoised estimate each step made. Images: for each sample a row of canvases (scaled by 1/sqrt(1+σ²))
+    above a row of estimates; points: the paths of the canvas and of the estimate in the plane.
+    """
+    plt = _plt()
+    steps = estimate.shape[0]
+    if canvas.ndim == 5:
+        n = canvas.shape[1]
+        scale = torch.tensor([1 / math.sqrt(1 + s * s) for s in sigmas])
+        shown = canvas * scale.reshape(-1, 1, 1, 1, 1)
+        fig, axes = plt.subplots(2 * n, steps + 1, figsize=(0.75 * (steps + 1), 0.8 * 2 * n + 0.4), squeeze=False)
+        for i in range(n):
+            for j in range(steps + 1):
+                show_images(axes[2 * i, j], shown[j, i:i + 1], 1, f"σ={sigmas[j]:.2g}" if i == 0 else "")
+                if j < steps:
+                    show_images(axes[2 * i + 1, j], estimate[j, i:i + 1], 1, "")
+                else:
+                    axes[2 * i + 1, j].axis("off")
+            axes[2 * i, 0].set_ylabel("canvas", fontsize=6)
+        for ax in axes.flat:
+            ax.title.set_fontsize(6)
+        fig.suptitle("each sample: canvas x_t (top) and the model's estimate of x0 (bottom) per step", fontsize=8)
+        return _save(fig, path)
+    c = canvas.reshape(canvas.shape[0], canvas.shape[1], -1)[..., :2].float().cpu().numpy()
+    e = estimate.reshape(estimate.shape[0], estimate.shape[1], -1)[..., :2].float().cpu().numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), sharex=True, sharey=True)
+    for ax, v, title in ((axes[0], c, "canvas x_t per step"), (axes[1], e, "estimate of x0 per step")):
+        for i in range(v.shape[1]):
+            ax.plot(v[:, i, 0], v[:, i, 1], lw=0.6, alpha=0.5, c="tab:gray")
+        pts = ax.scatter(v[..., 0].ravel(), v[..., 1].ravel(), s=5,
+                         c=[j for j in range(v.shape[0]) for _ in range(v.shape[1])], cmap="viridis")
+        ax.set_title(title, fontsize=10)
+        ax.set_aspect("equal")
+    fig.colorbar(pts, ax=axes, label="step", shrink=0.8)
+    axes[0].set_xlim(*(1.2 * c[-1, :, 0].min() - 0.5, 1.2 * c[-1, :, 0].max() + 0.5))
+    axes[0].set_ylim(*(1.2 * c[-1, :, 1].min() - 0.5, 1.2 * c[-1, :, 1].max() + 0.5))
     return _save(fig, path)

@@ -445,6 +445,23 @@ def _frequency(ctx: Context) -> Figure:
                   "coarse (low) frequencies settle first.")
 
 
+@section("sampling as a recurrent network")
+def _recurrence(ctx: Context) -> Figure:
+    from ..run.rnn import recurrence
+
+    den = ctx.denoiser
+    if ctx.cfg.conditional:  # the unconditional branch (null label)
+        from ..guidance import ClassifierFree
+
+        den = ClassifierFree(den, 0.0)
+    rec = recurrence(den, ctx.cfg, 4 if ctx.test.is_image else 64, sampler="dpmpp_2m", steps=8)
+    figures.recurrence_figure(rec["sigmas"], rec["canvas"], rec["estimate"], ctx.path("fig_recurrence.png"))
+    return Figure("fig_recurrence.png", "The RNN view: a sampler is a recurrent network unrolled over its steps "
+                  "(depth = network layers x steps) whose state is the canvas x_t; at every step the network "
+                  "estimates x0 and the update moves the canvas toward it (dpmpp_2m, 8 steps). A self-conditioned "
+                  "network also carries its previous estimate as state.")
+
+
 # ----------------------------------------------------------------------------- page
 
 

@@ -39,9 +39,9 @@ def find_run(text, runs: Path = RUNS) -> Path:
 
 
 def _load(path: Path, device: str):
-    from ..training import load_denoiser
+    from .rnn import load  # ordinary runs, self-conditioned ones and directories of experts
 
-    return load_denoiser(path, device=device)
+    return load(path, device=device)
 
 
 def open_run(path, *, device: str = "cpu", plan: bool = True) -> Run:
@@ -49,10 +49,11 @@ def open_run(path, *, device: str = "cpu", plan: bool = True) -> Run:
     its stored sampling plan unless ``plan=False``."""
     from ..training.checkpoint import latest_checkpoint
     from .plan import load_plan
+    from .rnn import is_experts
     from .students import open_model
 
     path = find_run(path)
-    if latest_checkpoint(path) is None:
+    if latest_checkpoint(path) is None and not is_experts(path):
         raise ValueError(f"{str(path)!r} holds no checkpoint: it is not a trained run")
     den, cfg = _load(path, device)
     den = open_model(path, den, cfg, device)  # a distilled run's model samples its own way

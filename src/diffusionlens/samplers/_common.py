@@ -152,7 +152,9 @@ class Counted:
     """
 
     def __init__(self, denoiser: Denoiser):
-        self.denoiser = denoiser
+        # a stateful denoiser (self-conditioning) gives each sampling run a fresh state
+        fresh = getattr(denoiser, "trajectory", None)
+        self.denoiser = fresh() if callable(fresh) else denoiser
         self.calls = 0
         self.rows = 0
 
