@@ -19,6 +19,7 @@ TRAIN_FLAGS = {  # CLI flag -> TrainConfig field, for flags that override the co
     "weighting": "weighting", "batch_size": "batch_size", "lr": "lr", "warmup_steps": "warmup_steps",
     "cooldown": "cooldown", "clock": "clock", "ema": "ema", "label_dropout": "label_dropout",
     "log_every": "log_every", "ckpt_every": "ckpt_every", "n_train": "n_train",
+    "net": "net",
 }
 
 
@@ -79,6 +80,15 @@ def sampler_list(text: str) -> tuple[str, ...]:
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return names
+
+
+def net_kind(text: str) -> dict:
+    """A network kind, as the spec {"kind": ...} that training completes for the data set."""
+    from .nets import NETS
+
+    if text not in NETS:
+        raise argparse.ArgumentTypeError(f"unknown network {text!r}; choose one of: {', '.join(NETS)}")
+    return {"kind": text}
 
 
 def device(name: str) -> str:
@@ -214,6 +224,10 @@ def _train_parser(sub) -> None:
                                                          "last checkpoint left off, with its stored configuration "
                                                          "(flags given here override it)")
     q.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in; slow to start)")
+    q.add_argument("--net", type=net_kind, metavar="KIND",
+                   help="network: unet, mlp or diffusers-unet (diffusers' UNet2DModel, exportable with "
+                        "`diffusionlens export-diffusers`; needs the diffusers extra); default: unet for images, "
+                        "mlp otherwise")
     add_common(q)
 
 
@@ -392,8 +406,38 @@ quick start:
   diffusionlens sample moons --sampler dpmpp_2m --steps 10
 """
 
+def _import_diffusers_parser(sub) -> None:
+    q = _sub(sub, "import-diffusers", "make a run directory from a diffusers UNet2DModel and its scheduler",
+             "Read a local diffusers directory written by save_pretrained (a pipeline's unet/ and scheduler/, or a "
+             "UNet directory with scheduler_config.json beside config.json; nothing is downloaded), convert its "
+             "conventions (discrete timesteps and alphas_cumprod, or EDM preconditioning; epsilon, sample or "
+             "v_prediction) into this package's canonical denoiser and write a run directory, so that every "
+             "command (sample, evaluate, likelihood, encode, report, ...) runs on it. Needs the diffusers extra.",
+             "examples:\n"
+             "  diffusionlens import-diffusers ./ddpm-digits --name ddpm\n"
+             "  diffusionlens evaluate ddpm && diffusionlens report ddpm")
+    q.add_argument("path", help="the diffusers model directory")
+    q.add_argument("--name", help="run name: the run directory is runs/<name> (default: the directory's name)")
+    q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
+    q.add_argument("--dataset", help="data set the run is evaluated against (default: the image set of the "
+                                     "model's shape)")
+    q.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
+
+
+def _export_diffusers_parser(sub) -> None:
+    q = _sub(sub, "export-diffusers", "write a run trained with --net diffusers-unet as a diffusers directory",
+             "Write the run's EMA network as diffusers' UNet2DModel (unet/) with the scheduler that describes its "
+             "process (scheduler/: DDPMScheduler for a ddpm process with eps, x0 or v; EDMEulerScheduler for EDM "
+             "preconditioning), loadable with UNet2DModel.from_pretrained. Needs the diffusers extra.",
+             "example:\n  diffusionlens train --net diffusers-unet --name dd --minutes 2\n"
+             "  diffusionlens export-diffusers dd --out ./dd-diffusers")
+    add_run_arg(q)
+    q.add_argument("--out", required=True, help="output directory (must not exist)")
+
+
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
-           _report_parser, _main_parser)
+           _report_parser, _main_parser,
+           _import_diffusers_parser, _export_diffusers_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

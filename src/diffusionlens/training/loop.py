@@ -79,7 +79,7 @@ from .checkpoint import (
     required,
     save_checkpoint,
 )
-from .config import RESUMABLE_CHANGES, TrainConfig, default_net
+from .config import RESUMABLE_CHANGES, TrainConfig, resolve_net
 from .distributed import DistInfo, all_mean, broadcast_flag, broadcast_float, setup, teardown
 from .ema import ema_beta, update_ema
 from .state import (
@@ -172,7 +172,7 @@ class _Order:
 def _resolve(cfg: TrainConfig, data) -> TrainConfig:
     return cfg.replace(
         sigma_data=cfg.sigma_data if cfg.sigma_data is not None else round(data.sigma_data, 6),
-        net=cfg.net if cfg.net is not None else default_net(data, cfg.conditional),
+        net=resolve_net(cfg, data),
     )
 
 
