@@ -1,7 +1,7 @@
 """Training benchmark: sample quality per CPU-minute on the digits, our recipe vs diffusers' DDPM recipe,
 with a sweep of the peer's batch size and learning rate and our recipe on the peer's network.
 
-    python -m benchmarks.training                      # 2 CPU-min each: 9 sweep points + 2 of ours (~30 CPU-min)
+    python -m benchmarks.training --minutes 1 --samples 750 --jobs 11   # the committed run (~20 CPU-min)
     python -m benchmarks.training --minutes 0.1 --batches 16 --lrs 1e-4 --samples 200 --out /tmp/t.md  # smoke
 
 Every piece trains on the digits' train split (1,497 images) in its own process, with
@@ -318,7 +318,8 @@ def write_report(path: Path, args, snaps: list[Snapshot], floor: float, samplers
              f"Budgets are CPU time of the process (`time.process_time()`), wall time beside it (the cores were "
              f"shared with other jobs). Fréchet distance (FD) in the features of the project's digits classifier "
              f"(test accuracy {env['clf_acc']:.3f}), {args.samples} samples at NFE {args.nfe} against the test split "
-             f"(300 images); **floor (train split vs test split) = {floor:.3f}**. Lower is better. The diffusers "
+             f"(300 images); **floor ({min(args.samples, 1497)} train images vs the test split) = {floor:.3f}**. "
+             f"Lower is better. The diffusers "
              f"recipe's warm-up ends after 500 steps or {args.warmup_cap:g} of the budget, whichever comes first.",
              "", *_tables(snaps, floor, samplers), "",
              "Samplers: `" + "`, `".join(samplers["ours"]) + "` are this package's; `diffusers-dpmsolver++` is "
@@ -364,11 +365,16 @@ def run_part(part: str, args) -> dict:
 
 
 def _run_parts(parts: list[str], args, raw_argv) -> dict:
+    import contextlib
     import subprocess
 
     results = {}
-    with tempfile.TemporaryDirectory(prefix="dl-trainbench-") as tmp:
-        pending, running = list(parts), []
+    work = contextlib.nullcontext(str(args.work)) if args.work else tempfile.TemporaryDirectory(prefix="dl-trainbench-")
+    with work as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+        done = {p for p in parts if (Path(tmp) / f"{p.replace(':', '-')}.json").is_file()}  # kept from a killed run
+        results.update({p: json.loads((Path(tmp) / f"{p.replace(':', '-')}.json").read_text()) for p in done})
+        pending, running = [p for p in parts if p not in done], []
         while pending or running:
             while pending and len(running) < args.jobs:
                 part = pending.pop(0)
@@ -407,6 +413,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=500, help="sampling batch size")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/training.md"))
+    ap.add_argument("--work", type=Path, help="keep each piece's result here; a rerun skips the pieces it holds")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     raw_argv = sys.argv[1:] if argv is None else list(argv)
@@ -422,7 +429,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     test_x, train_x = load_dataset("digits", "test").x, load_dataset("digits", "train").x
     clf = load_classifier("digits")
-    floor = image_frechet(train_x, test_x, dataset="digits", classifier=clf)["fd"]
+    floor = image_frechet(train_x[:args.samples], test_x, dataset="digits", classifier=clf)["fd"]  # same size
     _log(f"floor (train vs test) FD {floor:.3f}; classifier test accuracy {clf.test_accuracy:.3f}")
     parts = []
     for b in sorted(args.minutes, reverse=True):  # longest first: the wall time is set by the longest piece
