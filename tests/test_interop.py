@@ -140,3 +140,15 @@ def test_a_missing_diffusers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
     with pytest.raises(MissingExtra, match=r"extra 'diffusers'.*diffusionlens\[diffusers\]"):
         require_diffusers()
+
+
+@pytest.mark.slow  # evaluating and drawing a run: ~10 CPU-seconds
+def test_the_run_layer_and_the_report_run_on_an_imported_model(tmp_path):
+    from diffusionlens.report import evaluate_run, write_report
+
+    src = save(tmp_path / "src", tiny_unet(), diffusers.DDIMScheduler(prediction_type="epsilon"))
+    run = import_diffusers(src, tmp_path / "run")
+    ev = evaluate_run(run, n_samples=100, steps=4, sweep=("euler", "dpmpp_2m"), nfes=(2, 4), bpd_n=4, progress=False)
+    assert ev["metrics"]["fd"] > 0 and ev["bits_per_dim"]["n"] == 4
+    page = write_report(run, progress=False)
+    assert "fig_samples.png" in page.read_text()
