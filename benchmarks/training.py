@@ -414,6 +414,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=500, help="sampling batch size")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/training.md"))
     ap.add_argument("--work", type=Path, help="keep each piece's result here; a rerun skips the pieces it holds")
+    ap.add_argument("--report-only", action="store_true", help="write the table from the pieces --work holds")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     raw_argv = sys.argv[1:] if argv is None else list(argv)
@@ -422,6 +423,8 @@ def main(argv=None) -> None:
         ap.error(f"--minutes must be > 0 and --warmup-cap in [0, 1), got {args.minutes}, {args.warmup_cap}")
     if args.jobs < 1 or args.threads < 1:
         ap.error("--jobs and --threads must be >= 1")
+    if args.report_only and not args.work:
+        ap.error("--report-only needs --work")
     if args.part:
         args.part_out.write_text(json.dumps(run_part(args.part, args)))
         return
@@ -435,7 +438,12 @@ def main(argv=None) -> None:
     for b in sorted(args.minutes, reverse=True):  # longest first: the wall time is set by the longest piece
         parts += [f"ours:{b:g}"] + ([] if args.no_dunet else [f"ours-dunet:{b:g}"])
         parts += [f"diffusers:{b:g}:{bs}:{lr:g}" for bs in args.batches for lr in args.lrs]
-    results = _run_parts(parts, args, raw_argv)
+    if args.report_only:  # the pieces --work holds (a run that did not finish them all)
+        keep = {p: Path(args.work) / f"{p.replace(':', '-')}.json" for p in parts}
+        results = {p: json.loads(f.read_text()) for p, f in keep.items() if f.is_file()}
+        parts = [p for p in parts if p in results]
+    else:
+        results = _run_parts(parts, args, raw_argv)
     snaps = [Snapshot(model=None, **results[p]["run"]) for p in parts]
     snaps.sort(key=lambda sn: (sn.budget_min, not sn.recipe.startswith("ours"), sn.recipe, sn.batch, sn.lr))
     import diffusers
