@@ -230,6 +230,25 @@ def test_existing_run_needs_resume(in_toy, capsys):
     rc, _, err = run_cli(["train", "--dataset", "ring8", "--steps", "5", "--config", "tiny.json", "--name", "toy"],
                          capsys)
     _one_line_error(rc, err, "runs/toy", "--resume")
+    assert "--overwrite" in err
+
+
+def test_overwrite_starts_over_and_keeps_foreign_files(in_toy, capsys):
+    import shutil
+
+    run = in_toy / "runs/over"
+    shutil.copytree(in_toy / "runs/toy", run)
+    args = ["train", "--dataset", "ring8", "--steps", "5", "--config", "tiny.json", "--name", "over", "--quiet"]
+    rc, _, err = run_cli([*args, "--resume", "--overwrite"], capsys)
+    _one_line_error(rc, err, "--resume", "--overwrite")
+    rc, out, err = run_cli([*args, "--overwrite"], capsys)
+    assert rc == 0, err
+    assert "trained 5 steps" in out
+    assert not (run / "evaluation.json").exists()  # the old run's files went with it
+    (run / "notes.txt").write_text("mine")
+    rc, _, err = run_cli([*args, "--overwrite"], capsys)
+    _one_line_error(rc, err, "notes.txt")
+    assert (run / "notes.txt").read_text() == "mine"
 
 
 def test_corrupt_and_incomplete_runs(in_toy, capsys):

@@ -565,3 +565,19 @@ def test_heartbeat_shows_the_time_since_the_last_step():
     assert 7 <= float(bar.shown[-1]["idle"].rstrip("s")) <= 60  # refreshed by the thread alone
     beat.step_done()
     assert float(bar.shown[-1]["idle"].rstrip("s")) < 1
+
+
+def test_time_budget_bar_shows_the_projected_end():
+    """Under a minutes budget the bar's total is where the budget is projected to end (capped by steps)."""
+    from types import SimpleNamespace
+
+    from diffusionlens.training.loop import _project_total
+
+    bar = SimpleNamespace(n=9, total=None)
+    _project_total(bar, SimpleNamespace(minutes=1.0, steps=None), done=10, seconds=2.0, left=58.0)
+    assert bar.total == 10 + 58.0 * 10 / 2.0  # 5 steps/s for the 58 s left, after the step being counted
+    _project_total(bar, SimpleNamespace(minutes=1.0, steps=100), done=10, seconds=2.0, left=58.0)
+    assert bar.total == 100
+    bar.total = None
+    _project_total(bar, SimpleNamespace(minutes=None, steps=None), done=10, seconds=2.0, left=58.0)
+    assert bar.total is None

@@ -223,6 +223,8 @@ def _train_parser(sub) -> None:
     q.add_argument("--resume", action="store_true", help="continue the run in the run directory exactly where its "
                                                          "last checkpoint left off, with its stored configuration "
                                                          "(flags given here override it)")
+    q.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run: "
+                                                            "removes that run's own files (and nothing else) first")
     q.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in; slow to start)")
     q.add_argument("--net", type=net_kind, metavar="KIND",
                    help="network: unet, mlp or diffusers-unet (diffusers' UNet2DModel, exportable with "
@@ -376,7 +378,7 @@ def _main_parser(sub) -> None:
                                                       "--minutes is given)")
     q.add_argument("--name", default="main", help="run name: runs/<name> (default main)")
     q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
-    q.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    q.add_argument("--overwrite", action="store_true", help="start over: remove an existing run's own files first")
     add_sampler_arg(q, "headline sampler")
     q.add_argument("--sampler-steps", type=positive_int, default=16, help="headline sampler steps (default 16)")
     q.add_argument("--nfe", type=int_list, default=DEFAULT_NFE,

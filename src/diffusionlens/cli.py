@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,12 +97,15 @@ def cmd_train(args) -> int:
     from .training.checkpoint import latest_checkpoint
 
     run = _run_path(args, args.dataset)
+    _conflicts([(args.resume and args.overwrite, "--resume and --overwrite exclude each other: continue the run "
+                                                 "or start it over")])
     if args.resume and latest_checkpoint(run) is None:
         raise UsageError(f"--resume: {str(run)!r} holds no checkpoint to resume; drop --resume to start a new run")
-    if not args.resume and run.is_dir() and any(run.iterdir()):
-        raise UsageError(f"{str(run)!r} already holds a run; pass --resume to continue it, or choose another --name")
+    if not (args.resume or args.overwrite) and run.is_dir() and any(run.iterdir()):
+        raise UsageError(f"{str(run)!r} already holds a run; pass --resume to continue it, --overwrite to start "
+                         f"over, or choose another --name")
     cfg = _train_config(args, resume_from=run if args.resume else None)
-    res = train(cfg, run, resume=args.resume, progress=_progress(args))
+    res = train(cfg, run, resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
     if _is_main_rank():
         print(f"trained {res.step} steps in {res.elapsed_s / 60:.2f} min ({res.images_per_s:.0f} images/s, "
               f"stopped by {res.stopped_by}); final loss {res.loss:.4g}; {res.num_params:,} parameters")
@@ -298,21 +300,19 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _fresh_or_resumed(run: Path, overwrite: bool) -> bool:
-    """Whether the main job resumes ``run``; clears it first with ``overwrite``, or when a start was interrupted
-    before its first checkpoint (nothing to keep)."""
+def _fresh_or_resumed(run: Path, overwrite: bool) -> tuple[bool, bool]:
+    """(resume, overwrite) for the main job's ``train`` call: resume a run that has a checkpoint; start over
+    (removing only a run's own files, never anything else) when asked, or when a start was interrupted before
+    its first checkpoint (nothing to keep)."""
     from .training.checkpoint import latest_checkpoint
 
-    if overwrite and run.exists():
-        shutil.rmtree(run)
-    if not run.exists():
-        return False
+    if overwrite or not run.exists():
+        return False, overwrite and run.exists()
     if latest_checkpoint(run) is not None:
-        return True
+        return True, False
     left = {p.name for p in run.iterdir()}
-    if left <= {"config.json", "metrics.jsonl", "checkpoints"} and not any((run / "checkpoints").glob("*")):
-        shutil.rmtree(run)
-        return False
+    if left <= {"config.json", "metrics.jsonl", "checkpoints", ".lock"} and not any((run / "checkpoints").glob("*")):
+        return False, True
     raise UsageError(f"{str(run)!r} exists but holds no checkpoint; pass --overwrite or choose --name")
 
 
@@ -327,11 +327,11 @@ def cmd_main(args) -> int:
     if args.steps is None and args.minutes is None:
         args.steps = MAIN_STEPS
     cfg = _train_config(args)
-    resumed = _fresh_or_resumed(run, args.overwrite)
+    resumed, start_over = _fresh_or_resumed(run, args.overwrite)
     budget = " / ".join(b for b in (f"{args.minutes:g} min" if args.minutes else "",
                                     f"{args.steps} steps" if args.steps else "") if b)
     print(f"[1/3] training on {args.dataset} ({budget}) -> {run}" + (" (resuming the existing run)" if resumed else ""))
-    res = train(cfg, run, resume=resumed, progress=_progress(args))
+    res = train(cfg, run, resume=resumed, overwrite=start_over, progress=_progress(args))
     rate = res.step * cfg.batch_size / res.elapsed_s if res.elapsed_s > 0 else float("nan")
     print(f"      {res.step} steps, {res.elapsed_s / 60:.2f} min, {rate:.0f} examples/s on average, "
           f"loss {res.loss:.4g}")

@@ -492,6 +492,7 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
                 beat.fields.update(loss=f"{mean:.4f}", img_s=f"{win.last_ips:.0f}")
             beat.step_done()
             if bar is not None:
+                _project_total(bar, cfg, step - run.start, run.elapsed - elapsed0, budget - run.elapsed)
                 bar.update(1)
             if _ckpt_due(run, step, wall0):
                 _save(run, step)
@@ -507,6 +508,15 @@ def _loop(run: _Run, progress: bool, callback, signals: _Interrupts) -> tuple[in
         if bar is not None:
             bar.close()
     return step, stopped_by, win
+
+
+def _project_total(bar, cfg: TrainConfig, done: int, seconds: float, left: float) -> None:
+    """Under a time budget, the bar's total is the step the budget is projected to end at (the steps
+    budget if that comes first), so that the bar shows a fraction and an ETA instead of a bare count."""
+    if cfg.minutes is None or done < 5 or seconds <= 0:
+        return
+    projected = bar.n + 1 + max(0.0, left) * done / seconds
+    bar.total = int(min(projected, cfg.steps)) if cfg.steps is not None else int(projected)
 
 
 class _Heartbeat:
