@@ -80,15 +80,8 @@ def test_import_makes_a_run_every_layer_opens_and_export_round_trips(tmp_path):
         assert torch.equal(load_diffusers(out)(x, sigma), r.denoiser(x, sigma))
 
 
-def test_a_run_trained_with_the_diffusers_unet_exports_as_an_edm_model(tmp_path):
-    """The default recipe (EDM preconditioning) exports with EDMEulerScheduler; diffusers' own
-    preconditioning of the exported UNet gives the run's denoiser."""
-    spec = {"kind": "diffusers-unet", "unet": {**TINY, "block_out_channels": [8, 16]}, "timestep_scale": 1.0,
-            "timestep_shift": 0.0}
-    cfg = TrainConfig(dataset="digits", net=spec, steps=2, batch_size=8, warmup_steps=0, log_every=1)
-    train(cfg, tmp_path / "run", progress=False)
-    out = export_diffusers(tmp_path / "run", tmp_path / "out")
-    r = runs.open_run(tmp_path / "run")
+def _assert_edm_matches(den, out):
+    """diffusers' own EDM preconditioning of the UNet in ``out`` gives the denoiser ``den``."""
     unet = diffusers.UNet2DModel.from_pretrained(out / "unet")
     sched = diffusers.EDMEulerScheduler.from_pretrained(out / "scheduler")
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -97,7 +90,32 @@ def test_a_run_trained_with_the_diffusers_unet_exports_as_an_edm_model(tmp_path)
             sig = torch.tensor(s)
             F = unet(sched.precondition_inputs(x, sig), sched.precondition_noise(sig)).sample
             ref = sched.precondition_outputs(x, F, sig)
-            assert (r.denoiser(x, s) - ref).abs().max() <= 1e-5 * ref.abs().max()
+            assert (den(x, s) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_an_edm_model_imports_and_exports_with_edm_preconditioning(tmp_path):
+    sched = diffusers.EDMEulerScheduler(sigma_data=0.6, sigma_min=0.01, sigma_max=50.0)
+    src = save(tmp_path / "src", tiny_unet(seed=5), sched)
+    run = import_diffusers(src, tmp_path / "run")
+    r = runs.open_run(run)
+    assert (r.config.process, r.config.param, r.config.sigma_data) == ("edm", "edm", 0.6)
+    assert r.config.sigma_range == pytest.approx((0.01, 50.0), rel=1e-9)
+    _assert_edm_matches(r.denoiser, src)
+    out = export_diffusers(run, tmp_path / "out")
+    _assert_edm_matches(r.denoiser, out)
+    cfg = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (cfg["sigma_min"], cfg["sigma_max"], cfg["sigma_data"]) == pytest.approx((0.01, 50.0, 0.6), rel=1e-9)
+
+
+@pytest.mark.slow  # trains
+def test_a_run_trained_with_the_diffusers_unet_exports_as_an_edm_model(tmp_path):
+    """The default recipe (EDM preconditioning) on the diffusers UNet exports with EDMEulerScheduler."""
+    spec = {"kind": "diffusers-unet", "unet": {**TINY, "block_out_channels": [8, 16]}, "timestep_scale": 1.0,
+            "timestep_shift": 0.0}
+    cfg = TrainConfig(dataset="digits", net=spec, steps=2, batch_size=8, warmup_steps=0, log_every=1)
+    train(cfg, tmp_path / "run", progress=False)
+    out = export_diffusers(tmp_path / "run", tmp_path / "out")
+    _assert_edm_matches(runs.open_run(tmp_path / "run").denoiser, out)
 
 
 def test_train_net_flag_builds_the_diffusers_unet_for_the_data(tmp_path, capsys):
