@@ -35,4 +35,19 @@ if [[ " $* " == *" --peers "* ]]; then
   pip_install torchdiffeq torchsde scipy
   pip_install --no-deps "k-diffusion==0.1.1.post1" || pip_install --no-deps k-diffusion
 fi
+if [[ " $* " == *" --test "* ]]; then
+  # the browser test of the report (tests/test_browser.py) needs a headless Chromium: the Debian package
+  if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "${CHROMIUM:-}" ]; then
+    say "chromium found: the report's browser test will run"
+  elif command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    say "installing chromium and chromium-driver with apt-get (about 100 MB) for the report's browser test"
+    if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+             --no-install-recommends chromium chromium-driver; } >/dev/null; then
+      say "apt-get could not install chromium: the report's browser test will be skipped"
+    fi
+  else
+    say "not installing chromium (needs apt-get and root or password-less sudo): the report's browser test will be skipped"
+  fi
+fi
 say "done: .venv is ready"

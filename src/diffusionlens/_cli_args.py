@@ -20,6 +20,7 @@ TRAIN_FLAGS = {  # CLI flag -> TrainConfig field, for flags that override the co
     "cooldown": "cooldown", "clock": "clock", "ema": "ema", "label_dropout": "label_dropout",
     "log_every": "log_every", "ckpt_every": "ckpt_every", "n_train": "n_train",
     "objective": "objective",
+    "net": "net",
 }
 
 
@@ -90,6 +91,15 @@ def sampler_list(text: str) -> tuple[str, ...]:
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return names
+
+
+def net_kind(text: str) -> dict:
+    """A network kind, as the spec {"kind": ...} that training completes for the data set."""
+    from .nets import NETS
+
+    if text not in NETS:
+        raise argparse.ArgumentTypeError(f"unknown network {text!r}; choose one of: {', '.join(NETS)}")
+    return {"kind": text}
 
 
 def device(name: str) -> str:
@@ -271,6 +281,10 @@ def _train_parser(sub) -> None:
     q.add_argument("--base", metavar="RUN",
                    help="with --experts: every expert starts from this trained run (its configuration, weights and "
                         "optimiser state), trained on its own noise range for the budget given here")
+    q.add_argument("--net", type=net_kind, metavar="KIND",
+                   help="network: unet, mlp or diffusers-unet (diffusers' UNet2DModel, exportable with "
+                        "`diffusionlens export-diffusers`; needs the diffusers extra); default: unet for images, "
+                        "mlp otherwise")
     add_common(q)
 
 
@@ -617,6 +631,7 @@ quick start:
   diffusionlens sample moons --sampler dpmpp_2m --steps 10
 """
 
+
 def _finetune_parser(sub) -> None:
     from .run.rnn import TARGETS
 
@@ -647,12 +662,42 @@ def _finetune_parser(sub) -> None:
     add_common(q)
 
 
+def _import_diffusers_parser(sub) -> None:
+    q = _sub(sub, "import-diffusers", "make a run directory from a diffusers UNet2DModel and its scheduler",
+             "Read a local diffusers directory written by save_pretrained (a pipeline's unet/ and scheduler/, or a "
+             "UNet directory with scheduler_config.json beside config.json; nothing is downloaded), convert its "
+             "conventions (discrete timesteps and alphas_cumprod, or EDM preconditioning; epsilon, sample or "
+             "v_prediction) into this package's canonical denoiser and write a run directory, so that every "
+             "command (sample, evaluate, likelihood, encode, report, ...) runs on it. Needs the diffusers extra.",
+             "examples:\n"
+             "  diffusionlens import-diffusers ./ddpm-digits --name ddpm\n"
+             "  diffusionlens evaluate ddpm && diffusionlens report ddpm")
+    q.add_argument("path", help="the diffusers model directory")
+    q.add_argument("--name", help="run name: the run directory is runs/<name> (default: the directory's name)")
+    q.add_argument("--run-dir", help="explicit run directory (overrides --name)")
+    q.add_argument("--dataset", help="data set the run is evaluated against (default: the image set of the "
+                                     "model's shape)")
+    q.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
+
+
+def _export_diffusers_parser(sub) -> None:
+    q = _sub(sub, "export-diffusers", "write a run trained with --net diffusers-unet as a diffusers directory",
+             "Write the run's EMA network as diffusers' UNet2DModel (unet/) with the scheduler that describes its "
+             "process (scheduler/: DDPMScheduler for a ddpm process with eps, x0 or v; EDMEulerScheduler for EDM "
+             "preconditioning), loadable with UNet2DModel.from_pretrained. Needs the diffusers extra.",
+             "example:\n  diffusionlens train --net diffusers-unet --name dd --minutes 2\n"
+             "  diffusionlens export-diffusers dd --out ./dd-diffusers")
+    add_run_arg(q)
+    q.add_argument("--out", required=True, help="output directory (must not exist)")
+
+
 PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likelihood_parser, _encode_parser,
            _report_parser, _main_parser,
            _elbo_parser, _denoise_parser, _weighting_parser, _interpolate_parser, _distill_parser,
            _discrete_parser,
            _spectrum_parser,
-           _finetune_parser)
+           _finetune_parser,
+           _import_diffusers_parser, _export_diffusers_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -518,12 +518,31 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_import_diffusers(args) -> int:
+    from .interop import import_diffusers
+
+    run = Path(args.run_dir) if args.run_dir else RUNS / (args.name or Path(args.path).resolve().name)
+    import_diffusers(args.path, run, dataset=args.dataset, overwrite=args.overwrite)
+    print(f"imported {args.path} -> {run}  (next: diffusionlens evaluate {run})")
+    return 0
+
+
+def cmd_export_diffusers(args) -> int:
+    from . import run as runs
+    from .interop import export_diffusers
+
+    out = export_diffusers(runs.find_run(args.run), args.out)
+    print(f"wrote {out}/unet and {out}/scheduler (diffusers save_pretrained layout)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
             "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
             "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate,
             "distill": cmd_distill, "discrete": cmd_discrete,
-            "spectrum": cmd_spectrum, "finetune": cmd_finetune}
+            "spectrum": cmd_spectrum, "finetune": cmd_finetune,
+            "import-diffusers": cmd_import_diffusers, "export-diffusers": cmd_export_diffusers}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,9 +76,9 @@ def load_teacher(cfg):
     den, tcfg = load_denoiser(src, device=cfg.device)
     if tcfg.dataset != cfg.dataset:
         raise ValueError(f"teacher {src!r} was trained on {tcfg.dataset!r}, not on {cfg.dataset!r}")
-    from ..processes import Discrete
+    from ..processes import DDPMTable
 
-    if isinstance(tcfg.noise_process, Discrete):
+    if isinstance(tcfg.noise_process, DDPMTable):
         raise ValueError(f"teacher {src!r} has the discrete process {tcfg.process!r}: its denoiser exists only at "
                          "its own timesteps, so it cannot provide the ODE steps between arbitrary noise levels "
                          f"that {cfg.objective} needs")

@@ -13,14 +13,16 @@ import inspect
 
 from torch import nn
 
+from .diffusers_unet import DiffusersUNet
 from .embedding import ClassEmbedding, Embedding, NoiseEmbedding
 from .mlp import MLP
 from .tokens import TokenTransformer
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "NoiseEmbedding", "ClassEmbedding", "Embedding", "build_net", "NETS", "count_params"]
+__all__ = ["MLP", "UNet", "NoiseEmbedding", "ClassEmbedding", "Embedding", "build_net", "NETS", "count_params",
+           "DiffusersUNet"]
 
-NETS = {"mlp": MLP, "unet": UNet, "token-transformer": TokenTransformer}
+NETS = {"mlp": MLP, "unet": UNet, "token-transformer": TokenTransformer, "diffusers-unet": DiffusersUNet}
 
 
 def build_net(spec: dict) -> nn.Module:

@@ -251,6 +251,7 @@ def regularisers_figure(curves: dict[str, dict], path) -> Path:
     bx.set_ylabel("consistency residual")
     bx.set_title("equivalence: E[ΔD | x_t] = −E∫ r_FP d ln σ")
     bx.legend(fontsize=7)
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- perspectives
@@ -356,6 +357,9 @@ def target_variance_figure(res: dict, path) -> Path:
     ax.set_title("the expectation MSE training estimates: the target's variance per level", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def recurrence_figure(sigmas: list[float], canvas: Tensor, estimate: Tensor, path) -> Path:
     """Sampling as a recurrent network: per step, the canvas x_hat and the model's estimate of x0.
 

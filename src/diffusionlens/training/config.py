@@ -38,7 +38,7 @@ from ..objectives import OBJECTIVES
 from ..parameterization import Param
 from ..processes import EDM, VE, VP, DDPMTable, Flow, Process, SubVP
 
-__all__ = ["TrainConfig", "PROCESSES", "EMA_KINDS", "make_process", "make_loss", "default_net"]
+__all__ = ["TrainConfig", "PROCESSES", "EMA_KINDS", "make_process", "make_loss", "default_net", "resolve_net"]
 
 PROCESSES = {
     "edm": EDM,
@@ -69,10 +69,25 @@ _FLAT = {
 }
 
 
-def make_process(name: str | Process) -> Process:
-    """The process a name in :data:`PROCESSES` stands for (a Process is returned as it is)."""
+def _process_from_spec(spec: dict) -> Process:
+    """A discrete DDPM table other than the default one: ``{"kind": "ddpm", "T": 1000, "schedule":
+    "linear" | "scaled_linear" | "cosine", "beta_start": ..., "beta_end": ...}`` (as imported from diffusers)."""
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    if spec.get("kind") != "ddpm":
+        raise ValueError(f"a process given as a dict must have kind 'ddpm', got {spec!r}")
+    unknown = sorted(set(args) - {"T", "schedule", "beta_start", "beta_end"})
+    if unknown:
+        raise ValueError(f"unknown ddpm process argument(s) {unknown}; allowed: T, schedule, beta_start, beta_end")
+    return DDPMTable(**args)
+
+
+def make_process(name: str | dict | Process) -> Process:
+    """The process a name in :data:`PROCESSES` stands for (a Process is returned as it is; a dict is a
+    discrete DDPM table with its own T, schedule and betas)."""
     if isinstance(name, Process):
         return name
+    if isinstance(name, dict):
+        return _process_from_spec(name)
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; choose one of: {', '.join(PROCESSES)}")
     return PROCESSES[name]()
@@ -114,7 +129,7 @@ class TrainConfig:
     n_train: int | None = None
     objective: str = "denoising"
     objective_options: dict | None = None
-    process: str = "edm"
+    process: str | dict = "edm"
     param: str = "edm"
     density: NoiseDensity = LogNormal()
     weighting: LossWeighting = EDMWeight()
@@ -244,6 +259,7 @@ class TrainConfig:
         d["density"], d["weighting"] = self.density.to_dict(), self.weighting.to_dict()
         d["net"] = copy.deepcopy(self.net)
         d["objective_options"] = copy.deepcopy(self.objective_options)
+        d["process"] = copy.deepcopy(self.process)
         return d
 
     @classmethod
@@ -322,3 +338,22 @@ def default_net(data: Data, conditional: bool) -> dict:
             spec.update(channels=48, channel_mult=[1, 2, 2], blocks=2, attn_resolutions=[7])
         return spec
     return {"kind": "mlp", "data_shape": list(data.data_shape), "num_classes": classes}
+
+
+def resolve_net(cfg: TrainConfig, data: Data) -> dict:
+    """The full network spec of a run: ``cfg.net``, or for None the data set's default, or for a kind alone
+    (``{"kind": "diffusers-unet"}``, as ``train --net`` gives) that kind's default size for the data."""
+    spec = cfg.net
+    if spec is not None and set(spec) != {"kind"}:
+        return spec
+    if spec is not None and spec["kind"] == "diffusers-unet":
+        from ..nets.diffusers_unet import default_spec
+
+        if cfg.conditional:
+            raise ValueError("the diffusers UNet is unconditional here; drop --conditional or use --net unet")
+        return default_spec(data.data_shape, cfg.noise_process, cfg.parameterization)
+    spec_ = default_net(data, cfg.conditional)
+    if spec is not None and spec["kind"] != spec_["kind"]:
+        want = "image" if spec["kind"] == "unet" else "low-dimensional"
+        raise ValueError(f"net {spec['kind']!r} is for {want} data, not data set {data.name!r}")
+    return spec_

@@ -76,7 +76,7 @@ from .checkpoint import (
     remove_run,
     save_checkpoint,
 )
-from .config import TrainConfig, default_net
+from .config import TrainConfig, resolve_net
 from .distributed import DistInfo, all_mean, broadcast_flag, broadcast_float, setup, teardown
 from .ema import ema_beta, update_ema
 from .job import Heartbeat, Interrupts, project_total
@@ -141,7 +141,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float | None = None) -> float:
 def _resolve(cfg: TrainConfig, data) -> TrainConfig:
     return cfg.replace(
         sigma_data=cfg.sigma_data if cfg.sigma_data is not None else round(data.sigma_data, 6),
-        net=cfg.net if cfg.net is not None else default_net(data, cfg.conditional),
+        net=resolve_net(cfg, data),
     )
 
 
