@@ -28,7 +28,7 @@ def test_spectrum_refuses_what_has_no_spectrum(tmp_path, capsys):
     assert "needs an image data set" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main(["spectrum", "digits", "--sigmas", "0.1,-1", "--out", str(tmp_path / "t")])
-    assert e.value.code == 2 and "positive noise levels" in capsys.readouterr().err
+    assert e.value.code == 2 and "positive numbers" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

@@ -100,3 +100,17 @@ def test_experts_start_from_a_base_run(tmp_path):
     with pytest.raises(ValueError, match="not a trained run"):
         rnn.train_experts(_cfg(), tmp_path / "ex2", experts=2, base=tmp_path / "ex", progress=False)
     assert not (tmp_path / "ex2").exists()
+
+
+def test_self_conditioning_and_experts_refuse_conditional_runs(tmp_path):
+    """Guidance hides the estimate a self-conditioned sampler threads, and experts are composed without labels:
+    both refuse a class-conditional configuration instead of sampling it wrongly."""
+    from diffusionlens.run import rnn
+    from diffusionlens.training import TrainConfig
+
+    cfg = TrainConfig(dataset="digits", conditional=True, steps=2)
+    with pytest.raises(ValueError, match="unconditional runs"):
+        rnn.self_conditioned(cfg)
+    with pytest.raises(ValueError, match="unconditional runs"):
+        rnn.train_experts(cfg, tmp_path / "experts", experts=2, progress=False)
+    assert not (tmp_path / "experts").exists()

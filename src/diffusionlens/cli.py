@@ -332,10 +332,11 @@ def cmd_encode(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
     from .run import find_run
+    from .run.rnn import is_experts
     from .training.checkpoint import latest_checkpoint
 
     run = find_run(args.run)
-    if latest_checkpoint(run) is None:
+    if latest_checkpoint(run) is None and not is_experts(run):
         raise UsageError(f"{str(run)!r} holds no checkpoint: it is not a trained run")
     if not (run / "evaluation.json").is_file():
         raise UsageError(f"{str(run)!r} has no evaluation.json: run `diffusionlens evaluate {run}` first")

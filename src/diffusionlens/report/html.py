@@ -172,6 +172,19 @@ def _rows(ev: dict, cfg) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------- sections
 
 
+def _reads_the_denoiser(ctx: Context) -> None:
+    """The views that read the model as the canonical Gaussian denoiser E[x0 | x0 + sigma n] do not apply
+    to runs whose model is something else: blurring diffusion (a frequency-wise corruption) or a distilled
+    few-step map."""
+    from ..run.students import own_sampling
+
+    if ctx.cfg.objective == "blurring":
+        raise NotApplicable("blurring diffusion corrupts frequency by frequency: the views of a Gaussian "
+                            "denoiser do not apply")
+    if own_sampling(ctx.denoiser) is not None:
+        raise NotApplicable("a distilled run's model is a few-step sampler, not the denoiser this view reads")
+
+
 @section("samples")
 def _samples(ctx: Context) -> Figure:
     ev = ctx.ev
@@ -219,6 +232,7 @@ def _run(ctx: Context):
 
 @section("denoising autoencoder")
 def _denoising(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..run import views
 
     lo, hi = _run(ctx).sigma_range
@@ -253,6 +267,7 @@ def _weighting(ctx: Context) -> Figure:
 
 @section("latent-variable model")
 def _latent(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.elbo(_run(ctx), n=8, steps=32, max_rounds=32)
@@ -271,6 +286,7 @@ def _latent(ctx: Context) -> Figure:
 
 @section("score estimator")
 def _score(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.score(_run(ctx), n=32 if ctx.test.is_image else 500, figure=ctx.path("fig_score.png"))
@@ -291,6 +307,7 @@ def _score(ctx: Context) -> Figure:
 
 @section("reverse SDE")
 def _sde(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.reverse_sde(_run(ctx), n=100 if ctx.test.is_image else 1000, nfe=16,
@@ -308,6 +325,7 @@ def _sde(ctx: Context) -> Figure:
 
 @section("flow")
 def _flow(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.interpolate(_run(ctx), steps=16, figure=ctx.path("fig_flow.png"))
@@ -320,6 +338,7 @@ def _flow(ctx: Context) -> Figure:
 
 @section("expectation")
 def _gap(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..evaluate import GapCurve
     from ..run import views
 
@@ -378,7 +397,7 @@ def _distillation(ctx: Context) -> Figure:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False)
     for ax, (title, x, v) in zip(axes[0], panels):
         if x.ndim == 4:
-            figures._show_images(ax, x[:64], 8, f"{title}\n{name} {v:.3g}")
+            figures.show_images(ax, x[:64], 8, f"{title}\n{name} {v:.3g}")
         else:
             p = x.reshape(len(x), -1)[:, :2].numpy()
             ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5)
@@ -423,6 +442,7 @@ def _discrete_bound(ctx: Context) -> Figure:
 
 @section("frequency")
 def _frequency(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..frequency.figures import frequency_figure
     from ..frequency.measure import report_view
 
@@ -447,6 +467,7 @@ def _frequency(ctx: Context) -> Figure:
 
 @section("sampling as a recurrent network")
 def _recurrence(ctx: Context) -> Figure:
+    _reads_the_denoiser(ctx)
     from ..run.rnn import recurrence
 
     den = ctx.denoiser
@@ -498,8 +519,10 @@ def _page(ctx: Context, parts: list[str]) -> str:
     run, esc = ctx.run_dir, html.escape
     rows = "\n".join(f"<tr><th>{esc(a)}</th><td>{esc(b)}</td></tr>" for a, b in _rows(ctx.ev, ctx.cfg))
     body = "\n".join(parts)
-    cmd = (f"diffusionlens evaluate {esc(str(run))} --sampler {esc(str(ctx.ev['sampler']))} "
-           f"--steps {esc(str(ctx.ev['steps']))}")
+    from ..run.students import own_sampling
+
+    sampler = "" if own_sampling(ctx.denoiser) is not None else f" --sampler {esc(str(ctx.ev['sampler']))}"
+    cmd = f"diffusionlens evaluate {esc(str(run))}{sampler} --steps {esc(str(ctx.ev['steps']))}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>diffusionlens report: {esc(run.name)}</title>
 <style>{_STYLE}</style></head><body>

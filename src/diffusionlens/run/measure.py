@@ -141,6 +141,8 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     smin, smax = run.sigma_range
+    if cfg.objective == "blurring" or own_sampling(run.denoiser) is not None:
+        bpd_n = 0  # the probability-flow likelihood reads the model as a Gaussian denoiser, which these are not
     if train.is_image and bpd_n:
         out["bits_per_dim"] = dataset_bits_per_dim(run.denoiser, test.x[:bpd_n], levels=LEVELS[cfg.dataset],
                                                    sigma_min=smin, sigma_max=smax, generator=gen, progress=progress,

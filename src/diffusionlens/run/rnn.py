@@ -79,10 +79,13 @@ def self_conditioned(cfg):
     """``cfg`` trained with self-conditioning: the objective and a network with the extra input (the data
     set's default network unless ``cfg.net`` names one)."""
     from ..data import load_dataset
-    from ..training.config import default_net
+    from ..training.config import resolve_net
 
-    net = cfg.net if cfg.net is not None else default_net(load_dataset(cfg.dataset, "test", seed=cfg.seed),
-                                                           cfg.conditional)
+    if cfg.conditional:  # guidance would hide the estimate the sampler threads: refuse rather than drop it
+        raise ValueError("self-conditioning is implemented for unconditional runs; drop --conditional")
+    net = resolve_net(cfg, load_dataset(cfg.dataset, "test", seed=cfg.seed))
+    if net["kind"] not in ("mlp", "unet"):
+        raise ValueError(f"self-conditioning needs an mlp or unet network, got {net['kind']!r}")
     return cfg.replace(objective="self-conditioning", net={**net, "self_condition": True})
 
 
@@ -107,6 +110,8 @@ def train_experts(cfg, run_dir, *, experts: int | None = None, boundaries=None, 
     ``base``: a trained run each expert starts from (its weights, EMA and optimiser state; the experts take
     its stored configuration, with ``cfg``'s budget, clock and device); None: each starts from scratch.
     """
+    if cfg.conditional:
+        raise ValueError("experts per noise range are implemented for unconditional runs; drop --conditional")
     from ..training import train
 
     if base is not None:
@@ -169,6 +174,11 @@ def finetune(run, out, *, k: int = 2, sampler: str = "euler", target: str = "sol
         raise ValueError(f"unknown fine-tuning target {target!r}; choose one of: {', '.join(TARGETS)}")
     if isinstance(run.denoiser, Experts):
         raise ValueError(f"{run.path} is a directory of experts: fine-tune each expert's run instead")
+    from .students import own_sampling
+
+    if own_sampling(run.denoiser) is not None or run.config.objective not in ("denoising", "self-conditioning"):
+        raise ValueError(f"{run.path}: a run trained with objective {run.config.objective!r} does not sample with "
+                         "the generic samplers, so fine-tuning through their steps does not apply")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: a fine-tuned run is written into a new directory")
