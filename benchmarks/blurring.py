@@ -1,11 +1,11 @@
 """Blurring diffusion against Gaussian diffusion on the digits, at equal CPU minutes.
 
     python -m benchmarks.blurring                                 # 1 CPU-minute per run, seeds 0 1 2 (~10 CPU-min)
-    python -m benchmarks.blurring --minutes 0.2 --seeds 0 --samples 200 --out /tmp/b.md     # smoke test
+    python -m benchmarks.blurring --minutes 0.2 --seeds 0 --samples 200 --out $WORK/b.md     # smoke test
     # runs in parallel processes (CPU budgets are per process), then one table:
     for s in 0 1 2; do for o in denoising blurring; do
-        python -m benchmarks.blurring --seeds $s --objectives $o --rows /tmp/b$s$o.json & done; done; wait
-    python -m benchmarks.blurring --merge /tmp/b*.json
+        python -m benchmarks.blurring --seeds $s --objectives $o --rows $WORK/b$s$o.json & done; done; wait
+    python -m benchmarks.blurring --merge $WORK/b*.json
 
 Each seed trains two runs with the library's default recipe (``TrainConfig(dataset="digits")``:
 EDM process, preconditioning, log-normal noise levels, EDM weighting, the default UNet), one with

@@ -3,7 +3,7 @@
     python -m benchmarks.distillation                                 # ~35 CPU-minutes
     python -m benchmarks.distillation --teacher runs/main             # reuse a trained teacher
     python -m benchmarks.distillation --teacher-steps 60 --minutes 0.3 --ct-steps 60 --n 200 \\
-        --out /tmp/d.md --work /tmp/dwork                              # smoke test
+        --out $WORK/d.md --work $WORK/dwork                              # smoke test
 
 Teacher: the main job's configuration (``TrainConfig(dataset="digits")``, ``diffusionlens.run.MAIN_STEPS``
 steps, seed 0), trained here unless ``--teacher`` names a run. Students, for each seed:

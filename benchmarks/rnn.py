@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def main():
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--extra", type=float, default=0.5)
     ap.add_argument("--jobs", type=int, default=6)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/dl-bench-rnn"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dl-bench-rnn")
     ap.add_argument("--out", default="benchmarks/results/rnn.md")
     ap.add_argument("--only-report", action="store_true", help="rewrite the table from WORK/results*.json")
     ap.add_argument("--toy", action="store_true", help="only the ring-mixture runs (WORK/results_toy.json)")

@@ -1,7 +1,7 @@
 """Spectra benchmark: the power-law exponent of natural photographs, and the frequency view's closed forms.
 
     python -m benchmarks.spectra                     # ~1 CPU-minute
-    python -m benchmarks.spectra --n 500 --out /tmp/s.md
+    python -m benchmarks.spectra --n 500 --out $WORK/s.md
 
 1. **Exponent.** For each of ``--seeds`` patch seeds, ``--n`` 32x32 grayscale patches of the two
    photographs shipped with scikit-learn (data set ``photos``, train split), the radially averaged DCT

@@ -2,7 +2,7 @@
 with a sweep of the peer's batch size and learning rate and our recipe on the peer's network.
 
     python -m benchmarks.training --minutes 1 --samples 750 --jobs 11   # the committed run (~20 CPU-min)
-    python -m benchmarks.training --minutes 0.1 --batches 16 --lrs 1e-4 --samples 200 --out /tmp/t.md  # smoke
+    python -m benchmarks.training --minutes 0.1 --batches 16 --lrs 1e-4 --samples 200 --out $WORK/t.md  # smoke
 
 Every piece trains on the digits' train split (1,497 images) in its own process, with
 ``torch.set_num_threads(--threads)``. Budgets are **CPU time of the process**

@@ -623,6 +623,9 @@ commands, in the order of a workflow:
   distill     distil a run into a 1-, 2- or 4-step student (progressive or consistency distillation)
   spectrum    power spectrum, hinge and coarse-to-fine order of a data set or a run
   finetune    fine-tune a run by back-propagation through unrolled sampler steps
+  discrete    sample and score a discrete-diffusion (token) run in bits/token, write its report
+  import-diffusers  a local diffusers UNet2DModel + scheduler as a run directory
+  export-diffusers  a run trained with --net diffusers-unet as a diffusers directory
   main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
 
 quick start:
