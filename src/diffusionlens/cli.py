@@ -240,7 +240,7 @@ def cmd_tune(args) -> int:
 
     r = _open(args)
     t0 = time.perf_counter()
-    plan = tune(r, samplers=args.samplers, nfes=args.nfe)
+    plan = tune(r, samplers=args.samplers, nfes=args.nfe, progress=_progress(args))
     print(f"tuned {len(plan.tuned)} configurations in {time.perf_counter() - t0:.1f} s:")
     for (name, nfe), t in sorted(plan.tuned.items()):
         print(f"  {name:>8} NFE {nfe:>3}: {t.steps} steps, {t.start} start, pilot RMSE {t.pilot_rmse:.3g}")
@@ -387,7 +387,8 @@ def cmd_main(args) -> int:
     if use_plan:
         print("      tuning the sampling plan")
         tuning.tune_for_evaluation(runs.open_run(run, device=cfg.device, plan=False), sampler=args.sampler,
-                                   steps=args.sampler_steps, sweep=runs.DEFAULT_SWEEP, nfes=args.nfe)
+                                   steps=args.sampler_steps, sweep=runs.DEFAULT_SWEEP, nfes=args.nfe,
+                                   progress=_progress(args))
     print("[2/3] sampling and evaluating")
     ev = runs.evaluate(runs.open_run(run, device=cfg.device, plan=use_plan), n_samples=args.n_samples,
                        sampler=args.sampler, steps=args.sampler_steps, seed=args.seed, nfes=args.nfe,

@@ -28,7 +28,7 @@ def has_tuned(plan, sampler: str, nfe: int) -> bool:
     return plan is not None and (sampler, int(nfe)) in plan.tuned
 
 
-def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES) -> object:
+def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES, progress: bool = False) -> object:
     """Measure the run's sampling plan once (the pilot's error density and stops, the data mean and
     Gaussian moments; for a class-conditional run one pilot per class, unguided, and the class means) and
     store it in the run directory (atomic); returns it."""
@@ -42,12 +42,12 @@ def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES) -> object:
     smin, smax = sampling_range(run.config)
     conditions = class_denoisers(run.denoiser, data.num_classes) if run.config.conditional else None
     plan = _samplers.tune(run.denoiser, shape, samplers, nfes, sigma_min=smin, sigma_max=smax, device=run.device,
-                          conditions=conditions)
+                          conditions=conditions, progress=progress)
     plan.save(run.path)
     return plan
 
 
-def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes) -> object:
+def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes, progress: bool = False) -> object:
     """:func:`tune` for what an evaluation will ask of the plan: the sweep's ``@fitted-stop`` samplers at its
     budgets, and the headline sampler at its step count when it is deterministic with a fixed grid."""
     from .sampling import sweep_entry
@@ -58,4 +58,4 @@ def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes) -> o
     if spec.deterministic and not spec.adaptive and spec.nfe_per_step == 1 and spec.nfe_extra == 0:
         names.append(sampler)  # one evaluation per step: its step count is its budget
         budgets.add(steps)
-    return tune(run, samplers=tuple(dict.fromkeys(names)), nfes=tuple(sorted(budgets)))
+    return tune(run, samplers=tuple(dict.fromkeys(names)), nfes=tuple(sorted(budgets)), progress=progress)

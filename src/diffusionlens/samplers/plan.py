@@ -189,6 +189,7 @@ def tune(
     device=None,
     dtype: torch.dtype = torch.float32,
     conditions: list | None = None,
+    progress: bool = False,
 ) -> SamplingPlan:
     """Measure the pilot once and tune each (deterministic, fixed-grid) sampler at each NFE budget.
 
@@ -229,19 +230,30 @@ def tune(
     if gauss is not None:  # row-major, as it loads: a plan samples the same before and after a save
         gauss = replace(gauss, eigvecs=gauss.eigvecs.contiguous())
     tuned = {}
+    starts = ("mean",) + (("teleport",) if gauss is not None else ())
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(specs) * len(nfes) * len(starts), desc="tune", unit="stop search")
     for fn, spec in specs:
         for nfe in nfes:
             steps = spec.steps_for_nfe(nfe + 1)
             if steps < 2:
                 continue
             best = None
-            for start in ("mean",) + (("teleport",) if gauss is not None else ()):
+            for start in starts:
                 grid, errs = stop_grid(denoiser, dens, fn, steps, analytic_start=True, return_errors=True,
                                        teleport=gauss if start == "teleport" else None, pilots=pilots)
                 err = min(errs.values())
                 if best is None or err < best.pilot_rmse:
                     best = Tuned(spec.name, nfe, steps, start, grid, err)
+                if bar is not None:
+                    bar.set_postfix_str(f"{spec.name} at {nfe} NFE")
+                    bar.update(1)
             tuned[(spec.name, nfe)] = best
+    if bar is not None:
+        bar.close()
     class_means = None if pilots is None else torch.stack([p.data_mean for _, p in pilots])
     mean = dens.data_mean if pilots is None else class_means.mean(0)
     light = ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, dens.pilot_nfe, data_mean=mean)
