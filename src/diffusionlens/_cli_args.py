@@ -478,7 +478,8 @@ def _main_parser(sub) -> None:
              f"The README's main job: train the default model on the 8x8 digits for {MAIN_STEPS} steps (or "
              "--minutes), sample it with a fast sampler, evaluate it (Fréchet distance vs the train-vs-test floor, "
              "test bits/dim, quality vs NFE for several samplers) and write runs/main/report.html with PNG figures. "
-             "About 7 minutes on 2 idle CPU cores. Running it again resumes runs/main (extends training to a "
+             "Training takes about 8 minutes on 2 idle CPU cores, tuning the plan as long again (--plan none "
+             "skips it). Running it again resumes runs/main (extends training to a "
              "larger budget, or only re-evaluates); --overwrite starts afresh.",
              "examples:\n"
              "  diffusionlens main\n"
