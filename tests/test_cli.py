@@ -403,7 +403,7 @@ def test_main_help_states_the_step_budget(capsys):
     from diffusionlens._cli_args import MAIN_STEPS
 
     rc, out, _ = run_cli(["main", "--help"], capsys)
-    assert rc == 0 and f"{MAIN_STEPS} steps" in " ".join(out.split()) and "About 7 minutes" in " ".join(out.split())
+    assert rc == 0 and f"{MAIN_STEPS} steps" in " ".join(out.split()) and "about 8 minutes" in " ".join(out.split())
 
 
 def test_tune_stores_a_plan_that_sample_uses_unless_turned_off(in_toy, capsys):
