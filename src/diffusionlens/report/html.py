@@ -65,11 +65,17 @@ SECTIONS: list[tuple[str, Callable[[Context], Figure]]] = []
 """Registered sections in page order: (title, function)."""
 
 
-def section(title: str):
-    """Register a report section (a function ``Context -> Figure``) under ``title``."""
+def section(title: str, *, requires: tuple[Callable[[Context], None], ...] = ()):
+    """Register a report section (a function ``Context -> Figure``) under ``title``; ``requires``: checks
+    run before it, each raising :class:`NotApplicable` for a run the section cannot read."""
 
     def register(fn: Callable[[Context], Figure]) -> Callable[[Context], Figure]:
-        SECTIONS.append((title, fn))
+        def checked(ctx: Context) -> Figure:
+            for check in requires:
+                check(ctx)
+            return fn(ctx)
+
+        SECTIONS.append((title, checked if requires else fn))
         return fn
 
     return register
@@ -230,9 +236,8 @@ def _run(ctx: Context):
     return Run(ctx.run_dir, ctx.denoiser, ctx.cfg, str(device_of(ctx.denoiser)))
 
 
-@section("denoising autoencoder")
+@section("denoising autoencoder", requires=(_reads_the_denoiser,))
 def _denoising(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..run import views
 
     lo, hi = _run(ctx).sigma_range
@@ -265,9 +270,8 @@ def _weighting(ctx: Context) -> Figure:
                   "depends on σ_data, so this run and the EDM recipe differ where their σ_data do.")
 
 
-@section("latent-variable model")
+@section("latent-variable model", requires=(_reads_the_denoiser,))
 def _latent(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.elbo(_run(ctx), n=8, steps=32, max_rounds=32)
@@ -284,9 +288,8 @@ def _latent(ctx: Context) -> Figure:
                   "needs no bound.")
 
 
-@section("score estimator")
+@section("score estimator", requires=(_reads_the_denoiser,))
 def _score(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.score(_run(ctx), n=32 if ctx.test.is_image else 500, figure=ctx.path("fig_score.png"))
@@ -305,9 +308,8 @@ def _score(ctx: Context) -> Figure:
     return Figure("fig_score.png", text)
 
 
-@section("reverse SDE")
+@section("reverse SDE", requires=(_reads_the_denoiser,))
 def _sde(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.reverse_sde(_run(ctx), n=100 if ctx.test.is_image else 1000, nfe=16,
@@ -323,9 +325,8 @@ def _sde(ctx: Context) -> Figure:
                   "carried (the SDE's injected noise contracts them, at the price of more steps to average out).")
 
 
-@section("flow")
+@section("flow", requires=(_reads_the_denoiser,))
 def _flow(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..run import views
 
     res = views.interpolate(_run(ctx), steps=16, figure=ctx.path("fig_flow.png"))
@@ -336,9 +337,8 @@ def _flow(ctx: Context) -> Figure:
                   "the data distribution (each row or path; its ends are the round trips).")
 
 
-@section("expectation")
+@section("expectation", requires=(_reads_the_denoiser,))
 def _gap(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..evaluate import GapCurve
     from ..run import views
 
@@ -440,9 +440,8 @@ def _discrete_bound(ctx: Context) -> Figure:
                   "time on test data (nats per token; the area under the curve is the bound).")
 
 
-@section("frequency")
+@section("frequency", requires=(_reads_the_denoiser,))
 def _frequency(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..frequency.figures import frequency_figure
     from ..frequency.measure import report_view
 
@@ -465,9 +464,8 @@ def _frequency(ctx: Context) -> Figure:
                   "coarse (low) frequencies settle first.")
 
 
-@section("sampling as a recurrent network")
+@section("sampling as a recurrent network", requires=(_reads_the_denoiser,))
 def _recurrence(ctx: Context) -> Figure:
-    _reads_the_denoiser(ctx)
     from ..run.rnn import recurrence
 
     den = ctx.denoiser
