@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, train a diffusion model on the 8x8 digits for 1,400 steps, sample it,
-# evaluate it and write runs/main/report.html (+ PNG figures). Training takes about 8 minutes on 2 CPU cores.
+# The main job: set up .venv, train a diffusion model on the 8x8 digits for 800 steps, tune its sampling plan,
+# sample it, evaluate it and write runs/main/report.html (+ PNG figures): about 10 minutes on 2 CPU cores.
 # Usage: bash scripts/main.sh [options of `diffusionlens main`, e.g. --steps 300, --minutes 2, --device cuda]
 #        SKIP_SETUP=1 bash scripts/main.sh ...   # reuse an existing .venv without reinstalling
 set -euo pipefail

@@ -143,6 +143,21 @@ def test_a_plan_round_trips_and_is_what_sample_uses(tmp_path):
     assert SamplingPlan.load(tmp_path / "missing") is None
 
 
+
+def test_a_plan_tunes_each_sampler_at_its_own_budgets():
+    """A mapping {sampler: budgets} tunes exactly those pairs on one pilot: the first budget of a sampler is
+    searched as in the product form (same pilot, nothing before it to narrow the search)."""
+    gm = random_mixture(4, 3, seed=5)
+    per = tune(gm, (4,), {"deis": (6,), "unipc": (8, 12)}, dtype=torch.float64, pilot=64)
+    assert set(per.tuned) == {("deis", 6), ("unipc", 8), ("unipc", 12)}
+    both = tune(gm, (4,), ["deis", "unipc"], [6], dtype=torch.float64, pilot=64)
+    assert torch.equal(per.tuned[("deis", 6)].sigmas, both.tuned[("deis", 6)].sigmas)
+    with pytest.raises(ValueError, match="per sampler"):
+        tune(gm, (4,), {"deis": (6,)}, (8,), dtype=torch.float64, pilot=16)
+    with pytest.raises(ValueError, match="unipc"):
+        tune(gm, (4,), {"unipc": (1,)}, dtype=torch.float64, pilot=16)
+
+
 def test_a_corrupt_plan_fails_in_one_line_naming_the_file(tmp_path):
     gm = random_mixture(3, 2, seed=3)
     plan = tune(gm, (3,), ["deis"], [6], dtype=torch.float64, pilot=16, teleport=False)

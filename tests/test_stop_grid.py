@@ -19,8 +19,10 @@ from diffusionlens.samplers import (
     sample,
     stop_candidates,
     stop_grid,
+    tune,
 )
 from diffusionlens.samplers.adaptive import solve_exp_rk32
+from diffusionlens.samplers.fitted import FINALISTS
 
 
 def _gaussian(s: float, d: int = 4) -> GaussianMixture:
@@ -146,6 +148,41 @@ def test_pooled_pilots_for_conditional_models():
     # the candidates' grids are the averaged density's
     g = stop_grid(None, avg, "deis", 6, pilots=[(a, da), (b, db)])
     torch.testing.assert_close(g, avg.grid(6, ORDER["deis"], sigma_last=g[-2].item()), rtol=0, atol=0)
+
+
+
+def test_screened_search_measures_its_finalists_on_the_whole_pilot():
+    """stop_grid(screen=k) ranks every candidate on k pilot samples and decides among the best FINALISTS on the
+    whole pilot: their errors are the exhaustive search's (the same sums over the same samples), the grid is
+    theirs with the smallest, and a screen as large as the pilot is the exhaustive search itself."""
+    gm = random_mixture(8, 6, seed=11)
+    dens = error_density(gm, (8,), pilot=64, dtype=torch.float64)
+    full_g, full = stop_grid(gm, dens, "unipc", 6, analytic_start=True, return_errors=True)
+    g, errs = stop_grid(gm, dens, "unipc", 6, analytic_start=True, return_errors=True, screen=16)
+    assert len(errs) == FINALISTS
+    for c, e in errs.items():
+        assert abs(e - full[c]) < 1e-12 * full[c]
+    assert g[-2].item() == min(errs, key=errs.get)
+    same_g, same = stop_grid(gm, dens, "unipc", 6, analytic_start=True, return_errors=True, screen=64)
+    assert same == full and torch.equal(same_g, full_g)
+    with pytest.raises(ValueError, match="screen"):
+        stop_grid(gm, dens, "unipc", 6, screen=0)
+
+
+def test_tuned_budgets_keep_the_exhaustive_optimum_on_a_mixture():
+    """tune searches each larger budget only at or below the previous stop (one candidate of margin): on an
+    oracle mixture the exhaustive optimum at every budget lies in that narrowed set, so the tuned grids are
+    the exhaustive ones."""
+    gm = random_mixture(16, 10, seed=16)
+    nfes = (4, 6, 10, 16)
+    plan = tune(gm, (16,), ("unipc",), nfes, pilot=64, screen=None, dtype=torch.float64)
+    dens = error_density(gm, (16,), pilot=64, dtype=torch.float64)
+    for nfe in nfes:
+        t = plan.tuned[("unipc", nfe)]
+        _, plain = stop_grid(gm, dens, "unipc", t.steps, analytic_start=True, return_errors=True)
+        _, tele = stop_grid(gm, dens, "unipc", t.steps, analytic_start=True, return_errors=True,
+                            teleport=plan.gaussian)
+        assert t.pilot_rmse == min(min(plain.values()), min(tele.values())), nfe
 
 
 # ----------------------------------------------------------------------------- analytic start

@@ -189,13 +189,14 @@ def cmd_evaluate(args) -> int:
     _conflicts([
         (args.no_sweep and args.samplers is not None, "--samplers does not apply with --no-sweep"),
         (args.no_sweep and args.nfe is not None, "--nfe does not apply with --no-sweep"),
+        (args.no_sweep and args.sweep_samples is not None, "--sweep-samples does not apply with --no-sweep"),
     ])
     r = _open(args)
     _check_conditions(args, r.config, r.path)
     sweep = () if args.no_sweep else (args.samplers or run.DEFAULT_SWEEP)
     ev = run.evaluate(r, n_samples=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, sweep=sweep,
-                      nfes=args.nfe or run.DEFAULT_NFE, bpd_n=args.bpd_n, guidance=args.guidance,
-                      progress=_progress(args))
+                      nfes=args.nfe or run.DEFAULT_NFE, sweep_samples=args.sweep_samples, bpd_n=args.bpd_n,
+                      guidance=args.guidance, progress=_progress(args))
     print(_summary(ev))
     print(f"wrote {r.path / 'evaluation.json'}  (next: diffusionlens report {r.path})")
     return 0
@@ -392,7 +393,7 @@ def cmd_main(args) -> int:
     print("[2/3] sampling and evaluating")
     ev = runs.evaluate(runs.open_run(run, device=cfg.device, plan=use_plan), n_samples=args.n_samples,
                        sampler=args.sampler, steps=args.sampler_steps, seed=args.seed, nfes=args.nfe,
-                       bpd_n=args.bpd_n, progress=_progress(args))
+                       sweep_samples=args.sweep_samples, bpd_n=args.bpd_n, progress=_progress(args))
     print(_summary(ev))
     print("[3/3] writing the report")
     path = write_report(run, progress=_progress(args), device=cfg.device)

@@ -53,6 +53,7 @@ from torch import Tensor
 from ._util import device_of
 
 __all__ = [
+    "headline_floor",
     "frechet_distance",
     "gaussian_stats",
     "sliced_wasserstein",
@@ -502,6 +503,21 @@ def headline_scorer(dataset: str, *, seed: int = 0, projections: int = 256,
     sw = SW2(test.x, directions=torch.randn(projections, test.x[0].numel(), generator=g, dtype=torch.float64))
     return lambda x: sw(check(x))
 
+
+
+def headline_floor(dataset: str, n: int, *, seed: int = 0):
+    """The floor of ``dataset``'s headline metric at ``n`` samples, as :func:`evaluate_samples` measures it
+    beside a set of that size: images, the Fréchet distance of ``n`` train images to the test split (a
+    float); other data, the SW2 of exact draws of that size ({"mean", "std", ...})."""
+    from .data import load_dataset
+
+    data = load_dataset(dataset, "train", seed=seed)
+    if not data.is_image:  # generated data: a draw of that size
+        data = load_dataset(dataset, "train", seed=seed, n=n)
+    if len(data) < n:
+        raise ValueError(f"data set {dataset!r} has {len(data)} train items, fewer than the {n} asked for")
+    m = evaluate_samples(data.x[:n], dataset, seed=seed)
+    return m["fd_floor"] if "fd" in m else m["sw2_floor"]
 
 
 def evaluate_samples(samples: Tensor, dataset: str, *, seed: int = 0, repeats: int = 5, projections: int = 256,

@@ -109,6 +109,15 @@ def _budget_row(tr: dict) -> list[tuple[str, str]]:
              f"{MAIN_STEPS:,} steps of the main job's reference result: a slower or busier machine reaches fewer")]
 
 
+def _sweep_floor(ev: dict) -> tuple[int, object]:
+    """(samples per point, floor) of the quality-vs-NFE sweep: its own, or the headline's for an evaluation
+    that scored the sweep on all its samples."""
+    m = ev["metrics"]
+    k = ev.get("quality_vs_nfe_samples", ev["n_samples"])
+    floor = ev.get("quality_vs_nfe_floor", m["fd_floor"] if "fd" in m else m["sw2_floor"])
+    return k, floor
+
+
 def _best_in_sweep(ev: dict) -> tuple[str, float, float] | None:
     """(entry, NFE, value) of the lowest point of the quality-vs-NFE sweep."""
     pts = [(v, nfe, name) for name, curve in (ev.get("quality_vs_nfe") or {}).items() for nfe, v in curve]
@@ -150,8 +159,11 @@ def _rows(ev: dict, cfg) -> list[tuple[str, str]]:
     best = _best_in_sweep(ev)
     if best is not None:
         name, nfe, v = best
-        rows.append(("best point of the quality-vs-NFE sweep", f"{_fmt(v)} with {name} at NFE {nfe:g} "
-                     f"(the headline above is the {ev['sampler']} sampler at NFE {ev['nfe']:g} on all samples)"))
+        k, floor = _sweep_floor(ev)
+        floor = floor if isinstance(floor, float) else floor["mean"]
+        rows.append(("best point of the quality-vs-NFE sweep", f"{_fmt(v)} with {name} at NFE {nfe:g} on {k:,} "
+                     f"samples, floor {_fmt(floor)} at that size (the headline above is the {ev['sampler']} "
+                     f"sampler at NFE {ev['nfe']:g} on {ev['n_samples']:,} samples)"))
     if "bits_per_dim" in ev:
         b = ev["bits_per_dim"]
         rows.append(("test bits/dim (PF-ODE, dequantized; an upper bound)",
@@ -212,17 +224,20 @@ def _quality(ctx: Context) -> Figure:
     ev, m = ctx.ev, ctx.ev["metrics"]
     if not ev.get("quality_vs_nfe"):
         raise NotApplicable("the evaluation ran no quality-vs-NFE sweep")
+    k, floor = _sweep_floor(ev)
     if "fd" in m:
-        floor, std, name = m["fd_floor"], None, "Fréchet distance (classifier features)"
+        std, name = None, "Fréchet distance (classifier features)"
         label, between = "floor (train vs test split)", "the training and the test split (real against real)"
     else:
-        floor, std, name = m["sw2_floor"]["mean"], m["sw2_floor"]["std"], "sliced W2"
+        floor, std, name = floor["mean"], floor["std"], "sliced W2"
         label, between = "floor (exact vs exact)", "two sets of exact samples"
     figures.quality_vs_nfe(ev["quality_vs_nfe"], ctx.path("fig_quality_vs_nfe.png"), metric=name, floor=floor,
                            floor_std=std, floor_label=label)
     return Figure("fig_quality_vs_nfe.png", "Sample quality against the number of denoiser evaluations for "
-                  "several samplers (same initial noise, same metric); the dashed line is the metric between "
-                  f"{between}, below which no model can be told apart from the data. A name "
+                  f"several samplers ({k:,} samples per point, the same initial noise and metric for all; the "
+                  "metric's bias grows as the sample count falls, so compare these points with each other and "
+                  f"with their floor, not with the headline); the dashed line is the metric between "
+                  f"{between} at that size, below which no model can be told apart from the data. A name "
                   "sampler@grid is that sampler on another grid: @fitted-stop is the grid fitted to this model "
                   "by a pilot solve, ending at the last noise level that brings the sampler closest to the "
                   "pilot's own solutions (the pilot's evaluations are not in the NFE).")

@@ -23,14 +23,24 @@ Modules: :mod:`._core` (opening a run), :mod:`.files` (atomic writes), :mod:`.sa
 (the stored sampling plan).
 """
 
-from ._core import LEVELS, MAIN_STEPS, RUNS, Run, find_run, open_run, sampling_range
+from ._core import LEVELS, MAIN_SAMPLER, MAIN_STEPS, RUNS, Run, find_run, open_run, sampling_range
 from .distill import distill
 from .files import check_writable, output_stem, save_json, save_tensors
-from .measure import DEFAULT_NFE, DEFAULT_SWEEP, evaluate, evaluate_run, likelihood, round_trip, split_size
+from .measure import (
+    DEFAULT_NFE,
+    DEFAULT_SWEEP,
+    SWEEP_SAMPLES,
+    evaluate,
+    evaluate_run,
+    likelihood,
+    round_trip,
+    split_size,
+)
 from .sampling import generate, sample_to_files, steps_for_nfe, sweep_entry
 from .students import default_steps
 
-__all__ = ["Run", "RUNS", "MAIN_STEPS", "DEFAULT_SWEEP", "DEFAULT_NFE", "LEVELS", "find_run", "open_run",
+__all__ = ["Run", "RUNS", "MAIN_STEPS", "MAIN_SAMPLER", "SWEEP_SAMPLES",
+           "DEFAULT_SWEEP", "DEFAULT_NFE", "LEVELS", "find_run", "open_run",
            "sampling_range", "sweep_entry", "steps_for_nfe", "generate", "sample_to_files", "evaluate", "evaluate_run",
            "likelihood", "round_trip", "split_size", "distill",
            "default_steps", "check_writable", "output_stem", "save_json", "save_tensors"]

@@ -21,14 +21,18 @@ from .students import default_steps, own_sampling, student_sweep
 DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis", "unipc@fitted-stop")
 """Entries of the quality-vs-NFE sweep: samplers on their recommended grids, and UniPC on the fitted grid
 with its measured stop (benchmarks/results/grids.md)."""
-DEFAULT_NFE = (4, 8, 16, 32)
+DEFAULT_NFE = (4, 8, 16)
+"""Budgets of the quality-vs-NFE sweep: where samplers differ (from about 32 evaluations they all come close to
+the converged solution)."""
+SWEEP_SAMPLES = 500
+"""Samples per point of the quality-vs-NFE curve by default (its floor is measured at the same size)."""
 
 
 def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progress: bool) -> dict:
-    """Quality vs NFE: every entry at every budget, same noise, same metric. Entries on their named grids
-    ignore the stored plan (they are the untuned baselines); a ``sampler@fitted-stop`` entry takes the plan's
-    tuned configuration where it has one for that budget (its start may be the analytic or the teleported
-    one), and solves its own pilot otherwise."""
+    """Quality vs NFE on ``n`` samples: every entry at every budget, same noise, same metric. Entries on their
+    named grids ignore the stored plan (they are the untuned baselines); a ``sampler@fitted-stop`` entry takes
+    the plan's tuned configuration where it has one for that budget (its start may be the analytic or the
+    teleported one), and solves its own pilot otherwise."""
     from ..evaluate import headline_scorer
 
     if own_sampling(run.denoiser) is not None and sweep:  # a distilled run: its students, not samplers
@@ -91,7 +95,8 @@ def _training_summary(run_dir, result: dict) -> dict:
 
 def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
              seed: int = 0, sweep: tuple[str, ...] = DEFAULT_SWEEP, nfes: tuple[int, ...] = DEFAULT_NFE,
-             bpd_n: int = 100, guidance: float = 1.0, progress: bool = True) -> dict:
+             sweep_samples: int | None = None, bpd_n: int = 100, guidance: float = 1.0,
+             progress: bool = True) -> dict:
     """Evaluate a trained run and write ``evaluation.json`` and ``samples.safetensors`` into its directory.
 
     Args:
@@ -101,10 +106,19 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
             way, with its fewest steps by default).
         sweep, nfes: entries (``"sampler"`` or ``"sampler@grid"``, :func:`sweep_entry`) and NFE budgets of
             the quality-vs-NFE curve (empty ``sweep`` skips it).
+        sweep_samples: samples per point of the curve (default: ``n_samples`` up to ``SWEEP_SAMPLES``); the
+            curve's floor, the same metric between real data of that size, is stored beside it.
         bpd_n: test images for bits/dim (0 skips); for points, test points for the model's PF-ODE log-likelihood.
     """
     from ..data import load_dataset
-    from ..evaluate import dataset_bits_per_dim, evaluate_samples, expectation_gap, pixel_baselines, true_density
+    from ..evaluate import (
+        dataset_bits_per_dim,
+        evaluate_samples,
+        expectation_gap,
+        headline_floor,
+        pixel_baselines,
+        true_density,
+    )
     from ..samplers import SAMPLERS
 
     if sampler not in SAMPLERS:
@@ -113,6 +127,8 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
         sweep_entry(e)
     if any(not (isinstance(k, int) and k >= 1) for k in nfes):
         raise ValueError(f"NFE budgets must be integers >= 1, got {list(nfes)}")
+    if sweep_samples is not None and not (isinstance(sweep_samples, int) and sweep_samples >= 2):
+        raise ValueError(f"sweep_samples must be an integer >= 2, got {sweep_samples!r}")
     steps = default_steps(run.denoiser) if steps is None else steps
     if own_sampling(run.denoiser) is not None:
         run.denoiser.check_steps(steps)
@@ -135,7 +151,12 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     if result.exists():
         out["training"] = _training_summary(run.path, json.loads(result.read_text()))
     t0 = time.perf_counter()
-    out["quality_vs_nfe"] = _sweep(run, n, sweep=sweep, nfes=nfes, seed=seed, guidance=guidance, progress=progress)
+    k = min(n, SWEEP_SAMPLES) if sweep_samples is None else sweep_samples
+    out["quality_vs_nfe"] = _sweep(run, k, sweep=sweep, nfes=nfes, seed=seed, guidance=guidance, progress=progress)
+    if out["quality_vs_nfe"]:
+        out["quality_vs_nfe_samples"] = k
+        out["quality_vs_nfe_floor"] = metrics[f"{name}_floor"] if k == n else headline_floor(cfg.dataset, k,
+                                                                                              seed=seed)
     timings = {"headline_sampling": sample_s, "sweep": time.perf_counter() - t0}
     test = load_dataset(cfg.dataset, "test", seed=cfg.seed)
     t0 = time.perf_counter()

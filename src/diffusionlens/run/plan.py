@@ -28,10 +28,12 @@ def has_tuned(plan, sampler: str, nfe: int) -> bool:
     return plan is not None and (sampler, int(nfe)) in plan.tuned
 
 
-def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES, progress: bool = False) -> object:
+def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=None, progress: bool = False) -> object:
     """Measure the run's sampling plan once (the pilot's error density and stops, the data mean and
     Gaussian moments; for a class-conditional run one pilot per class, unguided, and the class means) and
-    store it in the run directory (atomic); returns it."""
+    store it in the run directory (atomic); returns it. ``samplers`` and ``nfes`` as in
+    :func:`diffusionlens.samplers.tune`, ``nfes`` defaulting to ``TUNED_NFES`` (a mapping {sampler: budgets}
+    takes no ``nfes``)."""
     from ..data import load_dataset
     from .sampling import class_denoisers
 
@@ -41,6 +43,8 @@ def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=TUNED_NFES, progress: bool =
     shape = tuple(data.data_shape)
     smin, smax = sampling_range(run.config)
     conditions = class_denoisers(run.denoiser, data.num_classes) if run.config.conditional else None
+    if nfes is None and not isinstance(samplers, dict):
+        nfes = TUNED_NFES
     plan = _samplers.tune(run.denoiser, shape, samplers, nfes, sigma_min=smin, sigma_max=smax, device=run.device,
                           conditions=conditions, progress=progress)
     plan.save(run.path)
@@ -52,10 +56,8 @@ def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes, prog
     budgets, and the headline sampler at its step count when it is deterministic with a fixed grid."""
     from .sampling import sweep_entry
 
-    names = [name for name, grid in map(sweep_entry, sweep) if grid == "fitted-stop"]
-    budgets = set(nfes)
+    budgets: dict = {name: set(nfes) for name, grid in map(sweep_entry, sweep) if grid == "fitted-stop"}
     spec = _samplers.SAMPLERS[sampler].spec
     if spec.deterministic and not spec.adaptive and spec.nfe_per_step == 1 and spec.nfe_extra == 0:
-        names.append(sampler)  # one evaluation per step: its step count is its budget
-        budgets.add(steps)
-    return tune(run, samplers=tuple(dict.fromkeys(names)), nfes=tuple(sorted(budgets)), progress=progress)
+        budgets.setdefault(sampler, set()).add(steps)  # one evaluation per step: its step count is its budget
+    return tune(run, samplers={name: tuple(sorted(b)) for name, b in budgets.items()}, progress=progress)

@@ -75,10 +75,10 @@ from torch import Tensor
 
 from .._util import Choice, device_of
 from ..processes import karras_grid, logsnr_grid
-from ._common import AnalyticStart
 from .adaptive import solve_exp_rk32
 from .gaussian import GaussianModel
 from .registry import resolve_sampler
+from .starts import MeanStart, NoiseStart, Teleport
 
 __all__ = ["ErrorDensity", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
            "stop_candidates", "stop_grid"]
@@ -357,6 +357,7 @@ def stop_grid(
     sampler_options: dict | None = None,
     teleport: GaussianModel | None = None,
     starts: list[float] | None = None,
+    screen: int | None = None,
 ):
     """The (steps + 1,) grid of family ``base`` whose last positive level minimises the sampler's
     measured error on the pilot of ``density`` (module docstring, "Where to stop").
@@ -388,9 +389,17 @@ def stop_grid(
             evaluation is the Gaussian's denoiser (module docstring, "Where to start"). The grid returned
             starts at the chosen s1; ``sample(..., teleport=...)`` carries the noise there. Choosing two
             levels needs a larger pilot than one: build ``density`` with ``pilot=256``.
+        screen: measure every candidate on the first ``screen`` pilot samples only (split among pooled
+            pilots by their sizes) and the few best of them (``FINALISTS``) on the whole pilot, which
+            decides; the errors returned are then the finalists'. None (default): every candidate on the
+            whole pilot. The screen ranks candidates whose errors differ by more than its sampling noise,
+            the finalists settle the close ones; it cuts the search's cost about len(candidates) x
+            pilot / (len(candidates) x screen + FINALISTS x pilot) times.
     """
     fn, spec = resolve_sampler(sampler)
     base = StopBase.parse(base)
+    if screen is not None and not (isinstance(screen, int) and screen >= 1):
+        raise ValueError(f"screen must be None or an integer >= 1, got {screen!r}")
     pilots = [(denoiser, density)] if pilots is None else list(pilots)
     _check_pilots(pilots, density, analytic_start)
     order = order if order is not None else spec.order
@@ -410,42 +419,76 @@ def stop_grid(
     cands = stop_candidates(density.sigma_min, top) if candidates is None else list(candidates)
     _check_levels(cands, "candidates", lambda c: density.sigma_min <= float(c) < top,
                   f"candidate sigma_last must be in [sigma_min, sigma_max) = [{density.sigma_min}, {top})")
-
-    def grid_for(first: float, last: float) -> Tensor:
-        if base is StopBase.FITTED:
-            return density.grid(steps, order, sigma_last=last, sigma_first=first)
-        return (karras_grid if base is StopBase.KARRAS else logsnr_grid)(steps, last, first)
-
-    def run(den, p, x, grid, first):
-        if analytic_start:
-            den = AnalyticStart(den, p.data_mean if teleport is None else teleport, first)
-        return fn(den, x, grid, generator=torch.Generator().manual_seed(0), **dict(sampler_options or {}))
-
-    def start_at(p, first):  # the pilot noise carried to the first level
-        return p.pilot_noise * top if teleport is None else teleport.flow(p.pilot_noise * top, top, first)
-
-    best, errors = _search(firsts, cands, grid_for, run, pilots, start_at, keyed_by_first=teleport is not None)
+    kind = "teleport" if teleport is not None else ("mean" if analytic_start else "noise")
+    trials = [Trial(kind, f, float(c)) for f in firsts for c in cands if float(c) < f]
+    best, errors = search_stops(fn, steps, trials, density=density, pilots=pilots, base=base, order=order,
+                                teleport=teleport, analytic=analytic_start, sampler_options=sampler_options,
+                                screen=screen)
     if best is None:
         raise FloatingPointError(f"sampler {spec.name!r} diverged on the pilot for every candidate sigma_last")
-    return (best, errors) if return_errors else best
+    errors = {((t.first, t.last) if teleport is not None else t.last): e for t, e in errors.items()}
+    return (best[1], errors) if return_errors else best[1]
 
 
-def _search(firsts, cands, grid_for: Callable, run: Callable, pilots: list, start_at: Callable, keyed_by_first: bool):
-    """The grid of the (first, last) pair with the smallest pilot error, and every pair's error."""
-    errors: dict = {}
-    best, best_err = None, math.inf
+@dataclass(frozen=True)
+class Trial:
+    """One candidate of a stop search: the grid from ``first`` down to ``last`` (then 0), entered by the
+    ``start`` named ``"noise"`` (noise * sigma_max), ``"mean"`` (the pilot's data mean as the first
+    evaluation) or ``"teleport"`` (the Gaussian's flow from sigma_max down to ``first``)."""
+
+    start: str
+    first: float
+    last: float
+
+
+FINALISTS = 3
+"""Trials of a screened search (``stop_grid(screen=...)``) measured on the whole pilot."""
+
+
+def search_stops(sampler: Callable, steps: int, trials: list[Trial], *, density: ErrorDensity, pilots: list,
+                 base: StopBase = StopBase.FITTED, order: int | None = None, teleport: GaussianModel | None = None,
+                 analytic: bool = True, sampler_options: dict | None = None, screen: int | None = None):
+    """The search behind :func:`stop_grid` and :func:`~diffusionlens.samplers.tune`: every trial's grid run
+    by ``sampler`` from the pilots' noise through its start, its RMS error against the pilots' solutions
+    pooled over ``pilots`` ((denoiser, density) pairs); with ``screen``, every trial on that many pilot
+    samples first and the ``FINALISTS`` best on the whole pilot (see :func:`stop_grid`).
+
+    Returns ((best trial, its grid) or None when every trial diverged, {trial: RMS error on the whole
+    pilot}). ``analytic``: the teleported start's first evaluation is the Gaussian's denoiser."""
+    top = density.sigma_max
+
+    def grid_for(t: Trial) -> Tensor:
+        if base is StopBase.FITTED:
+            return density.grid(steps, order, sigma_last=t.last, sigma_first=t.first)
+        return (karras_grid if base is StopBase.KARRAS else logsnr_grid)(steps, t.last, t.first)
+
+    def start_of(t: Trial, p: ErrorDensity):
+        if t.start == "teleport":
+            return Teleport(teleport, analytic=analytic, first=t.first)
+        return MeanStart(p.data_mean) if t.start == "mean" else NoiseStart()
+
+    def run(t: Trial, grid: Tensor, den, p: ErrorDensity, rows: slice) -> Tensor:
+        x, den = start_of(t, p).begin(den, p.pilot_noise[rows], grid, top)
+        return sampler(den, x, grid, generator=torch.Generator().manual_seed(0), **dict(sampler_options or {}))
+
+    sizes = [len(p.pilot_noise) for _, p in pilots]
+    total = sum(sizes)
+    heads = sizes if screen is None or screen >= total else [max(1, math.ceil(screen * n / total)) for n in sizes]
+    grids = {t: grid_for(t) for t in trials}
     with torch.no_grad():
-        for first in firsts:
-            starts_at = [start_at(p, first) for _, p in pilots]
-            for c in cands:
-                if float(c) >= first:
-                    continue
-                grid = grid_for(first, float(c))
-                err = _pilot_error(run, pilots, starts_at, grid, first)
-                errors[(first, float(c)) if keyed_by_first else float(c)] = err
-                if err < best_err:  # a non-finite error never wins
-                    best, best_err = grid, err
-    return best, errors
+        def part(t: Trial, lo: list, hi: list) -> tuple[float, int]:
+            return _pilot_sq(lambda *a: run(t, grids[t], *a), pilots, lo, hi)
+
+        sums = {t: part(t, [0] * len(sizes), heads) for t in trials}
+        if heads != sizes:
+            ranked = sorted((t for t in trials if math.isfinite(sums[t][0])), key=lambda t: _rms(sums[t]))
+            sums = {t: tuple(map(sum, zip(sums[t], part(t, heads, sizes)))) for t in ranked[:FINALISTS]}
+    errors = {t: _rms(sc) for t, sc in sums.items()}
+    finite = [t for t in trials if t in errors and math.isfinite(errors[t])]
+    if not finite:
+        return None, errors
+    best = min(finite, key=errors.get)
+    return (best, grids[best]), errors
 
 
 def _check_pilots(pilots: list, density: ErrorDensity, analytic_start: bool) -> None:
@@ -473,15 +516,22 @@ def _check_levels(levels: list, what: str, ok: Callable, message: str) -> None:
             raise ValueError(f"{message}, got {v}")
 
 
-def _pilot_error(run: Callable, pilots: list, starts_at: list, *args) -> float:
-    """RMS error against the pilots' own solutions of ``run(denoiser, density, x_start, *args)``, pooled over
-    the pilots; inf when the sampler diverges (it names the step)."""
+def _rms(sq_count: tuple[float, int]) -> float:
+    sq, count = sq_count
+    return math.sqrt(sq / count) if count else math.inf
+
+
+def _pilot_sq(run: Callable, pilots: list, lo: list, hi: list) -> tuple[float, int]:
+    """Squared error and element count of ``run(denoiser, density, rows)`` against the pilots' own solutions,
+    over samples lo[i]:hi[i] of pilot i; (inf, 1) when the sampler diverges."""
     sq, count = 0.0, 0
     try:
-        for (den, p), x in zip(pilots, starts_at):
-            x = run(den, p, x, *args)
-            sq += float((x - p.pilot_x0).double().pow(2).sum())
-            count += x.numel()
-        return math.sqrt(sq / count)
+        for (den, p), a, b in zip(pilots, lo, hi):
+            if b <= a:
+                continue
+            out = run(den, p, slice(a, b))
+            sq += float((out - p.pilot_x0[a:b]).double().pow(2).sum())
+            count += out.numel()
+        return sq, count
     except FloatingPointError:  # the sampler diverged on this grid: not a candidate
-        return math.inf
+        return math.inf, 1

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._util import atomic_write
-from .fitted import ErrorDensity, error_density, stop_grid
+from .fitted import ErrorDensity, Trial, error_density, search_stops, start_candidates, stop_candidates
 from .gaussian import GaussianModel, gaussian_model
 from .registry import DEFAULT_SAMPLER, resolve_sampler
 from .resolve import DEFAULT_STEPS, SIGMA_MAX, SIGMA_MIN, Resolved
@@ -180,7 +182,7 @@ def tune(
     denoiser,
     shape,
     samplers=TUNED_SAMPLERS,
-    nfes=DEFAULT_NFES,
+    nfes=None,
     *,
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
@@ -189,13 +191,16 @@ def tune(
     device=None,
     dtype: torch.dtype = torch.float32,
     conditions: list | None = None,
+    screen: int | None = 32,
     progress: bool = False,
 ) -> SamplingPlan:
-    """Measure the pilot once and tune each (deterministic, fixed-grid) sampler at each NFE budget.
+    """Measure the pilot once and tune each (deterministic, fixed-grid) sampler at each NFE budget:
+    ``samplers`` names them, each tuned at ``nfes`` (default ``DEFAULT_NFES``), or maps each to its own
+    budgets ({"unipc": (4, 8), "deis": (16,)}).
 
-    For each budget the fitted grid with its stop chosen on the pilot (:func:`stop_grid`) is tried with
-    the analytic mean start and, with ``teleport``, with the teleported start (its first level chosen
-    jointly with the stop); the one with the smaller pilot error is kept. ``pilot``: samples of the pilot
+    For each budget one search on the pilot (:func:`~diffusionlens.samplers.fitted.search_stops`, as
+    :func:`stop_grid` runs it) chooses the fitted grid's last level together with its start: the analytic
+    mean start or, with ``teleport``, the teleported one with its first level. ``pilot``: samples of the pilot
     (two levels are chosen on it with the teleported start: 256 keeps that from overfitting). The
     denoiser is called on subsets of the pilot batch, so conditioning cannot be bound by position.
 
@@ -204,16 +209,27 @@ def tune(
     chosen on the pooled pilots with each condition's own mean start, the fitted family comes from their
     average density, and the plan keeps the per-condition means (``class_means``). No teleported start:
     one Gaussian would not describe every condition.
+
+    The budgets are tuned in increasing order, each searching only the levels the previous one leaves
+    possible (:func:`_narrowed`), every candidate screened on ``screen`` pilot samples and the best few of
+    both starts measured on the whole pilot (``stop_grid(screen=...)``; None: every candidate on all of it).
     """
-    nfes = sorted({int(n) for n in nfes})
-    if not nfes or nfes[0] < 2:
-        raise ValueError(f"nfes must be integers >= 2 (the analytic start saves one), got {nfes}")
+    if isinstance(samplers, Mapping):
+        if nfes is not None:
+            raise ValueError("nfes is given per sampler when samplers is a mapping {sampler: budgets}")
+        wanted = list(samplers.items())
+    else:
+        wanted = [(s, DEFAULT_NFES if nfes is None else nfes) for s in samplers]
     specs = []
-    for s in samplers:
+    for s, budgets in wanted:
         fn, spec = resolve_sampler(s)
         if not spec.deterministic or spec.adaptive or spec.order is None:
             raise ValueError(f"tune takes deterministic fixed-grid samplers with an order, got {spec.name!r}")
-        specs.append((fn, spec))
+        budgets = sorted({int(n) for n in budgets})
+        if not budgets or budgets[0] < 2:
+            raise ValueError(f"NFE budgets must be integers >= 2 (the analytic start saves one), got {budgets} "
+                             f"for {spec.name!r}")
+        specs.append((fn, spec, budgets))
     pilots = None
     with torch.no_grad():
         if conditions is None:
@@ -230,31 +246,50 @@ def tune(
     if gauss is not None:  # row-major, as it loads: a plan samples the same before and after a save
         gauss = replace(gauss, eigvecs=gauss.eigvecs.contiguous())
     tuned = {}
-    starts = ("mean",) + (("teleport",) if gauss is not None else ())
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(specs) * len(nfes) * len(starts), desc="tune", unit="stop search")
-    for fn, spec in specs:
-        for nfe in nfes:
+        bar = tqdm(total=sum(len(b) for *_, b in specs), desc="tune", unit="budget")
+    for fn, spec, budgets in specs:
+        previous = None  # the trial chosen at the previous budget
+        for nfe in budgets:
             steps = spec.steps_for_nfe(nfe + 1)
             if steps < 2:
                 continue
-            best = None
-            for start in starts:
-                grid, errs = stop_grid(denoiser, dens, fn, steps, analytic_start=True, return_errors=True,
-                                       teleport=gauss if start == "teleport" else None, pilots=pilots)
-                err = min(errs.values())
-                if best is None or err < best.pilot_rmse:
-                    best = Tuned(spec.name, nfe, steps, start, grid, err)
-                if bar is not None:
-                    bar.set_postfix_str(f"{spec.name} at {nfe} NFE")
-                    bar.update(1)
-            tuned[(spec.name, nfe)] = best
+            lasts, firsts = _narrowed(previous, sigma_min, sigma_max)
+            trials = [Trial("mean", sigma_max, c) for c in lasts]
+            if gauss is not None:
+                trials += [Trial("teleport", f, c) for f in firsts for c in lasts if c < f]
+            best, errors = search_stops(fn, steps, trials, density=dens, pilots=pilots or [(denoiser, dens)],
+                                        order=spec.order, teleport=gauss, screen=screen)
+            if best is None:
+                raise FloatingPointError(f"sampler {spec.name!r} diverged on the pilot at every tried grid for "
+                                         f"{nfe} NFE")
+            previous, grid = best
+            tuned[(spec.name, nfe)] = Tuned(spec.name, nfe, steps, previous.start, grid, errors[previous])
+            if bar is not None:
+                bar.set_postfix_str(f"{spec.name} at {nfe} NFE")
+                bar.update(1)
     if bar is not None:
         bar.close()
     class_means = None if pilots is None else torch.stack([p.data_mean for _, p in pilots])
     mean = dens.data_mean if pilots is None else class_means.mean(0)
     light = ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, dens.pilot_nfe, data_mean=mean)
     return SamplingPlan(tuple(shape), sigma_min, sigma_max, light, mean, gauss, tuned, class_means)
+
+
+def _narrowed(previous: Trial | None, sigma_min: float, sigma_max: float) -> tuple[list, list]:
+    """The stop and start candidates at the next budget, given the trial chosen at the previous one.
+
+    More steps shrink the integration error while the error of the final jump from sigma_L and of the
+    Gaussian flow down to the first level stay what they are, so the best last level can only fall and the
+    best first level only rise as the budget grows: the search keeps the candidates at or below the
+    previous last level and at or above the previous first, with one candidate of margin either side."""
+    lasts, firsts = stop_candidates(sigma_min, sigma_max), start_candidates(sigma_max)
+    if previous is None:
+        return lasts, firsts
+    last, first = previous.last, previous.first
+    i = min(range(len(lasts)), key=lambda k: abs(math.log(lasts[k] / last)))
+    j = min(range(len(firsts)), key=lambda k: abs(math.log(firsts[k] / first)))
+    return lasts[:i + 2], firsts[:j + 2]
