@@ -52,6 +52,7 @@ def loss_curve(metrics_path, path) -> Path:
         ax.plot(steps[c:c + len(sm)], sm.tolist(), lw=2, color="tab:orange", label=f"running mean ({k} logs)")
         ax.legend()
     ax.set_yscale("log")
+    _plain_ticks(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (weighted MSE)")
     ax.set_title("training loss per logged window")
