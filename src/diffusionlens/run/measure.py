@@ -136,6 +136,9 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     cfg = run.config
     train = load_dataset(cfg.dataset, "train", seed=cfg.seed)
     n = n_samples if n_samples is not None else (len(train) if train.is_image else 5000)
+    k = min(n, SWEEP_SAMPLES) if sweep_samples is None else sweep_samples
+    if train.is_image and k > len(train):  # its floor compares k train images with the test split
+        raise ValueError(f"sweep_samples={k} is more than the {len(train)} train images its floor needs")
     t0 = time.perf_counter()
     x, y, nfe = generate(run.denoiser, cfg, n, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
                          progress=progress, plan=run.plan)
@@ -151,7 +154,6 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     if result.exists():
         out["training"] = _training_summary(run.path, json.loads(result.read_text()))
     t0 = time.perf_counter()
-    k = min(n, SWEEP_SAMPLES) if sweep_samples is None else sweep_samples
     out["quality_vs_nfe"] = _sweep(run, k, sweep=sweep, nfes=nfes, seed=seed, guidance=guidance, progress=progress)
     if out["quality_vs_nfe"]:
         out["quality_vs_nfe_samples"] = k

@@ -283,9 +283,10 @@ def _narrowed(previous: Trial | None, sigma_min: float, sigma_max: float) -> tup
     """The stop and start candidates at the next budget, given the trial chosen at the previous one.
 
     More steps shrink the integration error while the error of the final jump from sigma_L and of the
-    Gaussian flow down to the first level stay what they are, so the best last level can only fall and the
-    best first level only rise as the budget grows: the search keeps the candidates at or below the
-    previous last level and at or above the previous first, with one candidate of margin either side."""
+    Gaussian flow down to the first level stay what they are, so as the budget grows the best last level
+    falls and the best first level rises: the search keeps the candidates at or below the previous last
+    level and at or above the previous first, with one candidate of margin either side (an argument, not a
+    theorem: tests/test_stop_grid.py checks on an oracle mixture that the exhaustive optimum stays inside)."""
     lasts, firsts = stop_candidates(sigma_min, sigma_max), start_candidates(sigma_max)
     if previous is None:
         return lasts, firsts
