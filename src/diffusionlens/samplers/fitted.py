@@ -398,8 +398,6 @@ def stop_grid(
     """
     fn, spec = resolve_sampler(sampler)
     base = StopBase.parse(base)
-    if screen is not None and not (isinstance(screen, int) and screen >= 1):
-        raise ValueError(f"screen must be None or an integer >= 1, got {screen!r}")
     pilots = [(denoiser, density)] if pilots is None else list(pilots)
     _check_pilots(pilots, density, analytic_start)
     order = order if order is not None else spec.order
@@ -456,6 +454,8 @@ def search_stops(sampler: Callable, steps: int, trials: list[Trial], *, density:
     Returns ((best trial, its grid) or None when every trial diverged, {trial: RMS error on the whole
     pilot}). ``analytic``: the teleported start's first evaluation is the Gaussian's denoiser."""
     top = density.sigma_max
+    if screen is not None and not (isinstance(screen, int) and screen >= 1):
+        raise ValueError(f"screen must be None or an integer >= 1, got {screen!r}")
 
     def grid_for(t: Trial) -> Tensor:
         if base is StopBase.FITTED:
