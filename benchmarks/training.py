@@ -1,7 +1,7 @@
 """Training benchmark: sample quality per CPU-minute on the digits, our recipe vs diffusers' DDPM recipe,
 with a sweep of the peer's batch size and learning rate and our recipe on the peer's network.
 
-    python -m benchmarks.training --minutes 1 --samples 750 --jobs 11   # the committed run (~20 CPU-min)
+    python -m benchmarks.training --minutes 2 --samples 750 --jobs 2    # the committed run (~22 CPU-min)
     python -m benchmarks.training --minutes 0.1 --batches 16 --lrs 1e-4 --samples 200 --out $WORK/t.md  # smoke
 
 Every piece trains on the digits' train split (1,497 images) in its own process, with
