@@ -3,6 +3,8 @@ sampling and evaluation unless turned off (:class:`diffusionlens.samplers.Sampli
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .. import samplers as _samplers
 from ._core import LEVELS, Run, sampling_range
 from .files import check_writable
@@ -43,7 +45,7 @@ def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=None, progress: bool = False
     shape = tuple(data.data_shape)
     smin, smax = sampling_range(run.config)
     conditions = class_denoisers(run.denoiser, data.num_classes) if run.config.conditional else None
-    if nfes is None and not isinstance(samplers, dict):
+    if nfes is None and not isinstance(samplers, Mapping):
         nfes = TUNED_NFES
     plan = _samplers.tune(run.denoiser, shape, samplers, nfes, sigma_min=smin, sigma_max=smax, device=run.device,
                           conditions=conditions, progress=progress)
