@@ -143,7 +143,6 @@ def test_a_plan_round_trips_and_is_what_sample_uses(tmp_path):
     assert SamplingPlan.load(tmp_path / "missing") is None
 
 
-
 def test_a_plan_tunes_each_sampler_at_its_own_budgets():
     """A mapping {sampler: budgets} tunes exactly those pairs on one pilot: the first budget of a sampler is
     searched as in the product form (same pilot, nothing before it to narrow the search)."""

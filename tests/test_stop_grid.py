@@ -150,7 +150,6 @@ def test_pooled_pilots_for_conditional_models():
     torch.testing.assert_close(g, avg.grid(6, ORDER["deis"], sigma_last=g[-2].item()), rtol=0, atol=0)
 
 
-
 def test_screened_search_measures_its_finalists_on_the_whole_pilot():
     """stop_grid(screen=k) ranks every candidate on k pilot samples and decides among the best FINALISTS on the
     whole pilot: their errors are the exhaustive search's (the same sums over the same samples), the grid is

@@ -504,7 +504,6 @@ def headline_scorer(dataset: str, *, seed: int = 0, projections: int = 256,
     return lambda x: sw(check(x))
 
 
-
 def headline_floor(dataset: str, n: int, *, seed: int = 0):
     """The floor of ``dataset``'s headline metric at ``n`` samples, as :func:`evaluate_samples` measures it
     beside a set of that size: images, the Fréchet distance of ``n`` train images to the test split (a

@@ -80,8 +80,8 @@ from .gaussian import GaussianModel
 from .registry import resolve_sampler
 from .starts import MeanStart, NoiseStart, Teleport
 
-__all__ = ["ErrorDensity", "StopBase", "data_mean", "error_density", "fitted_grid", "start_candidates",
-           "stop_candidates", "stop_grid"]
+__all__ = ["ErrorDensity", "StopBase", "Trial", "data_mean", "error_density", "fitted_grid", "search_stops",
+           "start_candidates", "stop_candidates", "stop_grid"]
 
 
 def _one_step(steps: int, order: int) -> bool:
