@@ -214,6 +214,31 @@ def tune(
     possible (:func:`_narrowed`), every candidate screened on ``screen`` pilot samples and the best few of
     both starts measured on the whole pilot (``stop_grid(screen=...)``; None: every candidate on all of it).
     """
+    specs = _requested(samplers, nfes)
+    with torch.no_grad():
+        dens, pilots = _pilot(denoiser, shape, sigma_min, sigma_max, pilot, conditions, device, dtype)
+        teleport = teleport and conditions is None  # one Gaussian would not describe every condition
+        gauss = gaussian_model(denoiser, shape, sigma_max, device=device, dtype=dtype) if teleport else None
+    if gauss is not None:  # row-major, as it loads: a plan samples the same before and after a save
+        gauss = replace(gauss, eigvecs=gauss.eigvecs.contiguous())
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(b) for *_, b in specs), desc="tune", unit="budget")
+    tuned = {}
+    for fn, spec, budgets in specs:
+        tuned.update(_tune_budgets(fn, spec, budgets, dens, pilots or [(denoiser, dens)], gauss, screen, bar))
+    if bar is not None:
+        bar.close()
+    class_means = None if pilots is None else torch.stack([p.data_mean for _, p in pilots])
+    mean = dens.data_mean if pilots is None else class_means.mean(0)
+    light = ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, dens.pilot_nfe, data_mean=mean)
+    return SamplingPlan(tuple(shape), sigma_min, sigma_max, light, mean, gauss, tuned, class_means)
+
+
+def _requested(samplers, nfes) -> list:
+    """(function, spec, sorted budgets) of each sampler ``tune`` was asked for, each checked."""
     if isinstance(samplers, Mapping):
         if nfes is not None:
             raise ValueError("nfes is given per sampler when samplers is a mapping {sampler: budgets}")
@@ -230,53 +255,44 @@ def tune(
             raise ValueError(f"NFE budgets must be integers >= 2 (the analytic start saves one), got {budgets} "
                              f"for {spec.name!r}")
         specs.append((fn, spec, budgets))
-    pilots = None
-    with torch.no_grad():
-        if conditions is None:
-            dens = error_density(denoiser, shape, sigma_min, sigma_max, pilot=pilot, device=device, dtype=dtype)
-        else:
-            pilots = [(c, error_density(c, shape, sigma_min, sigma_max, pilot=max(8, pilot // len(conditions)),
-                                        generator=torch.Generator().manual_seed(i), device=device, dtype=dtype))
-                      for i, c in enumerate(conditions)]
-            if not pilots:
-                raise ValueError("conditions must not be empty")
-            dens = ErrorDensity.average([p for _, p in pilots])
-            teleport = False
-        gauss = gaussian_model(denoiser, shape, sigma_max, device=device, dtype=dtype) if teleport else None
-    if gauss is not None:  # row-major, as it loads: a plan samples the same before and after a save
-        gauss = replace(gauss, eigvecs=gauss.eigvecs.contiguous())
-    tuned = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    return specs
 
-        bar = tqdm(total=sum(len(b) for *_, b in specs), desc="tune", unit="budget")
-    for fn, spec, budgets in specs:
-        previous = None  # the trial chosen at the previous budget
-        for nfe in budgets:
-            steps = spec.steps_for_nfe(nfe + 1)
-            if steps < 2:
-                continue
-            lasts, firsts = _narrowed(previous, sigma_min, sigma_max)
-            trials = [Trial("mean", sigma_max, c) for c in lasts]
-            if gauss is not None:
-                trials += [Trial("teleport", f, c) for f in firsts for c in lasts if c < f]
-            best, errors = search_stops(fn, steps, trials, density=dens, pilots=pilots or [(denoiser, dens)],
-                                        order=spec.order, teleport=gauss, screen=screen)
-            if best is None:
-                raise FloatingPointError(f"sampler {spec.name!r} diverged on the pilot at every tried grid for "
-                                         f"{nfe} NFE")
-            previous, grid = best
-            tuned[(spec.name, nfe)] = Tuned(spec.name, nfe, steps, previous.start, grid, errors[previous])
-            if bar is not None:
-                bar.set_postfix_str(f"{spec.name} at {nfe} NFE")
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    class_means = None if pilots is None else torch.stack([p.data_mean for _, p in pilots])
-    mean = dens.data_mean if pilots is None else class_means.mean(0)
-    light = ErrorDensity(dens.sigma_min, dens.sigma_max, dens.mesh, dens.n, dens.pilot_nfe, data_mean=mean)
-    return SamplingPlan(tuple(shape), sigma_min, sigma_max, light, mean, gauss, tuned, class_means)
+
+def _pilot(denoiser, shape, sigma_min, sigma_max, pilot: int, conditions, device, dtype):
+    """(error density, per-condition pilots or None): one pilot, or one per condition (seed i, at least 8
+    samples each) whose densities are averaged."""
+    if conditions is None:
+        return error_density(denoiser, shape, sigma_min, sigma_max, pilot=pilot, device=device, dtype=dtype), None
+    pilots = [(c, error_density(c, shape, sigma_min, sigma_max, pilot=max(8, pilot // len(conditions)),
+                                generator=torch.Generator().manual_seed(i), device=device, dtype=dtype))
+              for i, c in enumerate(conditions)]
+    if not pilots:
+        raise ValueError("conditions must not be empty")
+    return ErrorDensity.average([p for _, p in pilots]), pilots
+
+
+def _tune_budgets(fn, spec, budgets: list, dens: ErrorDensity, pilots: list, gauss, screen, bar) -> dict:
+    """{(sampler, nfe): Tuned} of one sampler, its budgets in increasing order, each search narrowed by the
+    choice at the budget before (:func:`_narrowed`)."""
+    tuned, previous = {}, None
+    for nfe in budgets:
+        steps = spec.steps_for_nfe(nfe + 1)
+        if steps < 2:
+            continue
+        lasts, firsts = _narrowed(previous, dens.sigma_min, dens.sigma_max)
+        trials = [Trial("mean", dens.sigma_max, c) for c in lasts]
+        if gauss is not None:
+            trials += [Trial("teleport", f, c) for f in firsts for c in lasts if c < f]
+        best, errors = search_stops(fn, steps, trials, density=dens, pilots=pilots, order=spec.order,
+                                    teleport=gauss, screen=screen)
+        if best is None:
+            raise FloatingPointError(f"sampler {spec.name!r} diverged on the pilot at every tried grid for {nfe} NFE")
+        previous, grid = best
+        tuned[(spec.name, nfe)] = Tuned(spec.name, nfe, steps, previous.start, grid, errors[previous])
+        if bar is not None:
+            bar.set_postfix_str(f"{spec.name} at {nfe} NFE")
+            bar.update(1)
+    return tuned
 
 
 def _narrowed(previous: Trial | None, sigma_min: float, sigma_max: float) -> tuple[list, list]:
