@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _cli import run_cli
 from diffusionlens.cli import build_parser, main
 from diffusionlens.evaluate import headline_floor
 from diffusionlens.report import DEFAULT_SWEEP
@@ -27,15 +28,6 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse exits on usage errors and --help
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")

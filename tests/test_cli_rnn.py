@@ -8,20 +8,11 @@ import json
 import pytest
 import torch
 
-from diffusionlens.cli import main
+from _cli import run_cli
 
 TINY = {"net": {"kind": "mlp", "data_shape": [2], "width": 16, "depth": 1, "emb_dim": 16}, "batch_size": 32,
         "warmup_steps": 0, "log_every": 5, "ckpt_every": 0}
 
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture

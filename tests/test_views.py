@@ -16,6 +16,7 @@ import os
 import pytest
 import torch
 
+from _cli import run_cli
 from diffusionlens.cli import main
 from diffusionlens.losses import Loss, Sigmoid, edm_loss, vdm_loss
 from diffusionlens.oracle import ring, standard_cases
@@ -37,15 +38,6 @@ def _one_thread():
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
-
-def run_cli(args, capsys):
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")
