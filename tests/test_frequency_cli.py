@@ -77,3 +77,30 @@ def test_a_blurring_run_trains_and_samples_through_the_run_layer(tmp_path):
     assert x.shape == (8, 1, 8, 8) and y is None and nfe == 6 and bool(torch.isfinite(x).all())
     x2, _, _ = runs.generate(r.denoiser, r.config, 3, sampler="euler", steps=6, batch_size=2)
     assert torch.allclose(x[:3], x2, atol=1e-5)  # sample i depends on the seed and i only
+
+
+def test_a_blurring_run_samples_its_own_way_through_the_run_layer():
+    """The run layer hands a blurring model to its own sampler (DDIM for a deterministic sampler name, the
+    exact-posterior ancestral step for a stochastic one) with the run layer's per-sample noise, and refuses the
+    generic samplers' grid and start options instead of ignoring them."""
+    from diffusionlens import run as runs
+    from diffusionlens.frequency import Blur, blurred_denoiser, blurring_sample
+    from diffusionlens.processes import karras_grid
+    from diffusionlens.run.students import BlurringModel, own_sampling
+    from diffusionlens.samplers import noise_seeds, randn
+
+    cfg = TrainConfig(dataset="digits", objective="blurring")
+    oracle = PowerLawGaussian((1, 8, 8), exponent=-2.0, variance=0.3, mean=0.2)
+    model = BlurringModel(blurred_denoiser(oracle, Blur()), cfg)
+    assert own_sampling(model) is not None
+    x, y, nfe = runs.generate(model, cfg, 5, sampler="euler", steps=6, seed=3, batch_size=2)
+    g = torch.Generator().manual_seed(3)
+    noise = randn((5, 1, 8, 8), noise_seeds(g, 5))
+    expect = blurring_sample(blurred_denoiser(oracle, Blur()), noise, karras_grid(6, *runs.sampling_range(cfg)))
+    assert y is None and nfe == 6
+    torch.testing.assert_close(x, expect, rtol=0, atol=1e-5)  # batching changes nothing
+    xs, _, _ = runs.generate(model, cfg, 5, sampler="ddpm", steps=6, seed=3)
+    assert bool(torch.isfinite(xs).all()) and not torch.allclose(xs, x)  # the ancestral step, not DDIM
+    for bad in ({"grid": "fitted-stop"}, {"analytic_start": True}):
+        with pytest.raises(ValueError, match="blurring run samples its own way"):
+            runs.generate(model, cfg, 2, sampler="euler", steps=4, **bad)

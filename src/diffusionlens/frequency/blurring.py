@@ -18,7 +18,8 @@ training loop, EMA, checkpoints and the run layer's model loading are unchanged;
 (:class:`diffusionlens.objectives.blurring.Blurring`, ``objective="blurring"``) and the sampler
 (:func:`blurring_sample`) differ. It is an objective rather than a process because a process is a
 scalar pair s(t), sigma(t) that every generic sampler relies on; a per-frequency scale would make
-each of them silently wrong. The run layer's ``generate`` hands blurring runs to :func:`generate`.
+each of them silently wrong. A blurring run opens as :class:`diffusionlens.run.students.BlurringModel`,
+which samples with :func:`blurring_sample` wherever the run layer generates.
 
 Sampling works per DCT coefficient: with u = dct2(x_hat) and u0 = dct2(D), a deterministic step from
 sigma to sigma' is DDIM, u' = d' u0 + sigma' (u - d u0) / sigma; the stochastic step draws from the
@@ -114,32 +115,3 @@ def blurring_sample(denoiser, noise: Tensor, sigmas, blur: Blur = Blur(), *, sto
             x = idct2(u_next)
         report(callback, i, x, s, s_next, d0)
     return x
-
-
-def generate(denoiser, cfg, n: int, *, sampler: str, steps: int, seed: int = 0, batch_size: int = 1000,
-             progress: bool = False) -> tuple[Tensor, None, float]:
-    """The run layer's ``generate`` for a blurring run: ``n`` samples of shape (n, *data_shape), no labels,
-    and the NFE. A deterministic ``sampler`` name selects the DDIM step, a stochastic one the ancestral
-    step (the generic samplers do not apply to this corruption); ``steps`` intervals of the Karras grid
-    in the run's noise range, one evaluation each. Sample i depends only on ``seed`` and i."""
-    from .._util import device_of
-    from ..data import load_dataset
-    from ..processes import karras_grid
-    from ..run import sampling_range
-    from ..samplers import SAMPLERS, noise_seeds, randn
-
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
-    spec = SAMPLERS[sampler].spec
-    steps = 16 if spec.adaptive or not steps else int(steps)
-    shape = tuple(load_dataset(cfg.dataset, "test", seed=cfg.seed, n=2).data_shape)
-    grid = karras_grid(steps, *sampling_range(cfg))
-    g = torch.Generator().manual_seed(seed)
-    noise_ids, sampler_ids = noise_seeds(g, n), noise_seeds(g, n)
-    dev, out = device_of(denoiser), []
-    for i in range(0, n, batch_size):
-        b = min(batch_size, n - i)
-        noise = randn((b,) + shape, noise_ids[i:i + b]).to(dev)
-        out.append(blurring_sample(denoiser, noise, grid, Blur(), stochastic=not spec.deterministic,
-                                   generator=sampler_ids[i:i + b].to(dev)).cpu())
-    return torch.cat(out), None, float(steps)

@@ -196,11 +196,8 @@ def _reads_the_denoiser(ctx: Context) -> None:
     few-step map."""
     from ..run.students import own_sampling
 
-    if ctx.cfg.objective == "blurring":
-        raise NotApplicable("blurring diffusion corrupts frequency by frequency: the views of a Gaussian "
-                            "denoiser do not apply")
     if own_sampling(ctx.denoiser) is not None:
-        raise NotApplicable("a distilled run's model is a few-step sampler, not the denoiser this view reads")
+        raise NotApplicable(ctx.denoiser.why_not_a_denoiser)
 
 
 @section("samples")
@@ -401,9 +398,9 @@ def _regularisers(ctx: Context) -> Figure:
 @section("distillation")
 def _distillation(ctx: Context) -> Figure:
     from ..run import open_run
-    from ..run.students import beside_teacher, own_sampling
+    from ..run.students import beside_teacher
 
-    if own_sampling(ctx.denoiser) is None:
+    if not getattr(ctx.denoiser, "student", False):
         raise NotApplicable("not a distilled or consistency run (made by `diffusionlens distill` or `train "
                             "--objective consistency-training`)")
     panels = beside_teacher(open_run(ctx.run_dir, plan=False), min(int(ctx.ev["n_samples"]), 1000))

@@ -16,7 +16,7 @@ from ._core import LEVELS, Run, open_run, progress_bar
 from .files import check_writable, save_json, save_tensors
 from .plan import has_tuned
 from .sampling import generate, steps_for_nfe, sweep_entry, usable_plan
-from .students import default_steps, own_sampling, student_sweep
+from .students import default_steps, own_sampling, own_sweep
 
 DEFAULT_SWEEP = ("euler", "dpmpp_2m", "unipc", "deis", "unipc@fitted-stop")
 """Entries of the quality-vs-NFE sweep: samplers on their recommended grids, and UniPC on the fitted grid
@@ -35,8 +35,8 @@ def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progres
     teleported one), and solves its own pilot otherwise."""
     from ..evaluate import headline_scorer
 
-    if own_sampling(run.denoiser) is not None and sweep:  # a distilled run: its students, not samplers
-        return student_sweep(run, n, seed=seed, progress=progress)
+    if own_sampling(run.denoiser) is not None and sweep:  # a distilled or blurring run: its own samplers
+        return own_sweep(run, n, nfes, seed=seed, progress=progress)
     entries = {e: sweep_entry(e) for e in sweep}
     jobs = [(s, k) for s in sweep for k in nfes]
     if not jobs:
@@ -145,7 +145,8 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     sample_s = time.perf_counter() - t0
     metrics = evaluate_samples(x, cfg.dataset, seed=seed)
     name = "fd" if "fd" in metrics else "sw2"
-    used = f"{run.denoiser.kind} student" if own_sampling(run.denoiser) is not None else sampler
+    own = own_sampling(run.denoiser) is not None
+    used = run.denoiser.label(SAMPLERS[sampler].spec.deterministic) if own else sampler
     out = {"dataset": cfg.dataset, "sampler": used, "steps": steps, "nfe": nfe, "n_samples": n,
            "sampling_seconds": sample_s, "guidance": guidance if cfg.conditional else None,
            "sigma_range": list(run.sigma_range), "metrics": metrics,
@@ -164,7 +165,7 @@ def evaluate(run: Run, *, n_samples: int | None = None, sampler: str = DEFAULT_S
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     smin, smax = run.sigma_range
-    if cfg.objective == "blurring" or own_sampling(run.denoiser) is not None:
+    if own:
         bpd_n = 0  # the probability-flow likelihood reads the model as a Gaussian denoiser, which these are not
     if train.is_image and bpd_n:
         out["bits_per_dim"] = dataset_bits_per_dim(run.denoiser, test.x[:bpd_n], levels=LEVELS[cfg.dataset],

@@ -38,7 +38,11 @@ def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=None, progress: bool = False
     takes no ``nfes``)."""
     from ..data import load_dataset
     from .sampling import class_denoisers
+    from .students import own_sampling
 
+    if own_sampling(run.denoiser) is not None:
+        raise ValueError(f"{run.path}: a {run.denoiser.kind} run samples its own way; the generic samplers' plan "
+                         "does not apply to it")
     check_writable(run.path)
     small = None if run.config.dataset in LEVELS else 2  # only the shape is needed
     data = load_dataset(run.config.dataset, "test", seed=run.config.seed, n=small)
@@ -55,9 +59,13 @@ def tune(run: Run, *, samplers=TUNED_SAMPLERS, nfes=None, progress: bool = False
 
 def tune_for_evaluation(run: Run, *, sampler: str, steps: int, sweep, nfes, progress: bool = False) -> object:
     """:func:`tune` for what an evaluation will ask of the plan: the sweep's ``@fitted-stop`` samplers at its
-    budgets, and the headline sampler at its step count when it is deterministic with a fixed grid."""
+    budgets, and the headline sampler at its step count when it is deterministic with a fixed grid (None for a run
+    that samples its own way)."""
     from .sampling import sweep_entry
+    from .students import own_sampling
 
+    if own_sampling(run.denoiser) is not None:
+        return None  # nothing to tune: it samples its own way
     budgets: dict = {name: set(nfes) for name, grid in map(sweep_entry, sweep) if grid == "fitted-stop"}
     spec = _samplers.SAMPLERS[sampler].spec
     if spec.deterministic and not spec.adaptive and spec.nfe_per_step == 1 and spec.nfe_extra == 0:

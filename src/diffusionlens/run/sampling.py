@@ -146,15 +146,19 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     run's plan, tuned per class without guidance, at guidance 1 only).
     """
     from ..data import load_dataset
-    from ..samplers import PILOT_GRIDS, Grid, MeanStart, gaussian_model, noise_seeds, randn, sample
+    from ..samplers import PILOT_GRIDS, SAMPLERS, Grid, MeanStart, gaussian_model, noise_seeds, randn, sample
     from .students import own_sampling
 
-    if cfg.objective == "blurring":  # its own corruption: the generic samplers would be silently wrong for it
-        from ..frequency.blurring import generate as generate_blurred
-
-        return generate_blurred(denoiser, cfg, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size)
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
+    if own_sampling(denoiser) is not None:  # a distilled or blurring run: its own sampling
+        asked = {"grid": grid, "analytic_start": analytic_start, "teleport": teleport}
+        if any(asked.values()):
+            bad = ", ".join(f"{k}={v!r}" for k, v in asked.items() if v)
+            raise ValueError(f"a {denoiser.kind} run samples its own way (steps = evaluations); {bad} does not apply")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        return generate_own(denoiser, cfg, n, steps=steps, seed=seed, batch_size=batch_size,
+                            deterministic=SAMPLERS[sampler].spec.deterministic, progress=progress)
+    _check_count(n)
     if teleport and (cfg.conditional or grid is None or Grid.parse(grid) not in PILOT_GRIDS
                      or Grid.parse(grid) is Grid.FITTED):
         raise ValueError("teleport needs an unconditional run and a -stop grid such as 'fitted-stop' (one Gaussian "
@@ -175,11 +179,9 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
             gauss = gaussian_model(denoiser, shape, smax, device=dev)
             if pilot_cache is not None:
                 pilot_cache["gaussian"] = gauss
-    own = own_sampling(denoiser)  # a distilled run: its own grid or levels, steps = evaluations
-    if own is None:
-        r, means = _resolve(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
-                            analytic_start=analytic_start, gauss=gauss, plan=usable_plan(plan, cfg, guidance),
-                            cache=pilot_cache, dev=dev, progress=progress)
+    r, means = _resolve(conds, shape, smin, smax, sampler=sampler, steps=steps, grid=grid,
+                        analytic_start=analytic_start, gauss=gauss, plan=usable_plan(plan, cfg, guidance),
+                        cache=pilot_cache, dev=dev, progress=progress)
     g = torch.Generator().manual_seed(seed)
     noise_ids, sampler_ids = noise_seeds(g, n), noise_seeds(g, n)  # two per-sample streams: start, sampler
     out, nfe = [], 0.0
@@ -187,20 +189,52 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
         b = min(batch_size, n - i)
         noise = randn((b,) + shape, noise_ids[i:i + b]).to(dev)
         yb = None if labels is None else labels[i:i + b]
-        if own is not None:
-            x, info = own(noise, steps, generator=sampler_ids[i:i + b].to(dev), progress=progress)
-        else:
-            start = r.start
-            if yb is not None and means is not None and isinstance(start, MeanStart):
-                start = MeanStart(torch.stack([means[int(c)] for c in yb]))
-            x, info = sample(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=r.sampler,
-                             grid=r.sigmas, start=start, sigma_max=r.sigma_max,
-                             generator=sampler_ids[i:i + b].to(dev), return_info=True, progress=progress, **r.options)
-        if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(f"sampler {sampler!r} produced a non-finite sample (batch starting at {i})")
-        out.append(x.cpu())
+        start = r.start
+        if yb is not None and means is not None and isinstance(start, MeanStart):
+            start = MeanStart(torch.stack([means[int(c)] for c in yb]))
+        x, info = sample(conds.batch(None if yb is None else yb.to(dev)), noise, sampler=r.sampler,
+                         grid=r.sigmas, start=start, sigma_max=r.sigma_max,
+                         generator=sampler_ids[i:i + b].to(dev), return_info=True, progress=progress, **r.options)
+        out.append(_finite(x, sampler, i))
         nfe = info.nfe
     return torch.cat(out), labels, nfe
+
+
+def _check_count(n) -> None:
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
+
+
+def _finite(x: Tensor, what: str, i: int) -> Tensor:
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"sampler {what!r} produced a non-finite sample (batch starting at {i})")
+    return x.cpu()
+
+
+@torch.no_grad()
+def generate_own(model, cfg, n: int, *, steps: int, seed: int = 0, batch_size: int = 1000, deterministic: bool = True,
+                 progress: bool = False) -> tuple[Tensor, None, float]:
+    """:func:`generate` for a model that samples its own way (:func:`diffusionlens.run.students.own_sampling`):
+    ``steps`` of its deterministic or stochastic sampler (where it has both), same per-sample noise streams."""
+    from ..data import load_dataset
+    from ..samplers import noise_seeds, randn
+
+    _check_count(n)
+    model.check_steps(steps)
+    shape = tuple(load_dataset(cfg.dataset, "test", seed=cfg.seed, n=2 if cfg.dataset not in LEVELS else None)
+                  .data_shape)
+    dev = device_of(model)
+    g = torch.Generator().manual_seed(seed)
+    noise_ids, sampler_ids = noise_seeds(g, n), noise_seeds(g, n)
+    out, nfe = [], 0.0
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        noise = randn((b,) + shape, noise_ids[i:i + b]).to(dev)
+        x, info = model.sample(noise, steps, generator=sampler_ids[i:i + b].to(dev), progress=progress,
+                               deterministic=deterministic)
+        out.append(_finite(x, model.label(deterministic), i))
+        nfe = info.nfe
+    return torch.cat(out), None, nfe
 
 
 def sample_to_files(run: Run, n: int, *, out=None, progress: bool = False, **options) -> dict:

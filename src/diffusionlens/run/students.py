@@ -1,16 +1,27 @@
-"""Models that sample their own way: a progressive-distillation student set and a consistency model.
+"""Models that sample their own way: a progressive-distillation student set, a consistency model and a
+blurring-diffusion denoiser.
 
-A run whose config names a distillation or consistency objective opens (:func:`open_model`) as one of
-these wrappers around its EMA model. Each is still a canonical denoiser-shaped callable (its default
-student's D, or the consistency function f ~ the flow's end point, so figures and likelihood code can
-call it) and carries its own sampling, which :func:`diffusionlens.run.generate` uses in place of the
-sampler: ``--steps k`` is the number of network evaluations.
+A run whose config names a distillation, consistency or blurring objective opens (:func:`open_model`) as
+one of these wrappers around its EMA model. Each is still a denoiser-shaped callable (its default
+student's D, the consistency function f ~ the flow's end point, or the blurring model's E[x0 | x_hat],
+so figures can call it) and carries its own sampling, which :func:`diffusionlens.run.generate` uses in
+place of the generic samplers: ``--steps k`` is the number of network evaluations. The generic samplers
+would be silently wrong for them, so grid, start and plan options are refused rather than ignored.
 
 - progressive: the student of k steps on its own Euler/DDIM grid, every other level of the teacher's
   halvable Karras grid (:func:`diffusionlens.distill.halvable_grid`); students of every round are
   kept in the checkpoint.
 - consistency: multistep consistency sampling (:func:`diffusionlens.distill.consistency_sample`) on
   the levels stored in the config or their default (:func:`diffusionlens.distill.objectives.sampling_levels`).
+- blurring: DDIM steps or the exact-posterior ancestral steps per DCT coefficient
+  (:func:`diffusionlens.frequency.blurring_sample`) on the Karras grid of the run's noise range; a
+  deterministic ``--sampler`` picks the first, a stochastic one the second.
+
+Every wrapper states ``kind``, ``student`` (a few-step student of a teacher), ``steps`` (the step
+counts it has, None for any), ``default_steps``, ``variants`` (the determinism of each of its
+samplers), ``label`` (a sampler's name in tables), ``sweep_steps`` (the step counts of its
+quality-vs-NFE curves), ``why_not_a_denoiser`` (what the report's Gaussian-denoiser views say
+instead) and ``sample(noise, steps, generator, progress, deterministic)``.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 DISTILLED = ("progressive-distillation", "consistency-distillation", "consistency-training")
-"""Objectives whose runs sample their own way."""
+"""Objectives whose runs are few-step students."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,9 @@ class ProgressiveStudents(nn.Module):
     """The students of a progressive distillation by step count; D of the fewest-step one."""
 
     kind = "progressive"
+    student = True  # distilled from a teacher
+    variants = (True,)
+    why_not_a_denoiser = "a distilled run's model is a few-step sampler, not the denoiser this view reads"
 
     def __init__(self, students: dict[int, nn.Module], grid: Tensor):
         super().__init__()
@@ -56,8 +70,15 @@ class ProgressiveStudents(nn.Module):
         n = len(self.grid) - 1
         return self.grid[:: n // self.check_steps(steps)]
 
+    def label(self, deterministic: bool = True) -> str:
+        return f"{self.kind} student"
+
+    def sweep_steps(self, nfes) -> tuple[int, ...]:
+        return self.steps
+
     @torch.no_grad()
-    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False) -> tuple[Tensor, OwnInfo]:
+    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False,
+               deterministic: bool = True) -> tuple[Tensor, OwnInfo]:
         from ..samplers import sample
 
         grid = self.grid_of(steps)
@@ -70,6 +91,10 @@ class ConsistencyModel(nn.Module):
     """A consistency function with its multistep sampling levels; D = f (the one-step map)."""
 
     kind = "consistency"
+    student = True
+    variants = (False,)
+    why_not_a_denoiser = ProgressiveStudents.why_not_a_denoiser
+    label = ProgressiveStudents.label
 
     def __init__(self, f: nn.Module, cfg):
         super().__init__()
@@ -84,27 +109,74 @@ class ConsistencyModel(nn.Module):
         self.levels(steps)
         return steps
 
+    def sweep_steps(self, nfes) -> tuple[int, ...]:
+        return (1, 2, 4, 8)  # its few-step regime, whatever the samplers' budgets
+
     def levels(self, steps: int) -> list[float]:
         from ..distill.objectives import sampling_levels
 
         return sampling_levels(self.cfg, steps)
 
     @torch.no_grad()
-    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False) -> tuple[Tensor, OwnInfo]:
+    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False,
+               deterministic: bool = True) -> tuple[Tensor, OwnInfo]:
         from ..distill import consistency_sample
 
         x = consistency_sample(self.f, noise, self.levels(steps), sigma_min=self.f.sigma_min, generator=generator)
         return x, OwnInfo(float(steps))
 
 
-def is_distilled(cfg) -> bool:
-    return getattr(cfg, "objective", None) in DISTILLED
+class BlurringModel(nn.Module):
+    """A blurring-diffusion denoiser with its own sampler: ``steps`` intervals of the Karras grid of the
+    run's noise range, one evaluation each; DDIM (deterministic) or exact-posterior ancestral steps."""
+
+    kind = "blurring"
+    student = False
+    variants = (True, False)
+    why_not_a_denoiser = "blurring diffusion corrupts frequency by frequency: the views of a Gaussian denoiser do " \
+                         "not apply"
+    steps = None  # any number of steps
+    default_steps = 16
+
+    def __init__(self, den: nn.Module, cfg):
+        from ..frequency import Blur
+        from ._core import sampling_range
+
+        super().__init__()
+        self.den, self.sigma_range, self.blur = den, sampling_range(cfg), Blur()
+
+    def forward(self, x, sigma, **kwargs):
+        return self.den(x, sigma, **kwargs)
+
+    def check_steps(self, steps: int) -> int:
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"--steps must be an integer >= 1, got {steps!r}")
+        return steps
+
+    def label(self, deterministic: bool = True) -> str:
+        return f"blurring {'DDIM' if deterministic else 'ancestral'}"
+
+    def sweep_steps(self, nfes) -> tuple[int, ...]:
+        return tuple(nfes)
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False,
+               deterministic: bool = True) -> tuple[Tensor, OwnInfo]:
+        from ..frequency import blurring_sample
+        from ..processes import karras_grid
+
+        grid = karras_grid(self.check_steps(steps), *self.sigma_range)
+        x = blurring_sample(self.den, noise, grid, self.blur, stochastic=not deterministic, generator=generator)
+        return x, OwnInfo(float(steps))
 
 
 def open_model(path, den, cfg, device="cpu"):
-    """The model a run samples: ``den`` itself for an ordinary run; the wrapper of a distilled one (the
-    progressive students are read from the newest checkpoint)."""
-    if not is_distilled(cfg):
+    """The model a run samples: ``den`` itself for an ordinary run; the wrapper of a distilled or blurring one
+    (the progressive students are read from the newest checkpoint)."""
+    objective = getattr(cfg, "objective", None)
+    if objective == "blurring":
+        return BlurringModel(den, cfg).eval()
+    if objective not in DISTILLED:
         return den
     if cfg.objective != "progressive-distillation":
         return ConsistencyModel(den, cfg).eval()
@@ -132,8 +204,9 @@ def open_model(path, den, cfg, device="cpu"):
 
 
 def own_sampling(den):
-    """The model's own ``sample(noise, steps, generator)`` when it has one (a distilled run), else None."""
-    return den.sample if isinstance(den, (ProgressiveStudents, ConsistencyModel)) else None
+    """The model's own ``sample(noise, steps, generator, progress, deterministic)`` when it has one (a distilled
+    or blurring run), else None."""
+    return den.sample if isinstance(den, (ProgressiveStudents, ConsistencyModel, BlurringModel)) else None
 
 
 def default_steps(den, fallback: int = 16) -> int:
@@ -141,20 +214,24 @@ def default_steps(den, fallback: int = 16) -> int:
     return den.default_steps if own_sampling(den) is not None else fallback
 
 
-def student_sweep(run, n: int, *, seed: int = 0, progress: bool = False) -> dict:
-    """Quality against NFE of a distilled run: its own sampling at 1, 2, 4 (and 8) steps, same noise and metric
-    as the samplers' sweep."""
+def own_sweep(run, n: int, nfes, *, seed: int = 0, progress: bool = False) -> dict:
+    """Quality against NFE of a run that samples its own way, each of its samplers one curve, same noise and
+    metric as the samplers' sweep: a student at the step counts it has (any: 1, 2, 4, 8), a blurring model
+    at ``nfes``."""
     from ..evaluate import headline_scorer
-    from .sampling import generate
+    from .sampling import generate_own
 
     den = run.denoiser
-    steps = den.steps if den.steps is not None else (1, 2, 4, 8)
+    steps = den.sweep_steps(nfes)
     score = headline_scorer(run.config.dataset, seed=seed)
-    curve = []
-    for k in steps:
-        xs, _, used = generate(den, run.config, n, steps=k, seed=seed, progress=progress)
-        curve.append([used, score(xs)])
-    return {f"{den.kind} student": curve}
+    curves = {}
+    for deterministic in den.variants:
+        curve = curves.setdefault(den.label(deterministic), [])
+        for k in steps:
+            xs, _, used = generate_own(den, run.config, n, steps=k, seed=seed, deterministic=deterministic,
+                                       progress=progress)
+            curve.append([used, score(xs)])
+    return curves
 
 
 def beside_teacher(run, n: int, *, seed: int = 0) -> list[tuple[str, Tensor, float]]:
