@@ -152,3 +152,13 @@ def test_report_of_a_distilled_run_shows_its_students(progressive, tmp_path):
     assert [nfe for nfe, _ in ev["quality_vs_nfe"]["progressive student"]] == [1.0, 2.0]
     write_report(path, progress=False)
     assert (path / "fig_distillation.png").is_file()
+
+
+@pytest.mark.slow
+def test_sigkilled_distillation_resumes_exactly(progressive, tmp_path):
+    """A progressive distillation killed by SIGKILL mid-run (in either round) and resumed ends where an
+    uninterrupted one does: students, teacher and round counter are objective state in the checkpoint."""
+    from _kill import killed_and_resumed_equals_uninterrupted
+
+    cfg = TrainConfig.from_json((progressive / "config.json").read_text())
+    killed_and_resumed_equals_uninterrupted(cfg.replace(ckpt_every=7, log_every=3), tmp_path, 14, 45)

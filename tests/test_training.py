@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _kill import killed_and_resumed_equals_uninterrupted, start
 from diffusionlens.data import oracle_for
 from diffusionlens.training import TrainConfig, ema_beta, load_denoiser, power_gamma, train, update_ema
 from diffusionlens.training import job as job_mod
@@ -125,60 +126,10 @@ def test_callback_can_stop_training(tmp_path):
     assert evals == [{"seen": 15}]  # the stop key is not logged; no extra evaluation after the stop
     assert (tmp_path / "run" / "checkpoints" / "step-00000015.json").exists()
 
-_SCRIPT = r"""
-import sys, time, torch
-torch.set_num_threads(1)
-from diffusionlens.training import TrainConfig, train
-cfg = TrainConfig.from_json(open(sys.argv[1]).read())
-slow = float(sys.argv[3])
-def cb(step, state):
-    time.sleep(slow)
-train(cfg, sys.argv[2], resume=sys.argv[4] == "resume", progress=False, callback=cb if slow else None)
-"""
-
-
-def _run(cfg_path, run_dir, slow=0.0, mode="fresh"):
-    return subprocess.Popen([sys.executable, "-c", _SCRIPT, str(cfg_path), str(run_dir), str(slow), mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def test_sigkill_then_resume_is_exact(tmp_path):
-    cfg = _cfg(steps=120, ckpt_every=7, log_every=3, eval_every=1, ema="power", label_dropout=0.0)
-    cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(cfg.to_json())
-    ref = _run(cfg_path, tmp_path / "ref")
-    killed = _run(cfg_path, tmp_path / "killed", slow=0.01)
-    # kill at an arbitrary moment after a few checkpoints (possibly while one is being written)
-    ckpt_dir = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 60
-    # (any checkpoint at step >= 21: on a loaded machine this poll may miss step 21 before it is pruned)
-    while time.time() < deadline and not (ckpt_dir.exists() and any(
-            p.name.startswith("step-") and p.name.endswith(".json") and 21 <= int(p.name[5:13]) <= 70
-            for p in ckpt_dir.iterdir())):
-        time.sleep(0.005)
-    time.sleep(0.037)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "result.json").exists()  # it really died mid-run
-    resumed = _run(cfg_path, tmp_path / "killed", mode="resume")
-    out, err = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, err.decode()[-2000:]
-    out, err = ref.communicate(timeout=120)
-    assert ref.returncode == 0, err.decode()[-2000:]
-    a = load_file(tmp_path / "ref" / "checkpoints" / "step-00000120.safetensors")
-    b = load_file(tmp_path / "killed" / "checkpoints" / "step-00000120.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
-    # the metrics log was cut back to the checkpoint and replayed: same lines as the reference run
-    def losses(run):
-        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                if "loss" in r]
-
-    la, lb = losses(tmp_path / "ref"), losses(tmp_path / "killed")
-    assert [s for s, _ in la] == [s for s, _ in lb]
-    assert all(abs(x - y) <= 1e-6 * abs(x) for (_, x), (_, y) in zip(la, lb))
+    # checkpoints every 5 steps, log lines every 3: the resumed run continues an open log window
+    cfg = _cfg(steps=120, ckpt_every=5, log_every=3, eval_every=1, ema="power", label_dropout=0.0)
+    killed_and_resumed_equals_uninterrupted(cfg, tmp_path, 21, 70)
 
 
 def test_resume_refuses_mismatch_and_corruption(tmp_path):
@@ -447,7 +398,7 @@ def test_sigterm_saves_a_checkpoint_and_says_so(tmp_path):
     cfg = _cfg(steps=100000, ckpt_every=100000, eval_every=1, log_every=1)
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(cfg.to_json())
-    proc = _run(cfg_path, tmp_path / "run", slow=0.01)
+    proc = start(cfg_path, tmp_path / "run", slow=0.01)
     deadline = time.time() + 60
     metrics = tmp_path / "run" / "metrics.jsonl"
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 3):

@@ -149,6 +149,24 @@ def _resolve(cfg: TrainConfig, data) -> TrainConfig:
 
 
 @dataclass
+class _Window:
+    """Loss and throughput over the steps since the last log line. Its loss sum is checkpointed, so a resumed
+    run logs the same means as an uninterrupted one (a DDP run restores rank 0's sum on every rank)."""
+
+    loss: float = 0.0
+    n: int = 0
+    seconds: float = 0.0
+    last_loss: float = math.nan
+    last_ips: float = math.nan
+
+    def close(self, run) -> float:
+        mean = float(all_mean(torch.tensor(self.loss / self.n, device=run.info.device), run.info))
+        self.last_loss, self.last_ips = mean, run.cfg.batch_size * self.n / max(self.seconds, 1e-9)
+        self.loss, self.n, self.seconds = 0.0, 0, 0.0
+        return mean
+
+
+@dataclass
 class _Run:
     """Everything one training session holds; built and validated by :func:`_prepare` before any write."""
 
@@ -168,6 +186,7 @@ class _Run:
     elapsed: float = 0.0
     last_ckpt: Path | None = None
     metrics: bytes | None = None
+    window: _Window = field(default_factory=_Window)
     created: bool = False
     order: DataOrder | None = field(default=None, repr=False)
     x_all: torch.Tensor | None = field(default=None, repr=False)  # the data (and labels) on the device
@@ -318,7 +337,8 @@ def _save(run: _Run, step: int) -> Path | None:
     meta = {"config": run.cfg.to_dict(), "optimizer": opt_meta, "elapsed_s": run.elapsed,
             "world_size": run.info.world, "num_params": run.n_params,
             "rng": {**run.streams.state_dict(), "torch": torch.get_rng_state().tolist()},
-            "objective": {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)}}
+            "objective": {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)},
+            "log_window": [run.window.loss, run.window.n]}
     path = save_checkpoint(run.ckpt_dir, step, tensors, meta)
     prune(run.ckpt_dir, run.cfg.keep_checkpoints)
     run.last_ckpt = path
@@ -326,23 +346,6 @@ def _save(run: _Run, step: int) -> Path | None:
 
 
 # ---------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class _Window:
-    """Loss and throughput over the steps since the last log line."""
-
-    loss: float = 0.0
-    n: int = 0
-    seconds: float = 0.0
-    last_loss: float = math.nan
-    last_ips: float = math.nan
-
-    def close(self, run: _Run) -> float:
-        mean = float(all_mean(torch.tensor(self.loss / self.n, device=run.info.device), run.info))
-        self.last_loss, self.last_ips = mean, run.cfg.batch_size * self.n / max(self.seconds, 1e-9)
-        self.loss, self.n, self.seconds = 0.0, 0, 0.0
-        return mean
 
 
 def _step(run: _Run, step: int, progress: float) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -394,7 +397,7 @@ def _loop(run: _Run, progress: bool, callback, signals: Interrupts) -> tuple[int
     total = cfg.steps if cfg.steps is not None else math.inf
     clock = time.perf_counter if cfg.clock == "wall" else time.process_time
     t_session, elapsed0, wall0 = clock(), run.elapsed, time.perf_counter()
-    step, stopped_by, win = run.start, "steps", _Window()
+    step, stopped_by, win = run.start, "steps", run.window
     try:
         while step < total:
             fraction = step / total
@@ -441,11 +444,11 @@ def _loop(run: _Run, progress: bool, callback, signals: Interrupts) -> tuple[int
 def _finish(run: _Run, step: int, stopped_by: str, win: _Window, callback) -> TrainResult:
     """The final checkpoint, the last evaluation and result.json."""
     cfg, info = run.cfg, run.info
-    if win.n:
-        win.close(run)
     done = list_checkpoints(run.ckpt_dir)
     if not done or done[-1][0] != step:
-        _save(run, step)
+        _save(run, step)  # with the open log window, which a resumed run continues
+    if win.n:
+        win.close(run)
     if (callback is not None and info.is_main and stopped_by != "callback"
             and not (cfg.eval_every and step % cfg.eval_every == 0)):
         _evaluate(callback, step, run)

@@ -174,6 +174,8 @@ def restore(run, meta: dict, tensors: dict, ckpt: Path) -> None:
         state = {k[len("objective/"):]: v for k, v in tensors.items() if k.startswith("objective/")}
         run.objective.load_state_dict({**state, **meta.get("objective", {})})
         run.start, run.elapsed = int(meta["step"]), float(required(meta, "elapsed_s", ckpt))
+        loss, n = meta.get("log_window", (0.0, 0))  # absent in checkpoints of earlier versions: a fresh window
+        run.window.loss, run.window.n = float(loss), int(n)
     except (KeyError, TypeError, RuntimeError, AttributeError) as e:
         raise ValueError(f"checkpoint {ckpt} cannot be restored: {' '.join(str(e).split())[:300]}") from None
     run.last_ckpt = ckpt
