@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from diffusionlens.report.pipeline import generate
 from diffusionlens.samplers import DEFAULT_SAMPLER
 from diffusionlens.training import TrainConfig, load_denoiser, train
 
+from ._jobs import Job, run_jobs
 from ._write import write_results
 
 
@@ -55,21 +55,14 @@ def main():
         print(json.dumps(run_one(int(args.one[0]), float(args.one[1]))))
         return
     t0 = time.time()
-    todo = [(s, c) for s in args.steps for c in args.cooldown]
-    results, running = [], []
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            s, c = todo.pop(0)
-            cmd = [sys.executable, "-m", "benchmarks.cooldown", "--one", str(s), str(c)]
-            running.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
-        time.sleep(1.0)
-        for p in list(running):
-            if p.poll() is not None:
-                running.remove(p)
-                if p.returncode != 0:
-                    raise RuntimeError(f"a run failed (exit code {p.returncode})")
-                results.append(json.loads(p.stdout.read().strip().splitlines()[-1]))
-                print(results[-1], flush=True)
+    results = []
+
+    def done(job, result):
+        results.append(result)
+        print(result, flush=True)
+
+    run_jobs([Job([sys.executable, "-m", "benchmarks.cooldown", "--one", str(s), str(c)])
+              for s in args.steps for c in args.cooldown], args.jobs, done)
     results.sort(key=lambda r: (r["steps"], r["cooldown"]))
     L = ["# Learning-rate cool-down on the digits", "",
          f"Command: `.venv/bin/python -m benchmarks.cooldown`. Machine: {platform.machine()}, {args.jobs} parallel "

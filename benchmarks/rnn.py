@@ -27,7 +27,6 @@ import json
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from diffusionlens.evaluate import evaluate_samples
 from diffusionlens.samplers import DEFAULT_SAMPLER, SAMPLERS
 from diffusionlens.training import TrainConfig, resume_config, train
 
+from ._jobs import Job, run_jobs
 from ._write import write_results
 
 N_SAMPLES = 1000
@@ -173,23 +173,14 @@ def _toy_table(results) -> list[str]:
 
 
 def _pool(jobs: list[tuple], args, results: list, name: str = "results.json") -> None:
-    running = []
-    while jobs or running:
-        while jobs and len(running) < args.jobs:
-            kind, seed = jobs.pop(0)
-            cmd = [sys.executable, "-m", "benchmarks.rnn", "--one", kind, str(seed), "--minutes", str(args.minutes),
-                   "--extra", str(args.extra), "--work", str(args.work)]
-            running.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
-        time.sleep(1.0)
-        for p in list(running):
-            if p.poll() is not None:
-                running.remove(p)
-                if p.returncode != 0:
-                    print(f"a run failed (exit code {p.returncode}): {p.args}", flush=True)
-                    continue
-                results.append(json.loads(p.stdout.read().strip().splitlines()[-1]))
-                print(json.dumps(results[-1]), flush=True)
-                (args.work / name).write_text(json.dumps(results, indent=1))
+    def done(job, result):
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        (args.work / name).write_text(json.dumps(results, indent=1))
+
+    run_jobs([Job([sys.executable, "-m", "benchmarks.rnn", "--one", kind, str(seed), "--minutes", str(args.minutes),
+                   "--extra", str(args.extra), "--work", str(args.work)]) for kind, seed in jobs],
+             args.jobs, done, keep_going=True)
 
 
 def _spread(v: list[float], digits: int = 2) -> str:

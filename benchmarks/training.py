@@ -66,6 +66,7 @@ from diffusionlens.processes import EDM, DDPMTable
 from diffusionlens.samplers import DEFAULT_SAMPLER, sample
 from diffusionlens.training import TrainConfig, load_denoiser, train
 
+from ._jobs import Job, run_jobs
 from ._write import write_results
 
 # diffusers' train_unconditional.py argument defaults (see the module docstring and benchmarks/training.md)
@@ -366,31 +367,18 @@ def run_part(part: str, args) -> dict:
 
 def _run_parts(parts: list[str], args, raw_argv) -> dict:
     import contextlib
-    import subprocess
 
     results = {}
     work = contextlib.nullcontext(str(args.work)) if args.work else tempfile.TemporaryDirectory(prefix="dl-trainbench-")
     with work as tmp:
         Path(tmp).mkdir(parents=True, exist_ok=True)
-        done = {p for p in parts if (Path(tmp) / f"{p.replace(':', '-')}.json").is_file()}  # kept from a killed run
-        results.update({p: json.loads((Path(tmp) / f"{p.replace(':', '-')}.json").read_text()) for p in done})
-        pending, running = [p for p in parts if p not in done], []
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                part = pending.pop(0)
-                out = Path(tmp) / f"{part.replace(':', '-')}.json"
-                cmd = [sys.executable, "-m", "benchmarks.training", *raw_argv, "--part", part, "--part-out", str(out)]
-                running.append((part, out, subprocess.Popen(cmd)))
-            time.sleep(1.0)
-            for item in list(running):
-                part, out, proc = item
-                if proc.poll() is not None:
-                    running.remove(item)
-                    if proc.returncode != 0:
-                        for _, _, other in running:
-                            other.kill()
-                        raise RuntimeError(f"benchmark part {part} failed (exit code {proc.returncode})")
-                    results[part] = json.loads(out.read_text())
+        outs = {part: Path(tmp) / f"{part.replace(':', '-')}.json" for part in parts}
+        results.update({p: json.loads(out.read_text()) for p, out in outs.items() if out.is_file()})  # a killed run's
+        outs = {part: out for part, out in outs.items() if part not in results}
+        part_of = {out: part for part, out in outs.items()}
+        run_jobs([Job([sys.executable, "-m", "benchmarks.training", *raw_argv, "--part", part, "--part-out", str(out)],
+                      out=out) for part, out in outs.items()],
+                 args.jobs, lambda job, result: results.__setitem__(part_of[job.out], result))
     return results
 
 
