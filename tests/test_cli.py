@@ -21,12 +21,7 @@ TINY = {"net": {"kind": "mlp", "data_shape": [2], "width": 32, "depth": 1, "emb_
         "warmup_steps": 10, "log_every": 10, "ckpt_every": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread-pool barriers would dominate on a busy machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -14,13 +14,7 @@ from diffusionlens.likelihood import vdm_vlb
 from diffusionlens.oracle import ring, standard_cases
 from diffusionlens.processes import VE, VP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed):

@@ -30,15 +30,7 @@ from diffusionlens.features.classifier import _accuracy, train_classifier
 from diffusionlens.likelihood import bits_per_dim, dequantize
 from diffusionlens.oracle import GaussianMixture, ring
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tensors are small: with the intra-op pool on a busy 2-core machine, barrier waits cost
-    # 100x the arithmetic
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rotation(d: int, seed: int) -> torch.Tensor:

@@ -33,13 +33,7 @@ from diffusionlens.processes import VP
 SMIN, SMAX = 0.002, 80.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batched ops: intra-op threads only add contention on a shared CI machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed=0):

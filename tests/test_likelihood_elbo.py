@@ -19,13 +19,7 @@ from diffusionlens.likelihood.elbo import _schedule
 from diffusionlens.oracle import GaussianMixture, ring
 from diffusionlens.processes import EDM, VE, VP, DDPMTable
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed=0):

@@ -15,12 +15,7 @@ from diffusionlens.training import TrainConfig, load_denoiser, train
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread-pool barriers would dominate on a busy machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _is_png(path) -> bool:

@@ -27,12 +27,7 @@ TINY = {"net": {"kind": "mlp", "data_shape": [2], "width": 32, "depth": 1, "emb_
         "warmup_steps": 5, "log_every": 10, "ckpt_every": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed):
