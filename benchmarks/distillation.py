@@ -19,8 +19,10 @@ Scores: the classifier-feature Fréchet distance (:func:`diffusionlens.evaluate.
 samples (default 1,497 = the train split, the main job's evaluation size) with the same initial noise
 for every model. Ratios are to the teacher at its default sampler and 16 NFE, and to the best of the
 project's ODE samplers on their recommended grids (euler, heun, dpmpp_2m, deis, unipc) at the student's
-NFE. CPU minutes are ``time.process_time()`` of this process (one torch thread); the machine's cores are
-shared, so wall time is longer.
+NFE, and to the best tuned configuration there (a sampling plan measured on the teacher, as
+``diffusionlens tune`` stores it: the fitted grid with its tuned stop and start). CPU minutes are
+``time.process_time()`` of this process (one torch thread); the machine's cores are shared, so wall
+time is longer.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ ODE_SAMPLERS = ("euler", "heun", "dpmpp_2m", "deis", "unipc")
 STUDENT_STEPS = {"progressive": (1, 2, 4), "consistency distillation": (1, 2, 4), "consistency training": (1, 2, 4)}
 
 
-def _fd(den, cfg, n, steps, score, sampler=None):
+def _fd(den, cfg, n, steps, score, sampler=None, plan=None):
     from diffusionlens import run
 
     kw = {} if sampler is None else {"sampler": sampler}
-    x, _, nfe = run.generate(den, cfg, n, steps=steps, seed=0, **kw)
+    x, _, nfe = run.generate(den, cfg, n, steps=steps, seed=0, plan=plan, **kw)
     return score(x), nfe
 
 
@@ -78,6 +80,26 @@ def _baselines(teacher, n, score, res, save):
             if k not in best or v < best[k]["fd"]:
                 best[k] = {"sampler": name, "steps": steps, "nfe": used, "fd": v}
     res["ode"] = {str(k): v for k, v in best.items()}
+    save()
+
+
+def _tuned(teacher, n, score, res, save):
+    """The project's best ODE configuration at each student NFE: a sampling plan (fitted grid, tuned stop and
+    start) measured on the teacher, as ``diffusionlens tune`` stores it, for each tuned sampler."""
+    from diffusionlens.run import sampling_range
+    from diffusionlens.run.plan import TUNED_SAMPLERS
+    from diffusionlens.samplers import tune
+
+    smin, smax = sampling_range(teacher.config)
+    # from NFE 2: a tuned start saves one evaluation, so one evaluation is no ODE solve at all
+    budgets = tuple(int(k) for k in sorted({k for steps in STUDENT_STEPS.values() for k in steps}) if k >= 2)
+    plan = tune(teacher.denoiser, (1, 8, 8), TUNED_SAMPLERS, budgets, sigma_min=smin, sigma_max=smax)
+    best = {}
+    for (name, k), t in sorted(plan.tuned.items()):
+        v, used = _fd(teacher.denoiser, teacher.config, n, k, score, name, plan=plan)
+        if k not in best or v < best[k]["fd"]:
+            best[k] = {"sampler": name, "nfe": used, "fd": v, "start": str(t.start)}
+    res["tuned"] = {str(k): v for k, v in best.items()}
     save()
 
 
@@ -125,10 +147,14 @@ def _markdown(res) -> str:
         lines += [f"Teacher: {t['run']} ({t.get('steps', '?')} steps{cost}); FD at NFE {t['nfe']:g} with "
                   f"{t['sampler']}: **{t['fd']:.3f}**.", ""]
     if "ode" in res:
-        lines += ["Best ODE sampler of the teacher at each NFE: " + "; ".join(
+        lines += ["Best ODE sampler of the teacher at each NFE on its recommended grid: " + "; ".join(
             f"NFE {k}: {v['sampler']} {v['fd']:.2f}" for k, v in res["ode"].items()) + ".", ""]
+    if "tuned" in res:
+        lines += ["Best tuned configuration (sampling plan: fitted grid, tuned stop and start) at each NFE: " +
+                  "; ".join(f"NFE {k}: {v['sampler']} ({v['start']} start) {v['fd']:.2f}"
+                            for k, v in res["tuned"].items()) + ".", ""]
     lines += ["| student | CPU min (mean) | steps trained | NFE | FD mean ± spread | / teacher@16 | target | "
-              "/ best ODE sampler at NFE |", "|---|---|---|---|---|---|---|---|"]
+              "/ best ODE sampler at NFE | / tuned plan at NFE |", "|---|---|---|---|---|---|---|---|---|"]
     targets = {"1": 1.5, "2": 1.25, "4": 1.1}
     for method, runs in res.get("students", {}).items():
         if not runs:
@@ -141,9 +167,11 @@ def _markdown(res) -> str:
             rm, rs = _spread(rt)
             ode = res.get("ode", {}).get(k)
             ro = "" if ode is None else "{:.2f} ± {:.2f}".format(*_spread([r["fd"][k] / ode["fd"] for r in runs]))
+            tuned = res.get("tuned", {}).get(k)
+            rp = "" if tuned is None else "{:.2f} ± {:.2f}".format(*_spread([r["fd"][k] / tuned["fd"] for r in runs]))
             ok = "met" if rm <= targets[k] else "missed"
             lines.append(f"| {method} | {cpu:.2f} | {trained} | {k} | {m:.2f} ± {s:.2f} | {rm:.2f} ± {rs:.2f} | "
-                         f"<= {targets[k]} ({ok}) | {ro} |")
+                         f"<= {targets[k]} ({ok}) | {ro} | {rp} |")
     lines += ["", res.get("note") or "", ""]
     return "\n".join(lines)
 
@@ -191,6 +219,10 @@ def main(argv=None) -> None:
         res["teacher"], res["ode"] = old["teacher"], old["ode"]
     else:
         _baselines(teacher, args.n, score, res, save)
+    if args.merge and "tuned" in old and old.get("n") == args.n:
+        res["tuned"] = old["tuned"]
+    else:
+        _tuned(teacher, args.n, score, res, save)
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         for seed in seeds:
             res["students"].setdefault(method, []).append(_students(method, seed, args, teacher, args.n, score))
