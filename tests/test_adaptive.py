@@ -170,5 +170,7 @@ def test_bad_tolerance_and_control():
     x = torch.zeros(2, GM.dim, dtype=torch.float64)
     with pytest.raises(ValueError, match="rtol"):
         solve_exp_pc(GM, x, S_MAX, S_MIN, rtol=0.0, atol=1e-3)
+    with pytest.raises(ValueError, match="points"):
+        solve_exp_pc(GM, x, S_MAX, S_MIN, rtol=1e-3, atol=1e-3, points=1)
     with pytest.raises(ValueError, match="fac_min"):
         StepControl(1e-3, 1e-3, 3, fac_min=2.0)
