@@ -65,6 +65,23 @@ def test_step_is_exact_for_polynomial_denoiser(points):
     assert order.tolist() == [points + 1] * 3
 
 
+def test_short_history_stays_exact_whatever_the_previous_steps():
+    """With one previous point the predictor is the line through D_n, D_{n-1}, whatever that point's
+    offset (here -2h, -3h: where stand-in nodes for the missing points could have fallen); linear D
+    is integrated exactly and nothing turns non-finite."""
+    def D_of(lam):
+        return torch.stack([0.4 - 0.3 * lam, 1.0 + 0.2 * lam], 1)
+
+    lam0, h = torch.tensor([0.2, -1.0], dtype=torch.float64), torch.tensor([0.1, 0.25], dtype=torch.float64)
+    back = (-torch.tensor([2.0, 3.0], dtype=torch.float64) * h, -4 * h, -5 * h)
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5]], dtype=torch.float64)
+    ds = (D_of(lam0),) + tuple(D_of(lam0 + b) for b in back)
+    x_corr, x_pred, _, order = exp_pc_step(x, h, ds, back, torch.tensor([1, 1]), lambda y: D_of(lam0 + h))
+    exact = _exact_step(x, lam0, h, D_of)
+    assert torch.allclose(x_pred, exact, atol=1e-12) and torch.allclose(x_corr, exact, atol=1e-12)
+    assert order.tolist() == [3, 3]
+
+
 def test_step_order_on_a_smooth_denoiser():
     """The predictor's local error falls as h^5 (cubic through four points, spacing fixed in units
     of h) and the corrector's faster: the 4(5) pair's error estimate has order 5."""

@@ -252,16 +252,18 @@ def exp_pc_step(x: Tensor, hs: Tensor, ds: tuple[Tensor, ...], back: tuple[Tenso
 
     ``ds`` = (D_n, D_{n-1}, ..., D_{n-k+1}) at lambda offsets (0, back[0], ..., back[k-2]) (negative
     when sampling), ``hist`` (batch,) the number of previous points available. The predictor
-    integrates the polynomial through the min(hist + 1, k) known values of D, the corrector the one of
-    the same degree through D(x_pred) at h, D_n and the previous ones. Returns
+    integrates the polynomial through the min(hist + 1, k) known values of D, the corrector the one
+    through D(x_pred) at h, D_n and the previous ones, of degree min(hist + 1, k - 1) (one above the
+    predictor's while the history is short, the same once it is full). Returns
     ``(x_corr, x_pred, D(x_pred), order)``, order (batch,) that of the error estimate x_corr - x_pred:
     min(hist, k - 1) + 2.
     """
     k = len(ds)
     ints = _exp_integrals(hs, k - 1)
     base = expand(torch.exp(-hs).to(x.dtype), x) * x
-    # stand-in nodes where the history is missing keep the divided differences finite (their terms are cut)
-    nodes = [torch.zeros_like(hs)] + [torch.where(hist >= i, back[i - 1], -i * hs) for i in range(1, k)]
+    # stand-in nodes where the history is missing keep the divided differences finite (their terms are
+    # cut, but 0 * inf would not be): (i + 1) h lies beyond the new point, on the side no history reaches
+    nodes = [torch.zeros_like(hs)] + [torch.where(hist >= i, back[i - 1], (i + 1) * hs) for i in range(1, k)]
     degree = torch.clamp(hist, max=k - 1)
     x_pred = base + _exp_quad(ints, nodes, list(ds), degree)
     d_pred = denoise(x_pred)
