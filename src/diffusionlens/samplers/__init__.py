@@ -25,7 +25,7 @@ name               method                                                  NFE  
 ``euler_maruyama`` reverse SDE, Euler–Maruyama                               steps          (SDE)
 ``pc``             predictor–corrector, Langevin corrector                   ~2 steps       (SDE)
 ``langevin``       annealed Langevin dynamics, 10 steps per level            10 steps + 1   (MCMC)
-``adaptive``       exponential RK 3(2) in log sigma with error control       adaptive       3
+``adaptive``       exponential predictor-corrector, error control            adaptive       4
 =================  ======================================================  =============  ========
 
 Each sampler's facts (order, NFE per step, deterministic, preferred grid, adaptive) are its

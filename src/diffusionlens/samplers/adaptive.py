@@ -12,17 +12,20 @@ still running, each at its own sigma):
 * ``method="pc"`` (default): an exponential predictor-corrector in data prediction with variable
   steps, one evaluation of D per step. The same variation-of-constants form as below, with D
   replaced by the polynomial in lambda through the last known values of D: the predictor
-  extrapolates the quadratic through D at the current and two previous points, D is evaluated at
-  the predicted point, and the corrector integrates the quadratic through that value, the current
-  and the previous one (exponential Adams-Bashforth / Adams-Moulton, as in the multistep
-  DPM-Solver++ and UniPC, here with steps chosen by error control). The corrected state is
-  propagated; D is not evaluated again at it, so the next step starts from D at the predicted
-  point (PEC mode). The error estimate is corrector minus predictor (Milne's device), of order
-  min(known points + 2, 4): the method starts as a 1(2) pair and reaches its 3(4) form after two
-  steps. Every step, accepted or rejected, costs one evaluation, against three for the pair below;
-  the steps are smaller but far fewer evaluations are spent for the same error (benchmarks/adaptive.md).
-  Controller: the shared :class:`diffusionlens.ode.StepControl` with safety 0.8 and a PI term, which
-  keeps a multistep method's step sequence smooth (its error constants depend on step ratios).
+  extrapolates the cubic through D at the current and three previous points, D is evaluated at the
+  predicted point, and the corrector integrates the cubic through that value, the current and two
+  previous ones (exponential Adams-Bashforth / Adams-Moulton, as in the multistep DPM-Solver++ and
+  UniPC, here with steps chosen by error control; Newton form, so the nodes may be spaced freely).
+  The corrected state is propagated; D is not evaluated again at it, so the next step starts from D
+  at the predicted point (PEC mode). The error estimate is corrector minus predictor (Milne's
+  device), of order min(known points + 2, 5): the method starts as a 1(2) pair and reaches its 4(5)
+  form after three steps. Every step, accepted or rejected, costs one evaluation, against three for
+  the pair below; the steps are smaller but far fewer evaluations are spent for the same error
+  (benchmarks/adaptive.md, which also compares the quadratic form, ``points=3``). Controller: the
+  shared :class:`diffusionlens.ode.StepControl` with a PI term, which keeps a multistep method's
+  step sequence smooth (its error constants depend on step ratios), and a low safety factor: a
+  rejected step wastes one evaluation here, but a step that only just passes leaves an error the
+  next steps' extrapolation carries on.
 * ``method="dpm3"``: an exponential Runge–Kutta 3(2) pair. The variation-of-constants
   form ``x_next = e^{-h} x + sigma_next int e^lambda D dlambda`` integrates the linear part exactly,
   and D is approximated from three evaluations at lambda + (0, 1/3, 2/3) h: the third-order
@@ -37,8 +40,9 @@ still running, each at its own sigma):
 
 Error norm (all): per-sample RMS of err / (atol + rtol * max(|x_n|, |x_{n+1}|)); controller
 (:class:`diffusionlens.ode.StepControl`, one for every adaptive solver of the package)
-h <- h * clip(safety err^(-1/q), 0.2, 10) with q the order of the error estimate (at most 1 after
-a rejection); ``dpm3`` and the explicit pairs use safety 0.9 without the PI term.
+h <- h * clip(safety err^(-1/q) (err_prev / err)^(pi/q), 0.2, 10) with q the order of the error
+estimate (at most 1 after a rejection); ``pc`` uses safety 0.7 and pi 0.6 (first trial step
+tol^(1/3) in lambda), ``dpm3`` and the explicit pairs safety 0.9 without the PI term.
 Integration runs from ``log sigmas[0]`` to the log of the last positive entry; interior grid
 points are not used. On a grid ending at 0 a final Tweedie step x = D(x, sigma_last) follows
 (1 NFE). An increasing grid integrates data -> noise (encoding).
@@ -201,54 +205,71 @@ def solve_exp_rk32(
     return x, nfe
 
 
-def _exp_integrals(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """I_k = int_0^h e^{-(h-s)} s^k ds for k = 0, 1, 2 (float64; expm1 keeps small h accurate)."""
-    i0 = -torch.expm1(-h)
-    i1 = h - i0
-    return i0, i1, h * h - 2.0 * i1
+def _exp_integrals(h: Tensor, m: int) -> list[Tensor]:
+    """I_j = int_0^h e^{-(h-s)} s^j ds for j = 0..m (float64, h of either sign).
+
+    The recursion I_j = h^j - j I_{j-1} loses digits to cancellation when |h| is small; there the
+    series I_j = j! h^(j+1) sum_k (-h)^k / (j + 1 + k)! is used instead (20 terms: exact in float64
+    for |h| < 1/2).
+    """
+    rec = [-torch.expm1(-h)]
+    for j in range(1, m + 1):
+        rec.append(h**j - j * rec[-1])
+    k = torch.arange(20, dtype=h.dtype, device=h.device)
+    inv_fact = torch.tensor([[1.0 / math.factorial(j + 1 + i) for i in range(20)] for j in range(m + 1)],
+                            dtype=h.dtype, device=h.device)
+    series = ((-h[:, None]) ** k) @ inv_fact.T  # (batch, m + 1)
+    small = h.abs() < 0.5
+    return [torch.where(small, math.factorial(j) * h ** (j + 1) * series[:, j], rec[j]) for j in range(m + 1)]
 
 
-def _exp_quad(ints, d0: Tensor, d1: Tensor, s1: Tensor, d2: Tensor | None = None, s2: Tensor | None = None) -> Tensor:
-    """int_0^h e^{-(h-s)} P(s) ds, P the polynomial through (0, d0), (s1, d1) [, (s2, d2)] (Newton form)."""
+def _exp_quad(ints: list[Tensor], nodes: list[Tensor], vals: list[Tensor], degree: Tensor) -> Tensor:
+    """int_0^h e^{-(h-s)} P(s) ds, P the polynomial through (nodes[i], vals[i]) for i <= ``degree``.
+
+    Newton form: P = sum_k f[n_0..n_k] w_k(s), w_k = prod_{i<k} (s - n_i); cutting the sum after term
+    ``degree`` (per sample, (batch,)) interpolates the first ``degree + 1`` nodes only, so samples with
+    a shorter history share one computation. The weight of term k is sum_j c_kj I_j with c_kj the
+    monomial coefficients of w_k (per sample, float64).
+    """
 
     def e(v: Tensor) -> Tensor:
-        return expand(v.to(d0.dtype), d0)
+        return expand(v.to(vals[0].dtype), vals[0])
 
-    i0, i1, i2 = ints
-    q01 = (d1 - d0) / e(s1)
-    out = e(i0) * d0 + e(i1) * q01
-    if d2 is not None:
-        q012 = ((d2 - d1) / e(s2 - s1) - q01) / e(s2)
-        out = out + e(i2 - s1 * i1) * q012  # int e^{-(h-s)} s (s - s1) ds
+    dd, out = list(vals), vals[0] * 0
+    poly = [torch.ones_like(nodes[0])]  # monomial coefficients of w_k, lowest first
+    for k in range(len(nodes)):
+        if k:
+            dd = [(dd[i + 1] - dd[i]) / e(nodes[i + k] - nodes[i]) for i in range(len(dd) - 1)]
+        weight = sum(c * ints[j] for j, c in enumerate(poly))
+        out = out + e(torch.where(degree >= k, weight, torch.zeros_like(weight))) * dd[0]
+        poly = [(poly[j - 1] if j else 0) - (poly[j] * nodes[k] if j < len(poly) else 0) for j in range(len(poly) + 1)]
     return out
 
 
-def exp_pc_step(x: Tensor, hs: Tensor, ds: tuple[Tensor, Tensor, Tensor], back: tuple[Tensor, Tensor], hist: Tensor,
+def exp_pc_step(x: Tensor, hs: Tensor, ds: tuple[Tensor, ...], back: tuple[Tensor, ...], hist: Tensor,
                 denoise) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One step of the exponential predictor-corrector in data prediction (1 evaluation of D).
 
-    ``ds`` = (D_n, D_{n-1}, D_{n-2}) at lambda offsets (0, back[0], back[1]) (negative when sampling),
-    ``hist`` (batch,) the number of previous points available (0, 1, >= 2). The predictor integrates
-    the polynomial through the min(hist + 1, 3) known values of D, the corrector the one through
-    D(x_pred) at h, D_n and (when known) D_{n-1}. Returns ``(x_corr, x_pred, D(x_pred), order)``,
-    order (batch,) that of the error estimate x_corr - x_pred: min(hist + 2, 4).
+    ``ds`` = (D_n, D_{n-1}, ..., D_{n-k+1}) at lambda offsets (0, back[0], ..., back[k-2]) (negative
+    when sampling), ``hist`` (batch,) the number of previous points available. The predictor
+    integrates the polynomial through the min(hist + 1, k) known values of D, the corrector the one
+    through D(x_pred) at h, D_n and the previous ones, of degree min(hist + 1, k - 1) (one above the
+    predictor's while the history is short, the same once it is full). Returns
+    ``(x_corr, x_pred, D(x_pred), order)``, order (batch,) that of the error estimate x_corr - x_pred:
+    min(hist, k - 1) + 2.
     """
-    dn, dm1, dm2 = ds
-    ints = _exp_integrals(hs)
+    k = len(ds)
+    ints = _exp_integrals(hs, k - 1)
     base = expand(torch.exp(-hs).to(x.dtype), x) * x
-    h1 = hist >= 1
-    h2 = hist >= 2
-    s1 = torch.where(h1, back[0], -hs)  # stand-ins where the history is missing keep the divisions finite
-    s2 = torch.where(h2, back[1], 2 * s1)
-
-    def pick(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return torch.where(expand(mask, a), a, b)
-
-    x_pred = base + pick(h2, _exp_quad(ints, dn, dm1, s1, dm2, s2),
-                         pick(h1, _exp_quad(ints, dn, dm1, s1), expand(ints[0].to(x.dtype), x) * dn))
+    # stand-in nodes where the history is missing keep the divided differences finite (their terms are
+    # cut, but 0 * inf would not be): (i + 1) h lies beyond the new point, on the side no history reaches
+    nodes = [torch.zeros_like(hs)] + [torch.where(hist >= i, back[i - 1], (i + 1) * hs) for i in range(1, k)]
+    degree = torch.clamp(hist, max=k - 1)
+    x_pred = base + _exp_quad(ints, nodes, list(ds), degree)
     d_pred = denoise(x_pred)
-    x_corr = base + pick(h1, _exp_quad(ints, dn, d_pred, hs, dm1, s1), _exp_quad(ints, dn, d_pred, hs))
-    return x_corr, x_pred, d_pred, torch.clamp(hist + 2, max=4)
+    x_corr = base + _exp_quad(ints, [nodes[0], hs] + nodes[1:k - 1], [ds[0], d_pred] + list(ds[1:k - 1]),
+                              torch.clamp(hist + 1, max=k - 1))
+    return x_corr, x_pred, d_pred, degree + 2
 
 
 def solve_exp_pc(
@@ -259,27 +280,35 @@ def solve_exp_pc(
     *,
     rtol: float,
     atol: float,
+    points: int = 4,
     max_steps: int = 10_000,
+    trace: list | None = None,
     control: StepControl | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Integrate the PF-ODE from sigma_start to sigma_end (> 0) with the exponential predictor-corrector.
 
-    One evaluation of D per step, accepted or not (module docstring). ``control`` defaults to
-    ``StepControl(rtol, atol, 2, safety=0.8, pi=0.4)``: its order is replaced by each step's
-    (2, 3, then 4 once two previous points are known). The first trial step is tol^(1/2) in lambda.
+    One evaluation of D per step, accepted or not (module docstring). ``points``: the most values of D
+    a polynomial passes through (4: cubic, the error estimate reaching order 5; 3: quadratic, order 4).
+    ``control`` defaults to ``StepControl(rtol, atol, 3, safety=0.7, pi=0.6)``; its order sets the
+    first trial step, tol^(1/3) in lambda, and is replaced by each step's (2, 3, ... as the history
+    grows). ``trace`` as in :func:`solve_exp_rk32` (accepted steps; each trial costs one evaluation,
+    so the rejected ones number nfe - 1 - accepted).
     Returns ``(x, nfe)`` with nfe (batch,) int64; errors as :func:`solve_exp_rk32`.
     """
-    ctl = StepControl(rtol, atol, 2, safety=0.8, pi=0.4) if control is None else control
+    if not (isinstance(points, int) and 2 <= points <= 6):
+        raise ValueError(f"points must be an integer in [2, 6], got {points!r}")
+    ctl = StepControl(rtol, atol, 3, safety=0.7, pi=0.6) if control is None else control
     B, dev = x.shape[0], x.device
     st = _Steps(B, dev, sigma_start, sigma_end, ctl, max_steps)
     lam, nfe, done, prev, lam1 = st.lam, st.nfe, st.done, st.prev, st.lam1
     hist = torch.zeros_like(nfe)
-    back = torch.zeros(2, B, dtype=torch.float64, device=dev)  # lambda offsets of D_{n-1}, D_{n-2} from here
+    back = torch.zeros(points - 1, B, dtype=torch.float64, device=dev)  # lambda offsets of D_{n-1}, ... from here
     x = x.clone()
     if done.all():
         return x, nfe
     s0 = torch.full((B,), sigma_start, dtype=x.dtype, device=dev)
-    ds = torch.stack([check_output(denoiser(x, s0), s0, torch.arange(B, device=dev), "denoiser output at sigma")] * 3)
+    d0 = check_output(denoiser(x, s0), s0, torch.arange(B, device=dev), "denoiser output at sigma")
+    ds = torch.stack([d0] * points)  # D_n, D_{n-1}, ...
     nfe += 1
     while (trial := st.next()) is not None:
         run, lr, last, hr, hs = trial
@@ -290,14 +319,17 @@ def solve_exp_pc(
             nfe[_run] += 1
             return check_output(denoiser(y, _sigma.to(y.dtype)), _sigma, _run, "denoiser output at sigma")
 
-        x_corr, x_pred, d_pred, order = exp_pc_step(xr, hs, (ds[0, run], ds[1, run], ds[2, run]),
-                                                     (back[0, run], back[1, run]), hist[run], denoise)
+        x_corr, x_pred, d_pred, order = exp_pc_step(xr, hs, tuple(ds[:, run]), tuple(back[:, run]), hist[run], denoise)
         err = ctl.norm(x_corr - x_pred, xr, x_corr)
         ok, fac = ctl.update(err, prev[run], order)
         ia, hk = run[ok], hs[ok]
+        if trace is not None:
+            trace.append((lr[ok].clone(), lr[ok] + hk, err[ok]))
         x[ia] = x_corr[ok]
-        ds[2, ia], ds[1, ia], ds[0, ia] = ds[1, ia], ds[0, ia], d_pred[ok]
-        back[1, ia], back[0, ia] = back[0, ia] - hk, -hk
+        ds[1:, ia] = ds[:-1, ia].clone()
+        ds[0, ia] = d_pred[ok]
+        back[1:, ia] = back[:-1, ia] - hk
+        back[0, ia] = -hk
         lam[ia] = torch.where(last[ok], torch.full_like(lr[ok], lam1), lr[ok] + hk)
         hist[ia] += 1
         st.advance(run, ia, err[ok], hr * fac, last[ok])

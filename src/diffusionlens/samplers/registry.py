@@ -18,8 +18,8 @@ from .unipc import unipc
 __all__ = ["SAMPLERS", "SPECS", "DEFAULT_SAMPLER", "resolve_sampler"]
 
 # the adaptive solver's spec is attached here rather than at its definition (its module holds the step
-# controller): order of its 3(2) pair; it chooses its own steps between the grid's ends
-sampler(order=3, adaptive=True)(adaptive)
+# controller): order of its default predictor-corrector (cubic, local error h^5); it chooses its own steps
+sampler(order=4, adaptive=True)(adaptive)
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     fn.spec.name: fn
