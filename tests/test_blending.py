@@ -160,3 +160,22 @@ def test_bad_input_is_one_clear_error():
         I.blend_pairs(torch.zeros(10, 2), 3.0)
     with pytest.raises(ValueError, match="interpolant"):
         I.fit_blending(_Tiny(), torch.zeros(10, 2), torch.zeros(10, 2), interpolant=I.Interpolant())
+
+
+def test_the_linear_interpolant_and_the_ot_coupling_conform_to_torchcfm():
+    """Peer conformance (torchcfm, optional): its sigma = 0 path and target in its time (t = 0 the
+    source) are ours at t = 1 - t_cfm with the velocity reversed; its exact OT plan and our Hungarian
+    permutation have the same minimal cost."""
+    cfm = pytest.importorskip("torchcfm.conditional_flow_matching")
+    ot_pot = pytest.importorskip("ot")
+    g = torch.Generator().manual_seed(9)
+    x0, x1 = _target().sample(64, g), _source().sample(64, g)  # target (torchcfm's x1), source (its x0)
+    t_cfm = torch.rand(64, generator=g, dtype=F64)
+    _, xt, ut = cfm.ConditionalFlowMatcher(sigma=0.0).sample_location_and_conditional_flow(x1, x0, t_cfm)
+    interp = I.Interpolant()
+    assert torch.allclose(xt, interp.sample(x0, x1, 1 - t_cfm), rtol=0, atol=1e-14)
+    assert torch.allclose(ut, -interp.target(x0, x1, 1 - t_cfm), rtol=0, atol=1e-14)
+    cost = torch.cdist(x0, x1).pow(2)
+    plan = torch.as_tensor(ot_pot.emd(ot_pot.unif(64), ot_pot.unif(64), cost.numpy()))
+    ours = (x0 - I.couple("ot", x0, x1)).pow(2).sum(1).mean()
+    assert abs(float(ours) - float((plan * cost).sum())) < 1e-9
