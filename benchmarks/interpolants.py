@@ -1,6 +1,6 @@
 """Interpolants: couplings on the oracle, the torchcfm peer comparison, reflow, alpha-(de)blending.
 
-Four parts (``--part``, default all), each replacing its own section of
+Five parts (``--part``, default all), each replacing its own section of
 benchmarks/results/interpolants.md (so one part can be re-run alone):
 
 ``couplings``  Target ring of 8 Gaussians (`oracle.ring()`), source N(0, I). For each coupling
@@ -20,6 +20,8 @@ benchmarks/results/interpolants.md (so one part can be re-run alone):
     size); CPU time per training step (median of blocks run back to back, alternating, in this
     process); the NFE each needs for a common W2. Then one reflow round (`interpolants.reflow`) from
     our independent and OT models: the one-step W2 against the floor.
+``solvers``  CPU time of one minibatch OT pairing at batch 128, 256, 512: ours (`couple("ot")`, scipy's
+    Hungarian) against torchcfm's `OTPlanSampler("exact").sample_plan` (POT's network simplex).
 ``digits``  Rectified flow N(0, I) -> the 8x8 digits (`nets.MLP`, independent coupling), then one
     reflow round: Fréchet distance in the digits classifier's features (with its floor) at NFE 1, 2, 4
     and converged, before and after.
@@ -30,7 +32,8 @@ benchmarks/results/interpolants.md (so one part can be re-run alone):
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/interpolants.py --part couplings --seeds 0 1 --steps 400 \
         --budget 25
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/interpolants.py --part peers digits blending --seeds 0 1
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/interpolants.py --part peers solvers digits blending \
+        --seeds 0 1 --peer-steps 2000 --peer-budget 40 --digit-steps 1500 --digit-budget 40
 """
 
 from __future__ import annotations
@@ -312,9 +315,42 @@ def part_peers(a) -> list[str]:
     return lines
 
 
+def _median_ms(fn, repeats: int = 15) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def part_solvers(a) -> list[str]:
+    """CPU time of one minibatch OT pairing: ours (scipy's Hungarian) against torchcfm's (POT's network simplex)."""
+    import ot as pot
+    from scipy.optimize import linear_sum_assignment
+    from torchcfm.optimal_transport import OTPlanSampler
+
+    sampler, g = OTPlanSampler("exact"), torch.Generator().manual_seed(7)
+    lines = ["# Minibatch OT pairing: CPU time per batch", "",
+             "Command: `PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/interpolants.py --part solvers` "
+             "(8 Gaussians and moons batches; median of 15 calls, CPU ms).", "",
+             "| batch | ours: `couple('ot')` | its `linear_sum_assignment` | torchcfm: `sample_plan` | its `ot.emd` |",
+             "|---|---|---|---|---|"]
+    for n in (128, 256, 512):
+        x0, x1 = moons(n, g), eight_gaussians(n, g)
+        cost = torch.cdist(x0.double(), x1.double()).pow(2).numpy()
+        u = pot.unif(n)
+        calls = (lambda: I.couple("ot", x0, x1), lambda: linear_sum_assignment(cost),  # noqa: B023 - run at once
+                 lambda: sampler.sample_plan(x1, x0), lambda: pot.emd(u, u, cost))  # noqa: B023
+        row = [_median_ms(c) for c in calls]
+        lines.append(f"| {n} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    return lines
+
+
 # ---------------------------------------------------------------------- results file
 
-PARTS = {"couplings": part_couplings, "peers": part_peers, "digits": part_digits, "blending": part_blending}
+PARTS = {"couplings": part_couplings, "peers": part_peers, "solvers": part_solvers, "digits": part_digits,
+         "blending": part_blending}
 
 
 def _replace_section(text: str, part: str, body: str) -> str:
@@ -334,7 +370,7 @@ def main(argv=None) -> None:
     p.add_argument("--budget", type=float, default=25.0, help="couplings: CPU seconds per fit (process time)")
     p.add_argument("--tol", type=float, default=0.05, help="couplings: RMS distance from the converged solution")
     p.add_argument("--peer-steps", type=int, default=2000, help="peers, blending (2-D): training steps")
-    p.add_argument("--peer-budget", type=float, default=30.0, help="peers, blending (2-D): CPU seconds per fit")
+    p.add_argument("--peer-budget", type=float, default=40.0, help="peers, blending (2-D): CPU seconds per fit")
     p.add_argument("--n-eval", type=int, default=1000, help="2-D: samples per W2")
     p.add_argument("--digit-steps", type=int, default=1500, help="digits: training steps")
     p.add_argument("--digit-budget", type=float, default=40.0, help="digits: CPU seconds per fit")
