@@ -31,9 +31,12 @@ pip_install -e ".${extras:+[$extras]}"
 if [[ " $* " == *" --peers "* ]]; then
   # k-diffusion's package __init__ imports torchvision, which breaks beside this torch: no deps,
   # and the benchmarks import k_diffusion.sampling on its own.
-  say "installing the peers used by tests and benchmarks: torchdiffeq, torchsde, k-diffusion (without its dependencies)"
+  # torchcfm's requirements pull torchdyn (and through it more): no deps either; its
+  # conditional_flow_matching module needs only POT (in the peers extra), which is all the benchmark imports.
+  say "installing the peers used by tests and benchmarks: torchdiffeq, torchsde, k-diffusion and torchcfm (without their dependencies)"
   pip_install torchdiffeq torchsde scipy
   pip_install --no-deps "k-diffusion==0.1.1.post1" || pip_install --no-deps k-diffusion
+  pip_install --no-deps "torchcfm==1.0.7" || pip_install --no-deps torchcfm
 fi
 if [[ " $* " == *" --test "* ]]; then
   # the browser test of the report (tests/test_browser.py) needs a headless Chromium: the Debian package
