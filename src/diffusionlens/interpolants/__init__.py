@@ -31,6 +31,8 @@ from .couplings import (
                    sinkhorn_plan,
 )
 from .exact import ExactVelocity, standard_normal
+from .indi import LinearGaussianDegradation, PairedOracle, clean_estimate, psnr
+from .indi import restore as indi_restore
 from .objective import VelocityMatching, fit, net_velocity, velocity_loss
 from .reflow import ReflowRound, reflow, reflow_pairs
 
@@ -38,4 +40,5 @@ __all__ = ["Interpolant", "Path", "Transported", "transport", "straightness", "F
            "velocity_from_denoiser", "as_denoiser", "COUPLINGS", "couple", "sinkhorn_plan", "MAX_OT_BATCH",
            "Gaussian", "MixtureSource", "TableSource", "Degraded", "DEGRADATIONS", "make_source",
            "ExactVelocity", "standard_normal", "VelocityMatching", "velocity_loss", "net_velocity", "fit",
-           "ReflowRound", "reflow", "reflow_pairs"]
+           "ReflowRound", "reflow", "reflow_pairs",
+           "indi_restore", "clean_estimate", "psnr", "LinearGaussianDegradation", "PairedOracle"]
