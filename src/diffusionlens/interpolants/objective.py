@@ -12,7 +12,8 @@ Named objectives (``TrainConfig.objective``), their settings in ``TrainConfig.ob
   ``interpolant+ot`` and ``interpolant+sinkhorn`` are the same with that coupling (older runs' names);
 - ``reflow``: ``teacher`` (an interpolant run with a Gaussian source), ``pairs`` (how many (sample,
   source) pairs the teacher's flow makes, once, when the objective is built), ``solve_steps`` (its
-  Heun steps): the next rectified flow (:mod:`.reflow`). The network is called
+  Heun steps): the next rectified flow (:mod:`.reflow`), starting from the teacher's weights when the
+  networks agree. The network is called
 as ``net(x_t, t)``: for the linear Gaussian-source case this is exactly what
 :class:`~diffusionlens.model.Denoiser` feeds a ``Param.VELOCITY`` network of the ``flow`` process
 (x_in = s x_hat = x_t, conditioning t), so such a run is also a canonical denoiser and the run
@@ -219,7 +220,13 @@ class PairTable(Objective):
     x1: Tensor
     t_min: float = 0.0
     t_max: float = 1.0
+    start: dict | None = None
     streams = ("t", "noise")
+
+    def initialise(self, net) -> None:
+        """Start from ``start`` (the teacher's weights: the next flow is close to its predecessor)."""
+        if self.start is not None:
+            net.load_state_dict(self.start)
 
     def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
         dev = batch.x0.device
@@ -257,4 +264,5 @@ def build_reflow(cfg, data) -> PairTable:
         raise ValueError(f"teacher {opts['teacher']!r} was trained on {tcfg.dataset!r}, not on {cfg.dataset!r}")
     v = net_velocity(den.net.eval())
     x0 = torch.cat([reflow_pairs(v, part, steps=k)[0] for part in x1.split(512)])  # bounded memory
-    return PairTable(x0, x1, cfg.t_min, cfg.t_max)
+    start = den.net.state_dict() if tcfg.net == cfg.net else None
+    return PairTable(x0, x1, cfg.t_min, cfg.t_max, start)
