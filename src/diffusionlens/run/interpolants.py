@@ -84,7 +84,10 @@ def _inputs(run, split: str | None, input_file, n: int, seed: int):
             raise ValueError(f"input images of shape {tuple(y.shape[1:])} for a run on {run.config.dataset!r} "
                              f"images of shape {shape}")
         clean = t.get("clean")
-        return y, None if clean is None or clean.shape != y.shape else clean.float(), path.stem
+        if clean is not None and clean.shape != y.shape:
+            raise ValueError(f"{str(path)!r}: 'clean' has shape {tuple(clean.shape)}, the degraded images "
+                             f"{tuple(y.shape)}")
+        return y, None if clean is None else clean.float(), path.stem
     split = split or "test"
     data = load_dataset(run.config.dataset, split, seed=run.config.seed)
     x = data.x[:n]
