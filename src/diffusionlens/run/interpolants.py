@@ -51,13 +51,17 @@ def velocity(run):
 def degradation(run):
     """The degraded source (:class:`~diffusionlens.interpolants.Degraded`) a paired run was trained on."""
     from ..data import load_dataset
-    from ..interpolants.objective import source_of
+    from ..interpolants.objective import interpolant_options, source_of
 
     spec = source_spec(run.config)
     if spec is None or not spec.startswith("degraded:"):
         raise ValueError(f"restore needs a run trained on a degraded source (train --objective interpolant --source "
                          f"degraded:KIND --coupling paired); {str(run.path)!r} has source {spec or 'none'} "
                          f"(objective {run.config.objective!r})")
+    opts = interpolant_options(run.config)
+    if opts["path"] != "linear" or opts["noise"]:
+        raise ValueError(f"InDI restores along the linear noiseless interpolant; {str(run.path)!r} was trained with "
+                         f"path {opts['path']!r} and noise {opts['noise']!r}")
     return source_of(spec, load_dataset(run.config.dataset, "test"))
 
 
