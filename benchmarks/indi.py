@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     clean, ref = test[: a.n], test[a.n:]  # restore one part, compare its law with the other's
     t0, c0 = time.perf_counter(), time.process_time()
     rows = [r for spec in a.degradations for r in run_degradation(spec, a, clf, clean, ref)]
-    command = f"`python -m benchmarks.indi {' '.join(sys.argv[1:] if argv is None else argv)}`"
+    command = f"`{' '.join(['python -m benchmarks.indi', *(sys.argv[1:] if argv is None else argv)])}`"
     setup = (f"{a.minutes:g} CPU-minutes of InDI training and {a.regressor_minutes:g} of the regressor's per "
              f"degradation, default UNet, batch {TrainConfig().batch_size}; the first {a.n} test images restored, "
              f"FD against the other {ref.shape[0]} (floor: the {a.n} clean images against them); "
