@@ -293,6 +293,7 @@ def _train_parser(sub) -> None:
                    help="network: unet, mlp or diffusers-unet (diffusers' UNet2DModel, exportable with "
                         "`diffusionlens export-diffusers`; needs the diffusers extra); default: unet for images, "
                         "mlp otherwise")
+    _interpolant_args(q)
     add_common(q)
 
 
@@ -383,6 +384,66 @@ def _objective_arg(q, D) -> None:
                         "blurring diffusion (heat dissipation in the DCT basis plus noise); interpolant*: "
                         "velocity matching with independent, OT or Sinkhorn couplings (--process flow --param "
                         "velocity)")
+
+
+def _interpolant_args(q) -> None:
+    from .interpolants import COUPLINGS, DEGRADATIONS
+
+    q.add_argument("--source", metavar="SPEC",
+                   help="interpolant source (implies --objective interpolant, --process flow --param velocity): "
+                        "gaussian (default), a data set name, or degraded:KIND[:LEVEL] with KIND one of "
+                        f"{', '.join(DEGRADATIONS)} (a paired copy of each training image, for InDI restoration)")
+    q.add_argument("--coupling", choices=list(COUPLINGS),
+                   help="how source and target samples pair up: independent (default), ot (exact minibatch OT), "
+                        "sinkhorn, or paired (default for a degraded source)")
+
+
+def _restore_parser(sub) -> None:
+    from .run.interpolants import RESTORE_STEPS
+
+    q = _sub(sub, "restore", "restore degraded images with an InDI run in n small steps",
+             "InDI (Delbracio & Milanfar 2023) with a run trained on a degraded source (train --objective interpolant "
+             "--source degraded:KIND --coupling paired): restore degraded images in n uniform steps "
+             "x <- x - d v(x, t) from t = 1 to 0 for each n of --steps (n = 1 is the MMSE regressor E[x0|y]) and "
+             "print the PSNR against the clean images. Inputs: the --split degraded as in training, or a "
+             "safetensors --input holding 'degraded' (or 'x') and optionally 'clean'. Writes <stem>.safetensors, "
+             "<stem>.json (PSNR per n) and <stem>.png (degraded | restored | clean).",
+             "examples:\n"
+             "  diffusionlens train --dataset digits --source degraded:blur:1.0 --minutes 3 --name blur\n"
+             "  diffusionlens restore blur --steps 1,4,16\n"
+             "  diffusionlens restore blur --input degraded.safetensors --steps 8 --out restored.safetensors")
+    add_run_arg(q)
+    q.add_argument("--steps", type=int_list, default=RESTORE_STEPS, metavar="N[,N...]",
+                   help=f"InDI step counts (default {','.join(map(str, RESTORE_STEPS))})")
+    q.add_argument("--split", choices=["test", "train"], help="degrade this split's images (default test)")
+    q.add_argument("--input", metavar="FILE.safetensors", help="degraded images to restore instead of a split")
+    q.add_argument("--n", type=positive_int, default=256, help="images of the split (default 256)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the degradation's noise (default 0)")
+    q.add_argument("--out", help="output path without extension, in an existing directory (default "
+                                 "<run>/restore-<split or input name>)")
+    add_common(q)
+
+
+def _reflow_parser(sub) -> None:
+    q = _sub(sub, "reflow", "one reflow round of a Gaussian-source velocity run (rectified flow)",
+             "Rectified flow's reflow (Liu et al. 2023): transport --pairs Gaussian samples with the run's velocity "
+             "(--solve-steps Heun steps) and train a new velocity on these (sample, noise) pairs, starting from the "
+             "run's weights, into an ordinary run directory: its paths are straighter, so it samples in few steps "
+             "(diffusionlens sample NEW --steps 1). One round per call; reflow the new run for another.",
+             "examples:\n"
+             "  diffusionlens train --dataset moons --source gaussian --coupling ot --steps 2000 --name moons-ot\n"
+             "  diffusionlens reflow moons-ot --name moons-rf --minutes 1\n"
+             "  diffusionlens sample moons-rf --steps 1")
+    add_run_arg(q)
+    q.add_argument("--name", help="the new run: runs/<name>")
+    q.add_argument("--run-dir", help="explicit directory of the new run (overrides --name)")
+    q.add_argument("--pairs", type=positive_int, default=4096, help="(sample, noise) pairs (default 4096)")
+    q.add_argument("--solve-steps", type=positive_int, default=32, help="Heun steps making the pairs (default 32)")
+    q.add_argument("--steps", type=positive_int, help="training steps (default 500 unless --minutes)")
+    q.add_argument("--minutes", type=positive_float, help="training budget in CPU minutes of this process")
+    q.add_argument("--lr", type=positive_float, help="learning rate (default a quarter of the run's)")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the pairs and the training (default 0)")
+    add_common(q)
 
 
 def _discrete_parser(sub) -> None:
@@ -637,6 +698,8 @@ commands, in the order of a workflow:
   discrete    sample and score a discrete-diffusion (token) run in bits/token, write its report
   import-diffusers  a local diffusers UNet2DModel + scheduler as a run directory
   export-diffusers  a run trained with --net diffusers-unet as a diffusers directory
+  restore     restore degraded images with an InDI run (train --source degraded:KIND) in n steps, PSNR
+  reflow      one reflow round of a Gaussian-source velocity run: a new run that samples in few steps
   main        the whole job: train on digits ({MAIN_STEPS} steps), evaluate, write runs/main/report.html
 
 quick start:
@@ -711,7 +774,8 @@ PARSERS = (_train_parser, _sample_parser, _evaluate_parser, _tune_parser, _likel
            _discrete_parser,
            _spectrum_parser,
            _finetune_parser,
-           _import_diffusers_parser, _export_diffusers_parser)
+           _import_diffusers_parser, _export_diffusers_parser,
+           _restore_parser, _reflow_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

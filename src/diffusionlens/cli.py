@@ -72,7 +72,27 @@ def _train_config(args, resume_from: Path | None = None):
     if args.steps is not None or args.minutes is not None:  # an explicit budget replaces the stored one
         base["steps"], base["minutes"] = args.steps, args.minutes
     base["device"] = device(args.device)
+    _interpolant_flags(args, base, resuming=resume_from is not None)
     return TrainConfig.from_dict(base)
+
+
+def _interpolant_flags(args, base: dict, resuming: bool) -> None:
+    """--source / --coupling: the interpolant objective's options (they imply --objective interpolant); a new
+    interpolant run trains the flow process's velocity unless --process / --param say otherwise."""
+    from .interpolants.objective import ALIASES
+
+    source, coupling = getattr(args, "source", None), getattr(args, "coupling", None)
+    if source is not None or coupling is not None:
+        if getattr(args, "objective", None) is None and base.get("objective", "denoising") == "denoising":
+            base["objective"] = "interpolant"
+        if base["objective"] not in ("interpolant", *ALIASES):
+            raise UsageError(f"--source/--coupling apply to --objective interpolant, not {base['objective']!r}")
+        opts = dict(base.get("objective_options") or {})
+        opts.update({k: v for k, v in (("source", source), ("coupling", coupling)) if v is not None})
+        base["objective_options"] = opts
+    if base.get("objective") in ("interpolant", "reflow", *ALIASES) and not resuming:
+        base.setdefault("process", "flow")
+        base.setdefault("param", "velocity")
 
 
 def _run_path(args, dataset: str | None) -> Path:
@@ -539,13 +559,45 @@ def cmd_export_diffusers(args) -> int:
     return 0
 
 
+def cmd_restore(args) -> int:
+    from .run import interpolants
+
+    r = _open(args)
+    res = interpolants.restore(r, steps=args.steps, split=args.split, input=args.input, n=args.n, seed=args.seed,
+                               out=args.out, progress=_progress(args))
+    head = f"restored {res['n']} images ({res['inputs']})"
+    if "psnr_degraded" in res:
+        head += f"; PSNR of the degraded images {res['psnr_degraded']['mean']:.2f} dB"
+    print(head)
+    for k, row in res["steps"].items():
+        print(f"  {k:>4} InDI steps" + (f": PSNR {row['psnr']['mean']:.2f} ± {row['psnr']['stderr']:.2f} dB"
+                                         if "psnr" in row else ""))
+    print(f"wrote {res['stem']}.safetensors, .json and .png")
+    return 0
+
+
+def cmd_reflow(args) -> int:
+    from .run import interpolants
+
+    _conflicts([(args.name is None and args.run_dir is None, "reflow writes a new run: give --name NEW")])
+    out = Path(args.run_dir) if args.run_dir else RUNS / args.name
+    res = interpolants.reflow(args.run, run_dir=out, pairs=args.pairs, solve_steps=args.solve_steps,
+                              minutes=args.minutes, steps=args.steps, seed=args.seed, lr=args.lr,
+                              device=device(args.device), progress=_progress(args))
+    print(f"reflowed on {args.pairs} pairs: {res.step} steps in {res.elapsed_s / 60:.2f} min; final loss "
+          f"{res.loss:.4g}")
+    print(f"run directory: {out}  (next: diffusionlens sample {out} --steps 1)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "tune": cmd_tune,
             "likelihood": cmd_likelihood,
             "encode": cmd_encode, "report": cmd_report, "main": cmd_main,
             "elbo": cmd_elbo, "denoise": cmd_denoise, "weighting": cmd_weighting, "interpolate": cmd_interpolate,
             "distill": cmd_distill, "discrete": cmd_discrete,
             "spectrum": cmd_spectrum, "finetune": cmd_finetune,
-            "import-diffusers": cmd_import_diffusers, "export-diffusers": cmd_export_diffusers}
+            "import-diffusers": cmd_import_diffusers, "export-diffusers": cmd_export_diffusers,
+            "restore": cmd_restore, "reflow": cmd_reflow}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ from .couplings import (
                    sinkhorn_plan,
 )
 from .exact import ExactVelocity, standard_normal
+from .indi import LinearGaussianDegradation, PairedOracle, clean_estimate, psnr
+from .indi import restore as indi_restore
 from .objective import VelocityMatching, fit, net_velocity, velocity_loss
 from .reflow import ReflowRound, reflow, reflow_pairs
 
@@ -47,4 +49,5 @@ __all__ = ["Interpolant", "Path", "Transported", "transport", "straightness", "F
            "Gaussian", "MixtureSource", "TableSource", "Degraded", "DEGRADATIONS", "make_source",
            "ExactVelocity", "standard_normal", "VelocityMatching", "velocity_loss", "net_velocity", "fit",
            "ReflowRound", "reflow", "reflow_pairs", "difference_from_velocity", "velocity_from_difference",
-           "blend_pairs", "fit_blending", "forward_map", "backward_map"]
+           "blend_pairs", "fit_blending", "forward_map", "backward_map",
+           "indi_restore", "clean_estimate", "psnr", "LinearGaussianDegradation", "PairedOracle"]

@@ -155,9 +155,38 @@ def _block(x0: Tensor, g: torch.Generator, level: float) -> Tensor:
     return out
 
 
-DEGRADATIONS = {"noise": (_noise, 0.5), "block": (_block, 0.5)}
+def _blur(x0: Tensor, g: torch.Generator, level: float) -> Tensor:
+    if x0.ndim < 3:
+        raise ValueError(f"the 'blur' degradation needs images (batch, C, H, W), got {tuple(x0.shape)}")
+    if not level > 0:
+        raise ValueError(f"the 'blur' degradation needs a kernel std > 0 pixels, got {level}")
+    r = max(1, math.ceil(3 * level))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x0.dtype, device=x0.device) / level) ** 2)
+    k = k / k.sum()
+    c = x0.shape[-3]
+    img = x0.reshape(-1, c, *x0.shape[-2:])
+    # separable and linear; replicate padding keeps the image's mean level at the border
+    img = torch.nn.functional.pad(img, (r, r, r, r), mode="replicate")
+    img = torch.nn.functional.conv2d(img, k.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    img = torch.nn.functional.conv2d(img, k.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return img.reshape(x0.shape)
+
+
+def _downsample(x0: Tensor, g: torch.Generator, level: float) -> Tensor:
+    f = int(level)
+    if x0.ndim < 3 or f != level or f < 1 or x0.shape[-1] % f or x0.shape[-2] % f:
+        raise ValueError(f"the 'downsample' degradation needs images whose sides the integer factor divides, got "
+                         f"factor {level} for shape {tuple(x0.shape)}")
+    h, w = x0.shape[-2:]
+    low = x0.reshape(*x0.shape[:-2], h // f, f, w // f, f).mean((-3, -1))
+    return low.repeat_interleave(f, -2).repeat_interleave(f, -1)
+
+
+DEGRADATIONS = {"noise": (_noise, 0.5), "block": (_block, 0.5), "blur": (_blur, 1.0), "downsample": (_downsample, 2)}
 """Degradations of x0 and their default levels: additive Gaussian noise of std ``level``; a central
-block of ``level`` times the image side set to 0."""
+block of ``level`` times the image side set to 0; a Gaussian blur of std ``level`` pixels; block
+averages over ``level`` x ``level`` pixels, shown at full size (nearest neighbour). Blur and
+downsampling are linear and noiseless (InDI's noise term, :mod:`.indi`, regularises their inversion)."""
 
 
 class Degraded:

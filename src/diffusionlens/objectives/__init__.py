@@ -27,6 +27,7 @@ OBJECTIVES = {
     "denoising+fokker-planck": regularisers.build_fokker_planck,
     "interpolant": interpolant.build_independent, "interpolant+ot": interpolant.build_ot,
     "interpolant+sinkhorn": interpolant.build_sinkhorn,
+    "reflow": interpolant.build_reflow,
     "consistency-training": distill.build_consistency_training,
     "consistency-distillation": distill.build_consistency_distillation,
     "progressive-distillation": distill.build_progressive,

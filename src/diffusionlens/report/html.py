@@ -574,3 +574,6 @@ def write_report(run_dir, *, progress: bool = True, device: str = "cpu") -> Path
         raise ReportError(f"report written to {run_dir / 'report.html'}, but these sections failed: "
                           f"{', '.join(failed)} (their errors are shown in place)")
     return run_dir / "report.html"
+
+
+from . import interpolants as _interpolant_sections  # noqa: E402,F401  (registers its sections)

@@ -23,6 +23,7 @@ Modules: :mod:`._core` (opening a run), :mod:`.files` (atomic writes), :mod:`.sa
 (the stored sampling plan).
 """
 
+from . import interpolants  # noqa: F401  (restore, reflow, the paths view)
 from ._core import LEVELS, MAIN_SAMPLER, MAIN_STEPS, RUNS, Run, find_run, open_run, sampling_range
 from .distill import distill
 from .files import check_writable, output_stem, save_json, save_tensors
