@@ -122,3 +122,40 @@ def test_old_objective_names_keep_their_coupling():
     assert build(cfg, data).coupling == "ot"
     with pytest.raises(ValueError, match="uses the sinkhorn coupling"):
         build(cfg.replace(objective="interpolant+sinkhorn", objective_options={"coupling": "ot"}), data)
+
+
+class _Still(torch.nn.Module):
+    """A velocity network that is zero everywhere: transport then returns its sources unchanged."""
+
+    def forward(self, x, t):
+        return torch.zeros_like(x)
+
+
+def test_a_degraded_source_run_samples_by_transporting_its_sources():
+    """A run from a non-Gaussian source samples its own way: sample i degrades train image (seed_i mod n) with
+    its own seed and carries it with Euler steps; batch-size invariant, NFE = steps, generic options refused."""
+    from types import SimpleNamespace
+
+    from diffusionlens import run
+    from diffusionlens.interpolants.objective import source_of
+    from diffusionlens.run.students import SourceTransport, own_sampling
+    from diffusionlens.samplers import noise_seeds
+
+    cfg = TrainConfig(dataset="digits", objective="interpolant", process="flow", param="velocity",
+                      objective_options={"source": "degraded:block", "coupling": "paired"})
+    model = SourceTransport(SimpleNamespace(net=_Still()), cfg, "degraded:block")
+    assert own_sampling(model) is not None and model.label() == "transport from degraded:block"
+    x, y, nfe = run.generate(model, cfg, 6, steps=3, seed=5)
+    assert y is None and nfe == 3
+    x2, _, _ = run.generate(model, cfg, 4, steps=3, seed=5, batch_size=3)
+    torch.testing.assert_close(x[:4], x2, rtol=0, atol=0)
+    train = load_dataset("digits", "train")
+    g = torch.Generator().manual_seed(5)
+    noise_seeds(g, 6)  # the start's stream, unused by a transport
+    seeds = noise_seeds(g, 6)
+    block = source_of("degraded:block", train)
+    for i, s in enumerate(seeds.tolist()):  # the velocity is zero: the samples are the degraded train images
+        expect = block(train.x[s % len(train)][None].float(), torch.Generator().manual_seed(s % (2**63)))
+        torch.testing.assert_close(x[i:i + 1], expect, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="transport run samples its own way"):
+        run.generate(model, cfg, 2, steps=3, grid="fitted-stop")

@@ -1,8 +1,9 @@
-"""Models that sample their own way: a progressive-distillation student set, a consistency model and a
-blurring-diffusion denoiser.
+"""Models that sample their own way: a progressive-distillation student set, a consistency model, a
+blurring-diffusion denoiser and an interpolant from a non-Gaussian source.
 
-A run whose config names a distillation, consistency or blurring objective opens (:func:`open_model`) as
-one of these wrappers around its EMA model. Each is still a denoiser-shaped callable (its default
+A run whose config names a distillation, consistency or blurring objective, or an interpolant from a
+source that is not Gaussian noise, opens (:func:`open_model`) as one of these wrappers around its EMA
+model. Each is still a denoiser-shaped callable (its default
 student's D, the consistency function f ~ the flow's end point, or the blurring model's E[x0 | x_hat],
 so figures can call it) and carries its own sampling, which :func:`diffusionlens.run.generate` uses in
 place of the generic samplers: ``--steps k`` is the number of network evaluations. The generic samplers
@@ -16,6 +17,8 @@ would be silently wrong for them, so grid, start and plan options are refused ra
 - blurring: DDIM steps or the exact-posterior ancestral steps per DCT coefficient
   (:func:`diffusionlens.frequency.blurring_sample`) on the Karras grid of the run's noise range; a
   deterministic ``--sampler`` picks the first, a stochastic one the second.
+- transport: source samples (another data set's, or degraded train images) carried by Euler steps of
+  the learned velocity (InDI for a paired, degraded source).
 
 Every wrapper states ``kind``, ``student`` (a few-step student of a teacher), ``steps`` (the step
 counts it has, None for any), ``default_steps``, ``variants`` (the determinism of each of its
@@ -170,12 +173,78 @@ class BlurringModel(nn.Module):
         return x, OwnInfo(float(steps))
 
 
+class SourceTransport(nn.Module):
+    """An interpolant run whose source is not Gaussian (another data set, or degraded copies of the data): its
+    samples are source samples carried to the target by ``steps`` Euler steps of the learned velocity (for a
+    paired, degraded source these are InDI restorations, one step being the MMSE regressor). Sample i's
+    source is drawn with its own seed: a degraded source degrades train image seed mod n (so the test split
+    stays unseen), a data-set source takes one of its train samples."""
+
+    kind = "transport"
+    student = False
+    variants = (True,)
+    why_not_a_denoiser = "this run transports a non-Gaussian source: the views of a Gaussian denoiser do not apply"
+    steps = None  # any number of steps
+    default_steps = 16
+
+    def __init__(self, den: nn.Module, cfg, spec: str):
+        from ..data import load_dataset
+        from ..interpolants import net_velocity
+        from ..interpolants.objective import source_of
+
+        super().__init__()
+        self.den, self.spec = den, spec
+        train = load_dataset(cfg.dataset, "train", seed=cfg.seed)
+        self.pool, self.source = train.x.float(), source_of(spec, train)
+        self.velocity = net_velocity(den.net)
+
+    @property
+    def net(self) -> nn.Module:
+        return self.den.net  # the velocity network, as on the run's Denoiser
+
+    def forward(self, x, sigma, **kwargs):
+        return self.den(x, sigma, **kwargs)
+
+    check_steps = BlurringModel.check_steps
+
+    def label(self, deterministic: bool = True) -> str:
+        return f"transport from {self.spec}"
+
+    def sweep_steps(self, nfes) -> tuple[int, ...]:
+        return tuple(nfes)
+
+    def sources(self, seeds: Tensor) -> Tensor:
+        """One source sample per 64-bit seed (batch,), independent of the batch it is drawn in."""
+        out = []
+        for s in seeds.tolist():
+            g = torch.Generator().manual_seed(s % (2**63))
+            x0 = self.pool[s % len(self.pool)][None]
+            out.append(self.source(x0, g))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, steps: int, generator=None, progress: bool = False,
+               deterministic: bool = True) -> tuple[Tensor, OwnInfo]:
+        from ..interpolants import transport
+
+        if not isinstance(generator, Tensor):
+            raise TypeError("a transport run draws its sources from per-sample seeds (the run layer's generate)")
+        x1 = self.sources(generator.cpu()).to(device=noise.device, dtype=noise.dtype)
+        out = transport(self.velocity, x1, steps=self.check_steps(steps), method="euler")
+        return out.x, OwnInfo(out.nfe)
+
+
 def open_model(path, den, cfg, device="cpu"):
     """The model a run samples: ``den`` itself for an ordinary run; the wrapper of a distilled or blurring one
     (the progressive students are read from the newest checkpoint)."""
+    from .interpolants import source_spec
+
     objective = getattr(cfg, "objective", None)
     if objective == "blurring":
         return BlurringModel(den, cfg).eval()
+    spec = source_spec(cfg) if objective is not None else None
+    if spec is not None and spec != "gaussian":
+        return SourceTransport(den, cfg, spec).eval()
     if objective not in DISTILLED:
         return den
     if cfg.objective != "progressive-distillation":
@@ -206,7 +275,8 @@ def open_model(path, den, cfg, device="cpu"):
 def own_sampling(den):
     """The model's own ``sample(noise, steps, generator, progress, deterministic)`` when it has one (a distilled
     or blurring run), else None."""
-    return den.sample if isinstance(den, (ProgressiveStudents, ConsistencyModel, BlurringModel)) else None
+    return den.sample if isinstance(den, (ProgressiveStudents, ConsistencyModel, BlurringModel, SourceTransport)) \
+        else None
 
 
 def default_steps(den, fallback: int = 16) -> int:
