@@ -3,6 +3,9 @@
 * ``masked``: the continuous-time masked-diffusion ELBO (MDLM / MD4),
   :func:`~diffusionlens.discrete.ctmc.masked_loss` at
   stratified times over the batch (MDLM's low-discrepancy sampler).
+* ``ctmc-uniform``: uniform corruption in continuous time, trained on its path-space ELBO
+  (:func:`~diffusionlens.discrete.ctmc.ctmc_loss`, Campbell et al. 2022 / SEDD's bound in the
+  x0-parameterisation) at stratified times.
 * ``d3pm-absorbing`` / ``d3pm-uniform``: D3PM's hybrid loss with ``T = 1000`` steps (Austin et al. 2021;
   lambda = 0.01).
 
@@ -18,17 +21,18 @@ import math
 import torch
 from torch import Tensor
 
-from ..discrete.ctmc import masked_loss, stratified_times
+from ..discrete.ctmc import ctmc_loss, masked_loss, stratified_times
 from ..discrete.d3pm import D3PM
 from ..discrete.process import Corruption, Kind
 from .base import Batch, Objective, Streams
 
-__all__ = ["MaskedDiffusion", "D3PMObjective", "corruption_of", "build_masked", "build_d3pm_absorbing",
-           "build_d3pm_uniform", "D3PM_STEPS", "HYBRID_LAMBDA", "DISCRETE_OBJECTIVES"]
+__all__ = ["MaskedDiffusion", "UniformDiffusion", "D3PMObjective", "corruption_of", "build_masked",
+           "build_ctmc_uniform", "build_d3pm_absorbing", "build_d3pm_uniform", "D3PM_STEPS", "HYBRID_LAMBDA",
+           "DISCRETE_OBJECTIVES"]
 
 D3PM_STEPS = 1000
 HYBRID_LAMBDA = 0.01
-DISCRETE_OBJECTIVES = ("masked", "d3pm-absorbing", "d3pm-uniform")
+DISCRETE_OBJECTIVES = ("masked", "ctmc-uniform", "d3pm-absorbing", "d3pm-uniform")
 
 
 def _raw(model):
@@ -55,6 +59,25 @@ class MaskedDiffusion(Objective):
         return per.float() / L
 
 
+class UniformDiffusion(Objective):
+    """Uniform corruption in continuous time: per-sample loss = the CTMC ELBO integrand / L (nats per token)."""
+
+    streams = ("t", "noise")
+
+    def __init__(self, process: Corruption):
+        if process.kind is not Kind.UNIFORM:
+            raise ValueError(f"ctmc-uniform needs the uniform process, got {process.kind.value!r}")
+        self.process = process
+
+    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
+        x0 = batch.x0
+        t = stratified_times(batch.size, rng["t"], x0.device)
+        x_t = self.process.corrupt(x0, t, rng["noise"])
+        L = math.prod(x0.shape[1:])
+        per = ctmc_loss(_raw(model), batch.local(x0), batch.local(x_t), batch.local(t), self.process)
+        return per.float() / L
+
+
 class D3PMObjective(Objective):
     """D3PM's hybrid loss / L per sample (one step k ~ U{1..T} per sample)."""
 
@@ -76,6 +99,8 @@ def corruption_of(objective: str, vocab: int):
     """(Corruption, D3PM or None) that a discrete objective name trains."""
     if objective == "masked":
         return Corruption(Kind.MASK, vocab), None
+    if objective == "ctmc-uniform":
+        return Corruption(Kind.UNIFORM, vocab), None
     if objective in ("d3pm-absorbing", "d3pm-uniform"):
         kind = Kind.MASK if objective == "d3pm-absorbing" else Kind.UNIFORM
         pr = Corruption(kind, vocab)
@@ -93,6 +118,10 @@ def _vocab(cfg, data) -> int:
 
 def build_masked(cfg, data) -> MaskedDiffusion:
     return MaskedDiffusion(corruption_of("masked", _vocab(cfg, data))[0])
+
+
+def build_ctmc_uniform(cfg, data) -> UniformDiffusion:
+    return UniformDiffusion(corruption_of("ctmc-uniform", _vocab(cfg, data))[0])
 
 
 def build_d3pm_absorbing(cfg, data) -> D3PMObjective:
