@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlens.discrete import Corruption, D3PM, all_sequences, ctmc_elbo, ctmc_loss, random_mixture
+from diffusionlens.discrete import D3PM, Corruption, all_sequences, ctmc_elbo, ctmc_loss, random_mixture
 from diffusionlens.discrete.ctmc import masked_loss
 
 L, V = 3, 3

@@ -1,7 +1,17 @@
 """Discrete-state diffusion: tokens corrupted by masking or uniform noise (see :mod:`.process`)."""
 
 from . import analog
-from .ctmc import CHOICE_TEMPERATURE, SAMPLERS, ancestral, ctmc_elbo, ctmc_loss, mask_counts, masked_elbo, maskgit, tau_leaping
+from .ctmc import (
+           CHOICE_TEMPERATURE,
+           SAMPLERS,
+           ancestral,
+           ctmc_elbo,
+           ctmc_loss,
+           mask_counts,
+           masked_elbo,
+           maskgit,
+           tau_leaping,
+)
 from .d3pm import D3PM, Terms
 from .oracle import CategoricalMixture, all_sequences, random_mixture
 from .process import Corruption, Kind, Schedule, check_tokens, log_probs, reverse_probs, reverse_rates

@@ -6,6 +6,8 @@
 * ``ctmc-uniform``: uniform corruption in continuous time, trained on its path-space ELBO
   (:func:`~diffusionlens.discrete.ctmc.ctmc_loss`, Campbell et al. 2022 / SEDD's bound in the
   x0-parameterisation) at stratified times.
+* ``analog-bits``: tokens as +-1 bits (Chen et al. 2022), bits as channels, through the denoising or
+  self-conditioning objective (a continuous run; :mod:`diffusionlens.discrete.analog`).
 * ``d3pm-absorbing`` / ``d3pm-uniform``: D3PM's hybrid loss with ``T = 1000`` steps (Austin et al. 2021;
   lambda = 0.01).
 
@@ -21,14 +23,15 @@ import math
 import torch
 from torch import Tensor
 
+from ..discrete import analog
 from ..discrete.ctmc import ctmc_loss, masked_loss, stratified_times
 from ..discrete.d3pm import D3PM
 from ..discrete.process import Corruption, Kind
 from .base import Batch, Objective, Streams
 
-__all__ = ["MaskedDiffusion", "UniformDiffusion", "D3PMObjective", "corruption_of", "build_masked",
-           "build_ctmc_uniform", "build_d3pm_absorbing", "build_d3pm_uniform", "D3PM_STEPS", "HYBRID_LAMBDA",
-           "DISCRETE_OBJECTIVES"]
+__all__ = ["MaskedDiffusion", "UniformDiffusion", "D3PMObjective", "AnalogBits", "corruption_of", "build_masked",
+           "build_ctmc_uniform", "build_analog_bits", "build_d3pm_absorbing", "build_d3pm_uniform", "D3PM_STEPS",
+           "HYBRID_LAMBDA", "DISCRETE_OBJECTIVES"]
 
 D3PM_STEPS = 1000
 HYBRID_LAMBDA = 0.01
@@ -130,3 +133,50 @@ def build_d3pm_absorbing(cfg, data) -> D3PMObjective:
 
 def build_d3pm_uniform(cfg, data) -> D3PMObjective:
     return D3PMObjective(corruption_of("d3pm-uniform", _vocab(cfg, data))[1])
+
+
+class AnalogBits(Objective):
+    """The continuous objective ``inner`` on the analog bits of token batches (bits as channels).
+
+    Built by :func:`build_analog_bits`; the network sees (batch, bits, *shape) real values.
+    """
+
+    def __init__(self, inner, vocab: int):
+        self.inner, self.vocab = inner, vocab
+        self.streams = inner.streams
+
+    def __call__(self, model, batch, rng) -> Tensor:
+        x = analog.channels(analog.encode(batch.x0, self.vocab))
+        return self.inner(model, Batch(x, batch.labels, batch.rows), rng)
+
+    def initialise(self, net) -> None:
+        self.inner.initialise(net)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+def build_analog_bits(cfg, data) -> AnalogBits:
+    """The ``analog-bits`` objective: denoising (or self-conditioning, with ``"self_condition": true`` in
+    the net spec) on ``data``'s analog bits. Needs token data, ``sigma_data = 1`` and a network whose
+    input is (bits, *shape) (:func:`~diffusionlens.discrete.analog.config` sets both)."""
+    from . import denoising, selfcond
+
+    vocab = getattr(data, "vocab", None)
+    if vocab is None:
+        raise ValueError(f"objective 'analog-bits' needs token data (digits17, mnist-binary, text), "
+                         f"got dataset {cfg.dataset!r}")
+    if cfg.sigma_data is None or abs(cfg.sigma_data - 1) > 1e-9:
+        raise ValueError(f"analog bits are +-1: train them with sigma_data = 1, got {cfg.sigma_data!r}")
+    want = [analog.bits(vocab), *data.data_shape]
+    net = cfg.net or {}
+    got = [net.get("in_channels"), net.get("image_size"), net.get("image_size")] if net.get("kind") == "unet" \
+        else net.get("data_shape")
+    if net.get("kind") not in ("unet", "mlp") or list(got or []) != want:
+        raise ValueError(f"analog bits of {cfg.dataset!r} need a unet or mlp network with input shape {want}, "
+                         f"got {net.get('kind')!r} with {got}; analog.config(cfg) sets one")
+    inner = selfcond.build(cfg, data) if net.get("self_condition") else denoising.build(cfg, data)
+    return AnalogBits(inner, vocab)
