@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionlens.discrete import D3PM, Corruption, all_sequences, ctmc_elbo, ctmc_loss, random_mixture
+from diffusionlens.discrete import (
+    D3PM,
+    Corruption,
+    all_sequences,
+    ctmc_elbo,
+    ctmc_loss,
+    likelihood_weighted,
+    random_mixture,
+)
 from diffusionlens.discrete.ctmc import masked_loss
 
 L, V = 3, 3
@@ -103,3 +111,20 @@ def test_bad_input_is_one_line(mix):
         ctmc_elbo(mix.denoiser(pr), mix.sample(2), pr, n_t=0)
     with pytest.raises(ValueError, match="token 3 is outside"):
         ctmc_elbo(mix.denoiser(pr), torch.full((2, L), 3), pr)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "mask"])
+def test_likelihood_weighting_keeps_the_exact_posterior_and_makes_a_blank_network_uniform(mix, kind):
+    """Weighting a position's logits by its visible token's likelihood: the exact leave-one-out
+    predictions give the exact posterior marginals, and constant logits the posterior of i.i.d. uniform
+    tokens, whose CTMC bound is exactly L log V (a finite start for training uniform corruption)."""
+    pr = Corruption(kind, V, "cosine")
+    g = torch.Generator().manual_seed(7)
+    x_t = pr.corrupt(mix.sample(6, g), 0.4, g)
+    blank = likelihood_weighted(lambda x, t: torch.zeros(*x.shape, V), pr)
+    uniform = random_mixture(1, (L,), V)
+    uniform.probs[:] = 1 / V
+    assert torch.allclose(torch.softmax(blank(x_t, 0.4), -1), uniform.posterior(x_t, 0.4, pr), atol=1e-12)
+    x0 = all_sequences(V, (L,))[::5]
+    assert torch.allclose(_exact_bound(blank, x0, pr), torch.full((len(x0),), L * math.log(V), dtype=torch.float64),
+                          atol=1e-5)

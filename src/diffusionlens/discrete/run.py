@@ -18,7 +18,7 @@ from torch import Tensor
 from ..objectives.discrete import DISCRETE_OBJECTIVES, corruption_of
 from .ctmc import SAMPLERS, ctmc_elbo, ctmc_loss, masked_elbo, masked_loss
 from .d3pm import D3PM
-from .process import Corruption, Kind, check_tokens
+from .process import Corruption, Kind, check_tokens, likelihood_weighted
 
 __all__ = ["TokenRun", "open_run", "sample", "elbo", "bound_per_time", "evaluate", "check_data"]
 
@@ -57,6 +57,8 @@ def open_run(path, *, device="cpu") -> TokenRun:
         with torch.no_grad():
             return net(x_t, t.to(torch.float32))
 
+    if cfg.objective == "ctmc-uniform":  # the parameterisation the objective trained
+        model = likelihood_weighted(model, process)
     return TokenRun(Path(path), model, cfg, process, d3pm, tuple(net.shape), torch.device(device))
 
 

@@ -5,7 +5,8 @@
   stratified times over the batch (MDLM's low-discrepancy sampler).
 * ``ctmc-uniform``: uniform corruption in continuous time, trained on its path-space ELBO
   (:func:`~diffusionlens.discrete.ctmc.ctmc_loss`, Campbell et al. 2022 / SEDD's bound in the
-  x0-parameterisation) at stratified times.
+  x0-parameterisation) at stratified times; the network's logits are weighted by the visible tokens'
+  likelihood (:func:`~diffusionlens.discrete.process.likelihood_weighted`), as the run opens it too.
 * ``analog-bits``: tokens as +-1 bits (Chen et al. 2022), bits as channels, through the denoising or
   self-conditioning objective (a continuous run; :mod:`diffusionlens.discrete.analog`).
 * ``d3pm-absorbing`` / ``d3pm-uniform``: D3PM's hybrid loss with ``T = 1000`` steps (Austin et al. 2021;
@@ -26,7 +27,7 @@ from torch import Tensor
 from ..discrete import analog
 from ..discrete.ctmc import ctmc_loss, masked_loss, stratified_times
 from ..discrete.d3pm import D3PM
-from ..discrete.process import Corruption, Kind
+from ..discrete.process import Corruption, Kind, likelihood_weighted
 from .base import Batch, Objective, Streams
 
 __all__ = ["MaskedDiffusion", "UniformDiffusion", "D3PMObjective", "AnalogBits", "corruption_of", "build_masked",
@@ -63,7 +64,8 @@ class MaskedDiffusion(Objective):
 
 
 class UniformDiffusion(Objective):
-    """Uniform corruption in continuous time: per-sample loss = the CTMC ELBO integrand / L (nats per token)."""
+    """Uniform corruption in continuous time: per-sample loss = the CTMC ELBO integrand / L (nats per token),
+    of the network's logits weighted by the visible tokens' likelihood (:func:`~.process.likelihood_weighted`)."""
 
     streams = ("t", "noise")
 
@@ -77,7 +79,8 @@ class UniformDiffusion(Objective):
         t = stratified_times(batch.size, rng["t"], x0.device)
         x_t = self.process.corrupt(x0, t, rng["noise"])
         L = math.prod(x0.shape[1:])
-        per = ctmc_loss(_raw(model), batch.local(x0), batch.local(x_t), batch.local(t), self.process)
+        net = likelihood_weighted(_raw(model), self.process)
+        per = ctmc_loss(net, batch.local(x0), batch.local(x_t), batch.local(t), self.process)
         return per.float() / L
 
 
