@@ -391,8 +391,8 @@ def _discrete_parser(sub) -> None:
     q = _sub(sub, "discrete", "sample and score a discrete-diffusion run (bits/token)",
              "For a run trained with a discrete objective (masked, ctmc-uniform, d3pm-absorbing, d3pm-uniform): "
              "the test set's negative ELBO in bits per token (mean ± standard error; an upper bound on the NLL), "
-             "the bound per time, and samples from the reverse chain (exact ancestral steps, tau-leaping or MaskGIT decoding). "
-             "Writes <run>/evaluation.json and <run>/samples.safetensors; prints text samples.",
+             "the bound per time, and samples from the reverse chain (exact ancestral steps, tau-leaping or MaskGIT "
+             "decoding). Writes <run>/evaluation.json and <run>/samples.safetensors; prints text samples.",
              "examples:\n"
              "  diffusionlens train --dataset digits17 --objective masked --minutes 5 --name d17\n"
              "  diffusionlens discrete d17 --sampler maskgit --steps 16\n"
