@@ -1,22 +1,26 @@
 """Discrete diffusion against an autoregressive baseline at equal size and equal CPU time.
 
 For each token data set (digits17: 8x8 digits as 17-level images; text: 64-character sequences of
-Python's documentation topics) the same small TokenTransformer is trained for the same process CPU
-time (``--cpu-minutes`` per model, ``clock="process"``) through the generic training loop with each
-objective: ``masked`` (MDLM / MD4), ``d3pm-absorbing``, ``d3pm-uniform``, and a causal copy trained
-by next-token cross-entropy (the ``autoregressive`` objective, registered by this script only). Then:
+Python's documentation topics; mnist-binary: 28x28 binarized MNIST) the same small TokenTransformer is
+trained for the same process CPU time (``--cpu-minutes`` per model, ``clock="process"``) through the
+generic training loop with each objective: ``masked`` (MDLM / MD4), ``ctmc-uniform`` (uniform
+corruption in continuous time, its CTMC ELBO), ``d3pm-absorbing``, ``d3pm-uniform``, and a causal copy
+trained by next-token cross-entropy (the ``autoregressive`` objective, registered by this script only).
+On digits17 also ``analog-bits``: the tokens' +-1 bits as 5 channels, the compact UNet with
+self-conditioning, the denoising loss (Chen et al. 2022), the same CPU time. Then:
 
-* test bits per token: the negative ELBO (masked: ``n_t`` stratified times per sequence; D3PM: the
-  one-step estimate averaged over ``n_t`` draws) -- an upper bound -- and the AR model's exact NLL;
-* sampling quality against steps (8/16/32/64) for ancestral, tau-leaping and MaskGIT (masked model):
-  digits17: Fréchet distance in the digits classifier's features (tokens v mapped to v / 8 - 1), next
-  to the floor (train images against test images); text: the AR model's NLL of the samples
-  ("generative perplexity", bits per character) and the samples' unigram entropy, next to the test
-  text's own.
+* test bits per token: the negative ELBO (continuous time: ``n_t`` stratified times per sequence; D3PM:
+  the one-step estimate averaged over ``n_t`` draws) -- an upper bound -- and the AR model's exact NLL;
+  none for analog bits (no bound on token probabilities: see ``diffusionlens.discrete.analog``);
+* sampling quality against steps: images: Fréchet distance in the data set's classifier features
+  (digits17: v / 8 - 1; mnist-binary: 2 v - 1) next to the floor (train images against test images);
+  text: the AR model's NLL of the samples ("generative perplexity", bits per character) and the
+  samples' unigram entropy, next to the test text's own. MaskGIT three ways: pure confidence order
+  (choice temperature 0), the reference decoder's annealed Gumbel noise (4.5, the default), random order.
 
 Rows are written to the results file as they finish, so an interrupted run keeps what it measured.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/discrete.py --cpu-minutes 1.5
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/discrete.py --cpu-minutes 2
 """
 
 from __future__ import annotations
@@ -33,11 +37,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._write import write_results  # noqa: E402
 from diffusionlens.data import load_dataset  # noqa: E402
+from diffusionlens.discrete import analog  # noqa: E402
 from diffusionlens.discrete import run as drun  # noqa: E402
 from diffusionlens.objectives import OBJECTIVES, Objective  # noqa: E402
 from diffusionlens.training import TrainConfig, load_denoiser, train  # noqa: E402
 
-OBJS = ("autoregressive", "masked", "d3pm-absorbing", "d3pm-uniform")  # the baseline first: rows compare to it
+OBJS = {  # the baseline first: rows compare to it
+    "digits17": ("autoregressive", "masked", "ctmc-uniform", "d3pm-absorbing", "d3pm-uniform", "analog-bits"),
+    "text": ("autoregressive", "masked", "ctmc-uniform", "d3pm-absorbing", "d3pm-uniform"),
+    "mnist-binary": ("autoregressive", "masked"),
+}
+# (row label, run, sampler, options); a row is measured when its run was trained
+ROWS = (("ancestral", "masked", "ancestral", {}), ("tau-leaping", "masked", "tau-leaping", {}),
+        ("maskgit, confidence order (choice T 0)", "masked", "maskgit", {"choice_temperature": 0.0}),
+        ("maskgit, reference (choice T 4.5, default)", "masked", "maskgit", {}),
+        ("maskgit, random order", "masked", "maskgit", {"choice_temperature": math.inf}),
+        ("ctmc-uniform, ancestral", "ctmc-uniform", "ancestral", {}),
+        ("ctmc-uniform, tau-leaping", "ctmc-uniform", "tau-leaping", {}),
+        ("analog bits, heun (NFE 2 x steps - 1)", "analog-bits", "heun", {}))
+BATCH = {"mnist-binary": 16}  # 784 tokens a sequence: more, smaller steps in the same CPU time
+ANALOG_SIZE = {"channels": 16, "emb_dim": 32, "channel_mult": [1, 2]}  # about the token models' size
+MNIST_ROWS = ("ancestral", "maskgit, reference (choice T 4.5, default)")  # 784 tokens: the costly set
+MNIST_STEPS = (16,)
 
 
 class Autoregressive(Objective):
@@ -53,16 +74,21 @@ class Autoregressive(Objective):
 
 def _spec(data, objective: str, dim: int, depth: int) -> dict:
     L = math.prod(data.data_shape)
-    states = data.vocab if objective in ("d3pm-uniform", "autoregressive") else data.vocab + 1
+    masked = objective in ("masked", "d3pm-absorbing")
     return {"kind": "token-transformer", "vocab": data.vocab, "length": L, "shape": list(data.data_shape),
-            "states": states, "dim": dim, "depth": depth, "heads": 4, "causal": objective == "autoregressive"}
+            "states": data.vocab + masked, "dim": dim, "depth": depth, "heads": 4,
+            "causal": objective == "autoregressive"}
 
 
 def _train(name, objective, args, root: Path):
     data = load_dataset(name, "train")
     cfg = TrainConfig(dataset=name, objective=objective, steps=None, minutes=args.cpu_minutes, clock="process",
-                      batch_size=64, lr=1e-3, warmup_steps=50, net=_spec(data, objective, args.dim, args.depth),
-                      ckpt_every=0, log_every=50)
+                      batch_size=BATCH.get(name, 64), lr=1e-3, warmup_steps=50, ckpt_every=0, log_every=50)
+    if objective == "analog-bits":
+        cfg = analog.config(cfg)
+        cfg = cfg.replace(net={**cfg.net, **ANALOG_SIZE})
+    else:
+        cfg = cfg.replace(net=_spec(data, objective, args.dim, args.depth))
     t0 = time.process_time()
     res = train(cfg, root / f"{name}-{objective}", overwrite=True, progress=False)
     return res, time.process_time() - t0
@@ -97,43 +123,72 @@ def _entropy(x: torch.Tensor, vocab: int) -> float:
     return float(-(p * p.log2()).sum())
 
 
+def _images(name, x: torch.Tensor) -> torch.Tensor:
+    return x[:, None].float() / 8 - 1 if name == "digits17" else x[:, None].float() * 2 - 1
+
+
+def _draw(name, root, label, objective, sampler, options, steps, n):
+    path = root / f"{name}-{objective}"
+    if objective == "analog-bits":
+        return analog.sample_run(path, n, sampler=sampler, steps=steps, seed=1)
+    return drun.sample(drun.open_run(path), n, sampler=sampler, steps=steps, seed=1, **options)
+
+
 def _quality(name, root, args, test, lines):
-    r = drun.open_run(root / f"{name}-masked")
-    if name == "digits17":
+    """The sampling-quality table of one data set, a row at a time (yields after each row)."""
+    image = name != "text"
+    steps = MNIST_STEPS if name == "mnist-binary" else args.steps
+    if image:
         from diffusionlens.evaluate import image_frechet
 
-        ref = test.x[:, None].float() / 8 - 1
-        floor = image_frechet(load_dataset("digits17", "train").x[: args.n_samples, None].float() / 8 - 1, ref)
-        lines.append(f"\nFréchet distance (digits classifier features, {args.n_samples} samples vs the "
-                     f"{len(ref)} test images; floor = train images: {floor['fd']:.2f})\n")
+        clf = "digits" if name == "digits17" else "mnist"
+        ref = _images(name, test.x)
+        floor = image_frechet(_images(name, load_dataset(name, "train").x[: args.n_samples]), ref, dataset=clf)
+        lines.append(f"\nFréchet distance ({clf} classifier features, {args.n_samples} samples vs the "
+                     f"{len(ref)} test images; floor = {args.n_samples} train images: {floor['fd']:.2f})\n")
     else:
-        ar = root / f"{name}-autoregressive"
-        own = float(_ar_nll(ar, test.x[: args.n_samples]).mean())
+        own = float(_ar_nll(root / f"{name}-autoregressive", test.x[: args.n_samples]).mean())
         lines.append(f"\nText: AR model's NLL of the samples, bits/char (the test text's own: {own:.3f}; "
                      f"unigram entropy of the test text {_entropy(test.x, test.vocab):.3f} bits)\n")
-    lines.append("| sampler | " + " | ".join(f"{s} steps" for s in args.steps) + " |")
-    lines.append("|---" * (len(args.steps) + 1) + "|")
-    for sampler in ("ancestral", "tau-leaping", "maskgit"):
+    lines.append("| sampler | " + " | ".join(f"{s} steps" for s in steps) + " |")
+    lines.append("|---" * (len(steps) + 1) + "|")
+    for label, objective, sampler, options in ROWS:
+        if objective not in OBJS[name] or (name == "mnist-binary" and label not in MNIST_ROWS):
+            continue
         cells = []
-        for steps in args.steps:
-            x = drun.sample(r, args.n_samples, sampler=sampler, steps=steps, seed=1)
-            if name == "digits17":
-                cells.append(f"{image_frechet(x[:, None].float() / 8 - 1, ref)['fd']:.2f}")
+        for s in steps:
+            x = _draw(name, root, label, objective, sampler, options, s, args.n_samples)
+            if image:
+                cells.append(f"{image_frechet(_images(name, x), ref, dataset=clf)['fd']:.2f}")
             else:
                 gen = float(_ar_nll(root / f"{name}-autoregressive", x).mean())
                 cells.append(f"{gen:.3f} (H {_entropy(x, test.vocab):.2f})")
-        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
         yield
+
+
+def _header(args, argv) -> list[str]:
+    cmd = "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/discrete.py " + " ".join(argv or sys.argv[1:])
+    return ["# Discrete diffusion vs an autoregressive baseline (equal size, equal CPU time)", "",
+            f"Command: `{cmd}`", "",
+            f"Token models: TokenTransformer dim {args.dim}, depth {args.depth}, 4 heads; analog bits: the compact "
+            "UNet at about the same size (channels 16, levels 1-2, bits as channels, self-conditioning). "
+            "Batch 64 (mnist-binary 16), lr 1e-3, "
+            f"{args.cpu_minutes} process-CPU minutes of training per model on one thread (shared 2-core "
+            f"machine). Test bits/token: negative ELBO ({args.n_t} draws per sequence; an upper bound) for the "
+            "diffusion models, exact NLL for the AR model; ± one standard error over sequences"
+            + (f" (the first {args.n_test} test sequences)." if args.n_test else "."), ""]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cpu-minutes", type=float, default=1.5, help="process CPU minutes of training per model")
-    ap.add_argument("--datasets", default="digits17,text")
+    ap.add_argument("--cpu-minutes", type=float, default=2.0, help="process CPU minutes of training per model")
+    ap.add_argument("--datasets", default="digits17,text,mnist-binary")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--n-t", type=int, default=4, help="ELBO draws per test sequence")
-    ap.add_argument("--n-samples", type=int, default=200)
+    ap.add_argument("--n-samples", type=int, default=100)
+    ap.add_argument("--n-test", type=int, default=None, help="test sequences scored (default: the whole split)")
     ap.add_argument("--steps", default="8,16,32,64")
     ap.add_argument("--runs", default="runs/bench-discrete")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "discrete.md"))
@@ -141,24 +196,23 @@ def main(argv=None) -> int:
     args.steps = [int(s) for s in args.steps.split(",")]
     OBJECTIVES["autoregressive"] = lambda cfg, data: Autoregressive()
     root = Path(args.runs)
-    cmd = "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/discrete.py " + " ".join(argv or sys.argv[1:])
-    lines = ["# Discrete diffusion vs an autoregressive baseline (equal size, equal CPU time)", "",
-             f"Command: `{cmd}`", "",
-             f"Each model: TokenTransformer dim {args.dim}, depth {args.depth}, 4 heads, batch 64, lr 1e-3, "
-             f"{args.cpu_minutes} process-CPU minutes of training on one thread (shared 2-core machine). "
-             f"Test bits/token: negative ELBO ({args.n_t} draws per sequence; an upper bound) for the "
-             "diffusion models, exact NLL for the AR model; ± one standard error over sequences.", ""]
+    lines = _header(args, argv)
     for name in args.datasets.split(","):
-        test = load_dataset(name, "test")
-        lines += [f"## {name}", "", "| objective | steps trained | train CPU s | test bits/token | vs AR |",
-                  "|---|---|---|---|---|"]
+        test = load_dataset(name, "test", n=args.n_test)
+        lines += [f"## {name}", "", "| objective | params | steps trained | train CPU s | test bits/token | vs AR |",
+                  "|---|---|---|---|---|---|"]
         ar_bits = None
-        for obj in OBJS:
+        for obj in OBJS[name]:
             res, cpu = _train(name, obj, args, root)
-            bits, se = _bits(name, obj, root, test, args.n_t)
-            ar_bits = bits if obj == "autoregressive" else ar_bits
-            rel = "baseline" if obj == "autoregressive" else f"{100 * (bits / ar_bits - 1):+.0f} %"
-            lines.append(f"| {obj} | {res.step} | {cpu:.0f} | {bits:.3f} ± {se:.3f} | {rel} |")
+            if obj == "analog-bits":
+                bits = "no bound (see reading)"
+                rel = "—"
+            else:
+                b, se = _bits(name, obj, root, test, args.n_t)
+                ar_bits = b if obj == "autoregressive" else ar_bits
+                bits = f"{b:.3f} ± {se:.3f}"
+                rel = "baseline" if obj == "autoregressive" else f"{100 * (b / ar_bits - 1):+.0f} %"
+            lines.append(f"| {obj} | {res.num_params / 1e3:.0f}k | {res.step} | {cpu:.0f} | {bits} | {rel} |")
             write_results(args.out, "\n".join(lines) + "\n")
         for _ in _quality(name, root, args, test, lines):
             write_results(args.out, "\n".join(lines) + "\n")

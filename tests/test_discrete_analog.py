@@ -34,3 +34,42 @@ def test_bad_input_is_one_line():
         analog.encode(torch.tensor([[3]]), 3)
     with pytest.raises(ValueError, match="2 values per token"):
         analog.decode(torch.zeros(1, 1, 3), 3)
+
+
+def test_analog_bits_train_through_the_loop_and_sample_with_any_sampler(tmp_path):
+    from diffusionlens.data import load_dataset
+    from diffusionlens.objectives import Batch, Streams, build_objective
+    from diffusionlens.training import TrainConfig, train
+
+    cfg = analog.config(TrainConfig(dataset="digits17", steps=2, batch_size=8, ckpt_every=0, log_every=1))
+    assert cfg.net["in_channels"] == 5 and cfg.net["self_condition"] and cfg.sigma_data == 1.0
+    data = load_dataset("digits17", "train", n=8)
+    seen = []
+
+    def model(x, sigma, **cond):  # the denoising loss's view of the batch: the bits, as channels
+        seen.append(x)
+        return torch.zeros_like(x)
+
+    build_objective(cfg.replace(net={**cfg.net, "self_condition": False}), data)(model, Batch(data.x), Streams(0))
+    assert seen[0].shape == (8, 5, 8, 8)
+    train(cfg.replace(net={**cfg.net, "channels": 16}), tmp_path / "bits", progress=False)
+    for sampler in ("euler", "dpmpp_2m"):
+        x = analog.sample_run(tmp_path / "bits", 3, sampler=sampler, steps=2, batch_size=2)
+        assert x.shape == (3, 8, 8) and x.dtype == torch.int64 and 0 <= int(x.min()) and int(x.max()) <= 16
+
+
+def test_the_objective_refuses_what_it_cannot_train():
+    from diffusionlens.data import load_dataset
+    from diffusionlens.objectives import build_objective
+    from diffusionlens.training import TrainConfig
+
+    cfg = analog.config(TrainConfig(dataset="digits17"))
+    data = load_dataset("digits17", "test", n=4)
+    with pytest.raises(ValueError, match="sigma_data = 1, got 0.5"):
+        build_objective(cfg.replace(sigma_data=0.5), data)
+    with pytest.raises(ValueError, match=r"input shape \[5, 8, 8\], got 'token-transformer'"):
+        build_objective(cfg.replace(net={"kind": "token-transformer"}), data)
+    with pytest.raises(ValueError, match="needs token data"):
+        build_objective(cfg, load_dataset("digits", "test", n=4))
+    with pytest.raises(ValueError, match="need a token data set"):
+        analog.config(TrainConfig(dataset="digits"))

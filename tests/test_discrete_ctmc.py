@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from diffusionlens.discrete import (
+    CHOICE_TEMPERATURE,
     Corruption,
     all_sequences,
     ancestral,
+    mask_counts,
     masked_elbo,
     maskgit,
     random_mixture,
@@ -70,14 +72,57 @@ def test_ancestral_masked_samples_match_the_oracle(mix):
 def test_maskgit_in_random_order_one_token_per_step_is_exact(mix):
     pr = Corruption("mask", V)
     n = 6000
-    # overwhelming Gumbel noise on the confidences = a uniformly random order; one token per step
-    x = maskgit(mix.denoiser(pr), pr, (n, L), L, schedule="linear", choice_temperature=1e6,
+    # a uniformly random order, temperature 1, and a cosine schedule with steps >= pi L / 2: one token
+    # per step, the any-order factorisation of the exact posterior
+    assert [a - b for a, b in zip([L] + mask_counts(L, 5), mask_counts(L, 5))] == [1] * L + [0, 0]
+    x = maskgit(mix.denoiser(pr), pr, (n, L), 5, choice_temperature=math.inf,
                 generator=torch.Generator().manual_seed(4))
     p = mix.log_prob(all_sequences(V, (L,))).exp()
     assert 0.5 * float((_freq(x) - p).abs().sum()) < _tv_tolerance(p, n)
     # confidence order without noise and greedy decoding are deterministic per start: mode seeking
-    greedy = maskgit(mix.denoiser(pr), pr, (4, L), L, temperature=0.0)
+    greedy = maskgit(mix.denoiser(pr), pr, (4, L), L, temperature=0.0, choice_temperature=0.0)
     assert bool((greedy == greedy[0]).all())
+
+
+def test_maskgit_fixes_tokens_on_its_schedule_and_never_changes_them():
+    mix = random_mixture(2, (12,), 4, torch.Generator().manual_seed(9))
+    pr = Corruption("mask", 4)
+    seen = []
+
+    def model(x_t, t):
+        seen.append((x_t.clone(), t.clone()))
+        return mix.denoiser(pr)(x_t, t)
+
+    for schedule in ("cosine", "linear", "square"):
+        for steps in (1, 4, 7, 30):
+            seen.clear()
+            x = maskgit(model, pr, (5, 12), steps, schedule=schedule, generator=torch.Generator().manual_seed(steps))
+            counts = mask_counts(12, steps, schedule)
+            states = [s for s, _ in seen] + [x]
+            assert [int((s == 4).sum(1).max()) for s in states] == [12] + counts[: len(states) - 2] + [0]
+            assert [int((s == 4).sum(1).min()) for s in states] == [12] + counts[: len(states) - 2] + [0]
+            for a, b in zip(states[:-1], states[1:]):  # a fixed token stays
+                assert bool((b[a != 4] == a[a != 4]).all())
+            for s, t in seen:  # the model is asked at the time whose mask fraction is the current one
+                assert torch.allclose(1 - pr.alpha(t), (s == 4).double().mean(1))
+            assert all(a > b or a == 0 for a, b in zip([12] + counts, counts))  # at least one token per step
+
+
+def test_pure_confidence_order_is_biased_and_the_default_noise_reduces_it(mix):
+    """Why MaskGIT's reference decoder adds annealed Gumbel noise: with the exact posterior and one token
+    per step, pure confidence order (mode seeking) is far from p(x0), the default noise much closer."""
+    pr = Corruption("mask", V)
+    n = 6000
+    p = mix.log_prob(all_sequences(V, (L,))).exp()
+
+    def tv(steps, choice):
+        x = maskgit(mix.denoiser(pr), pr, (n, L), steps, choice_temperature=choice,
+                    generator=torch.Generator().manual_seed(10 + steps))
+        return 0.5 * float((_freq(x) - p).abs().sum())
+
+    tol = _tv_tolerance(p, n)
+    pure, default = tv(L, 0.0), tv(L, CHOICE_TEMPERATURE)
+    assert pure > default + 2 * tol
 
 
 @pytest.mark.parametrize("kind", ["mask", "uniform"])

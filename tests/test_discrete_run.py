@@ -26,11 +26,12 @@ def tiny_run(tmp_path_factory):
 
 def test_the_cli_scores_and_samples_a_masked_run(tiny_run, capsys):
     rc = main(["discrete", str(tiny_run), "--sampler", "maskgit", "--steps", "4", "--n", "3", "--n-test", "16",
-               "--quiet", "--device", "cpu"])
+               "--random-order", "--quiet", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "bits/token" in out
     ev = json.loads((tiny_run / "evaluation.json").read_text())
+    assert ev["options"]["choice_temperature"] == math.inf
     # an untrained x0-model predicts uniform tokens: its bound is about log2(17) bits per token
     assert abs(ev["test_bpd"] - math.log2(17)) < 0.5 and ev["n_test"] == 16
     assert len(ev["bound_per_time"]["t"]) == len(ev["bound_per_time"]["nats_per_token"]) == 20
@@ -43,9 +44,9 @@ def test_the_cli_scores_and_samples_a_masked_run(tiny_run, capsys):
     assert x.shape == (3, 8, 8) and int(x.max()) < 17 and int(x.min()) >= 0
 
 
-def test_d3pm_objectives_train(tmp_path):
-    for name in ("d3pm-uniform", "d3pm-absorbing"):
-        net = dict(TINY, states=17 if name == "d3pm-uniform" else 18)
+def test_d3pm_and_ctmc_uniform_objectives_train(tmp_path, capsys):
+    for name in ("d3pm-uniform", "d3pm-absorbing", "ctmc-uniform"):
+        net = dict(TINY, states=18 if name == "d3pm-absorbing" else 17)
         cfg = TrainConfig(dataset="digits17", objective=name, steps=2, batch_size=4, n_train=8, net=net, ckpt_every=0)
         res = train(cfg, tmp_path / name, progress=False)
         assert math.isfinite(res.loss)
@@ -53,6 +54,13 @@ def test_d3pm_objectives_train(tmp_path):
     assert r.d3pm is not None and r.d3pm.process.kind.value == "uniform"
     nats = drun.elbo(r, torch.zeros(2, 8, 8, dtype=torch.int64))
     assert nats.shape == (2,) and bool(torch.isfinite(nats).all())
+    r = drun.open_run(tmp_path / "ctmc-uniform")
+    assert r.d3pm is None and r.process.kind.value == "uniform"
+    nats = drun.elbo(r, torch.zeros(2, 8, 8, dtype=torch.int64))
+    assert nats.shape == (2,) and bool(torch.isfinite(nats).all())
+    rc = main(["discrete", str(tmp_path / "ctmc-uniform"), "--sampler", "tau-leaping", "--steps", "2", "--n", "2",
+               "--n-test", "4", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
 
 
 def test_bad_input_is_one_line(tiny_run, tmp_path, capsys):

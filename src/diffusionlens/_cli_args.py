@@ -450,10 +450,10 @@ def _discrete_parser(sub) -> None:
     from .discrete.ctmc import MASK_SCHEDULES, SAMPLERS
 
     q = _sub(sub, "discrete", "sample and score a discrete-diffusion run (bits/token)",
-             "For a run trained with a discrete objective (masked, d3pm-absorbing, d3pm-uniform): the test set's "
-             "negative ELBO in bits per token (mean ± standard error; an upper bound on the NLL), the bound per "
-             "time, and samples from the reverse chain (exact ancestral steps, tau-leaping or MaskGIT decoding). "
-             "Writes <run>/evaluation.json and <run>/samples.safetensors; prints text samples.",
+             "For a run trained with a discrete objective (masked, ctmc-uniform, d3pm-absorbing, d3pm-uniform): "
+             "the test set's negative ELBO in bits per token (mean ± standard error; an upper bound on the NLL), "
+             "the bound per time, and samples from the reverse chain (exact ancestral steps, tau-leaping or MaskGIT "
+             "decoding). Writes <run>/evaluation.json and <run>/samples.safetensors; prints text samples.",
              "examples:\n"
              "  diffusionlens train --dataset digits17 --objective masked --minutes 5 --name d17\n"
              "  diffusionlens discrete d17 --sampler maskgit --steps 16\n"
@@ -465,6 +465,12 @@ def _discrete_parser(sub) -> None:
     q.add_argument("--n-test", type=positive_int, help="test sequences scored (default: the whole split)")
     q.add_argument("--schedule", default="cosine", choices=list(MASK_SCHEDULES), help="maskgit's mask schedule")
     q.add_argument("--temperature", type=nonneg_float, default=1.0, help="maskgit's sampling temperature")
+    q.add_argument("--choice-temperature", type=nonneg_float, default=4.5,
+                   help="maskgit's Gumbel noise on the confidences, annealed by 1 - k/K (default 4.5, the reference "
+                        "decoder's; 0 = pure confidence order, mode seeking)")
+    q.add_argument("--random-order", action="store_true",
+                   help="maskgit fixes tokens in a uniformly random order instead (exact for an exact model when "
+                        "each step fixes one token)")
     q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sampler and the ELBO draws")
     add_common(q)
 

@@ -308,6 +308,8 @@ def cmd_discrete(args) -> int:
 
     r = drun.open_run(args.run, device=device(args.device))
     opts = {"schedule": args.schedule, "temperature": args.temperature} if args.sampler == "maskgit" else {}
+    if args.sampler == "maskgit":
+        opts["choice_temperature"] = math.inf if args.random_order else args.choice_temperature
     ev = drun.evaluate(r, n_test=args.n_test, n_samples=args.n, sampler=args.sampler, steps=args.steps,
                        seed=args.seed, progress=_progress(args), **opts)
     print(f"test negative ELBO: {ev['test_bpd']:.4f} ± {ev['test_bpd_stderr']:.2g} bits/token (n={ev['n_test']}, "

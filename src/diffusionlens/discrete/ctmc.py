@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .process import Corruption, Kind, check_tokens, log_probs, reverse_probs, reverse_rates
 
-__all__ = ["masked_elbo", "masked_loss", "stratified_times", "ancestral", "tau_leaping", "maskgit", "SAMPLERS"]
+__all__ = ["masked_elbo", "masked_loss", "ctmc_elbo", "ctmc_loss", "stratified_times", "ancestral", "tau_leaping",
+           "maskgit", "mask_counts", "CHOICE_TEMPERATURE", "SAMPLERS"]
 
 
 def _need_mask(process: Corruption, what: str) -> None:
@@ -66,6 +67,59 @@ def masked_elbo(model, x0: Tensor, process: Corruption, *, n_t: int = 1,
         t = (j + 1 - u) / n_t
         total = total + masked_loss(model, x0, process.corrupt(x0, t, generator), t, process)
     return total / n_t
+
+
+T_MAX = 1 - 1e-9
+"""Largest time the CTMC bound is evaluated at: beta(t) is singular at t = 1 for both schedules, where the
+integrand vanishes (the reverse rates given x0 and the model's both tend to beta pi)."""
+
+
+def ctmc_loss(model, x0: Tensor, x_t: Tensor, t: Tensor, process: Corruption) -> Tensor:
+    """The integrand of :func:`ctmc_elbo` at one draw, (batch,) nats; ``t`` (batch,) in (0, 1].
+
+    Summed over positions and target states j != x_t: the Bregman (generalised KL) divergence
+    r^ - r + r log(r / r^) between the reverse rate given x0, r = R_t(j, x_t) q_t(j | x0) / q_t(x_t | x0),
+    and the model's, r^ = the same averaged over its p(x0 | x_t) (:func:`~.process.reverse_rates`).
+    For masking it equals :func:`masked_loss` draw by draw. Differentiable in the model's output.
+    """
+    t = t.clamp(max=T_MAX)
+    lp = log_probs(model, x_t, t, process.vocab)
+    given = reverse_rates(process, torch.nn.functional.one_hot(x0, process.vocab).double(), x_t, t)
+    rates = reverse_rates(process, lp.exp(), x_t, t)
+    pos = given > 0
+    ratio = torch.where(pos, rates / given.clamp_min(1e-300), torch.ones_like(rates)) - 1
+    # r (u - log(1 + u)) with u = r^ / r - 1: no cancellation between the two large terms when r^ ~ r
+    div = torch.where(pos, given * (ratio - torch.log1p(ratio.clamp_min(-1 + 1e-300))), rates)
+    return div.reshape(x0.shape[0], -1).sum(-1)
+
+
+def ctmc_elbo(model, x0: Tensor, process: Corruption, *, n_t: int = 1,
+              generator: torch.Generator | None = None) -> Tensor:
+    """Negative continuous-time ELBO per sample for either corruption: (batch,) float64 nats.
+
+    The path-space bound of the reverse CTMC (Campbell et al. 2022, Prop. 2; Lou et al. 2024's score
+    entropy in the x0-parameterisation) with the tokens' independent forward chains::
+
+        -log p(x0) <= KL(q_1(. | x0) || pi) + int_0^1 E_{x_t ~ q_t(. | x0)} [ctmc_loss] dt
+
+    With the exact posterior marginals the model's reverse chain is the exact time reversal (one
+    token jumps at a time, so per-position marginals are all it needs) and the bound is tight, for
+    uniform corruption as for masking; the discrete-time (D3PM) bounds are strict. ``n_t`` stratified
+    times per sample; unbiased.
+    """
+    check_tokens(x0, process.vocab)
+    if not (isinstance(n_t, int) and n_t >= 1):
+        raise ValueError(f"n_t must be a positive integer, got {n_t!r}")
+    q1 = process.marginal(x0, 1.0)
+    pi = process.prior().to(q1.device)
+    logs = torch.where(q1 > 0, torch.log(q1.clamp_min(1e-300)) - torch.log(pi.clamp_min(1e-300)), 0.0)
+    prior = (q1 * logs).reshape(x0.shape[0], -1).sum(-1)
+    u = torch.rand(x0.shape[0], dtype=torch.float64, generator=generator).to(x0.device)
+    total = 0.0
+    for j in range(n_t):
+        t = (j + 1 - u) / n_t
+        total = total + ctmc_loss(model, x0, process.corrupt(x0, t, generator), t, process)
+    return prior + total / n_t
 
 
 def _grid(steps: int, t_max: float = 1.0) -> list[float]:
@@ -140,46 +194,74 @@ def _cosine(r: float) -> float:
 
 MASK_SCHEDULES = {"cosine": _cosine, "linear": lambda r: 1 - r, "square": lambda r: 1 - r * r}
 
+CHOICE_TEMPERATURE = 4.5
+"""MaskGIT's reference decoder's Gumbel scale on the confidences (annealed by 1 - k / K)."""
+
+
+def mask_counts(length: int, steps: int, schedule: str = "cosine") -> list[int]:
+    """How many of ``length`` tokens MaskGIT leaves masked after each of its ``steps`` steps.
+
+    ceil(L gamma(k / K)) for k < K, at least one token fewer than the step before (every step fixes
+    a token; a schedule too flat for K steps is taken as fast as that allows), and 0 after the last.
+    """
+    if schedule not in MASK_SCHEDULES:
+        raise ValueError(f"unknown mask schedule {schedule!r}; choose one of: {', '.join(MASK_SCHEDULES)}")
+    _grid(steps)
+    gamma, left, out = MASK_SCHEDULES[schedule], length, []
+    for k in range(1, steps + 1):
+        left = 0 if k == steps else max(0, min(math.ceil(length * gamma(k / steps)), left - 1))
+        out.append(left)
+    return out
+
 
 def maskgit(model, process: Corruption, shape, steps: int, *, schedule: str = "cosine", temperature: float = 1.0,
-            choice_temperature: float = 0.0, generator: torch.Generator | None = None, device=None) -> Tensor:
+            choice_temperature: float = CHOICE_TEMPERATURE, generator: torch.Generator | None = None,
+            device=None) -> Tensor:
     """MaskGIT's confidence-ordered parallel decoding (Chang et al. 2022, sec. 3.2): (*shape) int64.
 
     Start all masked; at step k = 1..K (K = ``steps``) draw every masked token from p(x0 | x_t)^(1 /
-    temperature) (temperature 0 = argmax), then keep the ceil(L gamma(k / K)) least confident of them
-    masked (gamma = ``schedule``: cosine, linear or square; confidence = log-probability of the drawn
-    token plus ``choice_temperature`` (1 - k / K) Gumbel noise, as the paper anneals it). The model is
-    called at the time t whose mask fraction 1 - alpha(t) is the current one.
+    temperature) (temperature 0 = argmax), then fix the most confident of them so that
+    :func:`mask_counts` tokens stay masked (gamma = ``schedule``: cosine, linear or square); fixed
+    tokens never change and the last step fixes all. Confidence = log-probability of the drawn token
+    plus ``choice_temperature`` (1 - k / K) Gumbel noise, as the reference decoder anneals it (its
+    default 4.5). ``choice_temperature`` 0 is pure confidence order: mode seeking, biased, and the
+    more so the more steps (fewer tokens drawn per step without selection); ``math.inf`` is a
+    uniformly random order: with temperature 1 and one token per step (steps >= pi L / 2 for the
+    cosine schedule) that is the any-order factorisation, exact for the exact posterior. The model
+    is called at the time t whose mask fraction 1 - alpha(t) is the current one.
     """
     _need_mask(process, "maskgit")
-    if schedule not in MASK_SCHEDULES:
-        raise ValueError(f"unknown mask schedule {schedule!r}; choose one of: {', '.join(MASK_SCHEDULES)}")
     if not (temperature >= 0 and choice_temperature >= 0):
         raise ValueError(f"temperatures must be >= 0, got {temperature!r}, {choice_temperature!r}")
     x = _start(process, shape, generator, device)
-    _grid(steps)
     B, L = x.shape[0], math.prod(x.shape[1:])
-    gamma = MASK_SCHEDULES[schedule]
-    for k in range(1, steps + 1):
+    counts = mask_counts(L, steps, schedule)
+    for k, n_keep in enumerate(counts, start=1):
         masked = (x == process.mask_id).reshape(B, L)
+        if not bool(masked.any()):
+            break
         t = process.t_of_alpha(1 - masked.double().mean(-1)).to(x.device)  # (B,)
         lp = log_probs(model, x, t, process.vocab).reshape(B, L, -1)
         if temperature == 0:
             draw = lp.argmax(-1)
         else:
             draw = _categorical(torch.softmax(lp / temperature, -1), generator)
-        conf = torch.gather(lp, -1, draw[..., None]).squeeze(-1)
-        if choice_temperature > 0:
-            u = torch.rand(conf.shape, dtype=torch.float64, generator=generator).to(x.device).clamp_min(1e-300)
-            conf = conf + choice_temperature * (1 - k / steps) * -torch.log(-torch.log(u))
-        conf = torch.where(masked, conf, torch.full_like(conf, math.inf))
-        keep_masked = 0 if k == steps else math.ceil(L * gamma(k / steps))
-        n_keep = torch.clamp(torch.full((B,), keep_masked, device=x.device), max=masked.sum(-1) - 1).clamp_min(0)
+        conf = _confidence(torch.gather(lp, -1, draw[..., None]).squeeze(-1), choice_temperature * (1 - k / steps),
+                           generator)
+        conf = torch.where(masked, conf, torch.full_like(conf, math.inf))  # fixed tokens are never re-masked
         rank = conf.argsort(-1).argsort(-1)  # 0 = least confident
-        remask = rank < n_keep[:, None]
-        flat = torch.where(masked & ~remask, draw, x.reshape(B, L))
-        x = flat.reshape(x.shape)
+        fix = masked & (rank >= n_keep)
+        x = torch.where(fix, draw, x.reshape(B, L)).reshape(x.shape)
     return x
+
+
+def _confidence(logp: Tensor, scale: float, generator) -> Tensor:
+    """log-probability of the drawn tokens plus ``scale`` Gumbel noise (scale inf: the noise alone)."""
+    if scale == 0:
+        return logp
+    u = torch.rand(logp.shape, dtype=torch.float64, generator=generator).to(logp.device).clamp_min(1e-300)
+    gumbel = -torch.log(-torch.log(u))
+    return gumbel if math.isinf(scale) else logp + scale * gumbel
 
 
 SAMPLERS = {"ancestral": ancestral, "tau-leaping": tau_leaping, "maskgit": maskgit}

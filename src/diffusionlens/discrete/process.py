@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Kind", "Schedule", "Corruption", "log_probs", "check_tokens", "reverse_probs", "reverse_rates"]
+__all__ = ["Kind", "Schedule", "Corruption", "log_probs", "check_tokens", "reverse_probs", "reverse_rates",
+           "likelihood_weighted"]
 
 
 class Kind(str, enum.Enum):
@@ -174,6 +175,25 @@ def log_probs(model, x_t: Tensor, t, vocab: int) -> Tensor:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"the model must return logits of shape {want} (vocabulary {vocab}), got {got}")
     return torch.log_softmax(out.double(), dim=-1)
+
+
+def likelihood_weighted(model, process: Corruption):
+    """The model ``(x_t, t) -> logits + log q(x_t,l | x0_l = v)``: a network's logits taken as the
+    context's prediction of x0_l, times the visible token's own likelihood (a position's exact posterior
+    has this form when the context is the other positions). For uniform corruption it keeps an
+    untrained network sensible: uniform logits give the posterior of i.i.d. uniform tokens (CTMC bound
+    exactly L log V), where a raw uniform x0-prediction would claim every visible token is noise and
+    jump at rate ~ 1/t near t = 0, an infinite bound. For masking it is MDLM's carry-over (a visible
+    token is certain)."""
+
+    def wrapped(x_t: Tensor, t) -> Tensor:
+        logits = model(x_t, t)
+        a = _times(process, t, x_t).reshape((-1,) + (1,) * (x_t.ndim - 1) + (1,))
+        v = torch.arange(process.vocab, device=x_t.device)
+        lik = a * (x_t[..., None] == v) + (1 - a) * process.prior().to(x_t.device)[x_t][..., None]
+        return logits.double() + torch.log(lik)
+
+    return wrapped
 
 
 def _times(process: Corruption, t, x_t: Tensor) -> Tensor:

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from ..objectives.discrete import DISCRETE_OBJECTIVES, corruption_of
-from .ctmc import SAMPLERS, masked_elbo, masked_loss
+from .ctmc import SAMPLERS, ctmc_elbo, ctmc_loss, masked_elbo, masked_loss
 from .d3pm import D3PM
-from .process import Corruption, check_tokens
+from .process import Corruption, Kind, check_tokens, likelihood_weighted
 
 __all__ = ["TokenRun", "open_run", "sample", "elbo", "bound_per_time", "evaluate", "check_data"]
 
@@ -57,6 +57,8 @@ def open_run(path, *, device="cpu") -> TokenRun:
         with torch.no_grad():
             return net(x_t, t.to(torch.float32))
 
+    if cfg.objective == "ctmc-uniform":  # the parameterisation the objective trained
+        model = likelihood_weighted(model, process)
     return TokenRun(Path(path), model, cfg, process, d3pm, tuple(net.shape), torch.device(device))
 
 
@@ -89,22 +91,23 @@ def sample(run: TokenRun, n: int, *, sampler: str = "ancestral", steps: int = 64
 
 
 def elbo(run: TokenRun, x0: Tensor, *, seed: int = 0, n_t: int = 1, batch_size: int = 256) -> Tensor:
-    """(batch,) an unbiased estimate of the negative ELBO in nats: the masked ELBO (continuous time) or
-    D3PM's one-step estimate, with ``n_t`` draws per sample."""
+    """(batch,) an unbiased estimate of the negative ELBO in nats: the continuous-time ELBO (masked, or the
+    CTMC bound of uniform corruption) or D3PM's one-step estimate, with ``n_t`` draws per sample."""
     check_tokens(x0, run.vocab, "data tokens")
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, x0.shape[0], batch_size):
         x = x0[start : start + batch_size].to(run.device)
         if run.d3pm is None:
-            out.append(masked_elbo(run.model, x, run.process, n_t=n_t, generator=g).cpu())
+            bound = masked_elbo if run.process.kind is Kind.MASK else ctmc_elbo
+            out.append(bound(run.model, x, run.process, n_t=n_t, generator=g).cpu())
         else:
             out.append(sum(run.d3pm.nll(run.model, x, generator=g).cpu() for _ in range(n_t)) / n_t)
     return torch.cat(out)
 
 
 def bound_per_time(run: TokenRun, x0: Tensor, times, *, seed: int = 0) -> list[float]:
-    """The bound's density over time in nats per token: at each t, E[integrand] (masked) or
+    """The bound's density over time in nats per token: at each t, E[integrand] (continuous time) or
     T E[term(round(t T))] (D3PM), whose integral over t in [0, 1] is the bound (one draw per sample)."""
     g = torch.Generator().manual_seed(seed)
     x0 = x0.to(run.device)
@@ -113,7 +116,8 @@ def bound_per_time(run: TokenRun, x0: Tensor, times, *, seed: int = 0) -> list[f
     for t in times:
         tt = torch.full((x0.shape[0],), float(t), dtype=torch.float64, device=run.device)
         if run.d3pm is None:
-            v = masked_loss(run.model, x0, run.process.corrupt(x0, tt, g), tt, run.process)
+            loss = masked_loss if run.process.kind is Kind.MASK else ctmc_loss
+            v = loss(run.model, x0, run.process.corrupt(x0, tt, g), tt, run.process)
         else:
             k = max(1, min(run.d3pm.T, round(float(t) * run.d3pm.T)))
             v = run.d3pm.T * run.d3pm.term(run.model, x0, run.d3pm.corrupt(x0, k, g), k)

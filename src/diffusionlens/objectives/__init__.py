@@ -23,6 +23,8 @@ OBJECTIVES = {
     "masked": discrete_objective.build_masked,
     "d3pm-absorbing": discrete_objective.build_d3pm_absorbing,
     "d3pm-uniform": discrete_objective.build_d3pm_uniform,
+    "ctmc-uniform": discrete_objective.build_ctmc_uniform,
+    "analog-bits": discrete_objective.build_analog_bits,
     "denoising+consistency": regularisers.build_consistency,
     "denoising+fokker-planck": regularisers.build_fokker_planck,
     "interpolant": interpolant.build_independent, "interpolant+ot": interpolant.build_ot,

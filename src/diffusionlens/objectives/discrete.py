@@ -3,6 +3,12 @@
 * ``masked``: the continuous-time masked-diffusion ELBO (MDLM / MD4),
   :func:`~diffusionlens.discrete.ctmc.masked_loss` at
   stratified times over the batch (MDLM's low-discrepancy sampler).
+* ``ctmc-uniform``: uniform corruption in continuous time, trained on its path-space ELBO
+  (:func:`~diffusionlens.discrete.ctmc.ctmc_loss`, Campbell et al. 2022 / SEDD's bound in the
+  x0-parameterisation) at stratified times; the network's logits are weighted by the visible tokens'
+  likelihood (:func:`~diffusionlens.discrete.process.likelihood_weighted`), as the run opens it too.
+* ``analog-bits``: tokens as +-1 bits (Chen et al. 2022), bits as channels, through the denoising or
+  self-conditioning objective (a continuous run; :mod:`diffusionlens.discrete.analog`).
 * ``d3pm-absorbing`` / ``d3pm-uniform``: D3PM's hybrid loss with ``T = 1000`` steps (Austin et al. 2021;
   lambda = 0.01).
 
@@ -18,17 +24,19 @@ import math
 import torch
 from torch import Tensor
 
-from ..discrete.ctmc import masked_loss, stratified_times
+from ..discrete import analog
+from ..discrete.ctmc import ctmc_loss, masked_loss, stratified_times
 from ..discrete.d3pm import D3PM
-from ..discrete.process import Corruption, Kind
+from ..discrete.process import Corruption, Kind, likelihood_weighted
 from .base import Batch, Objective, Streams
 
-__all__ = ["MaskedDiffusion", "D3PMObjective", "corruption_of", "build_masked", "build_d3pm_absorbing",
-           "build_d3pm_uniform", "D3PM_STEPS", "HYBRID_LAMBDA", "DISCRETE_OBJECTIVES"]
+__all__ = ["MaskedDiffusion", "UniformDiffusion", "D3PMObjective", "AnalogBits", "corruption_of", "build_masked",
+           "build_ctmc_uniform", "build_analog_bits", "build_d3pm_absorbing", "build_d3pm_uniform", "D3PM_STEPS",
+           "HYBRID_LAMBDA", "DISCRETE_OBJECTIVES"]
 
 D3PM_STEPS = 1000
 HYBRID_LAMBDA = 0.01
-DISCRETE_OBJECTIVES = ("masked", "d3pm-absorbing", "d3pm-uniform")
+DISCRETE_OBJECTIVES = ("masked", "ctmc-uniform", "d3pm-absorbing", "d3pm-uniform")
 
 
 def _raw(model):
@@ -55,6 +63,27 @@ class MaskedDiffusion(Objective):
         return per.float() / L
 
 
+class UniformDiffusion(Objective):
+    """Uniform corruption in continuous time: per-sample loss = the CTMC ELBO integrand / L (nats per token),
+    of the network's logits weighted by the visible tokens' likelihood (:func:`~.process.likelihood_weighted`)."""
+
+    streams = ("t", "noise")
+
+    def __init__(self, process: Corruption):
+        if process.kind is not Kind.UNIFORM:
+            raise ValueError(f"ctmc-uniform needs the uniform process, got {process.kind.value!r}")
+        self.process = process
+
+    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
+        x0 = batch.x0
+        t = stratified_times(batch.size, rng["t"], x0.device)
+        x_t = self.process.corrupt(x0, t, rng["noise"])
+        L = math.prod(x0.shape[1:])
+        net = likelihood_weighted(_raw(model), self.process)
+        per = ctmc_loss(net, batch.local(x0), batch.local(x_t), batch.local(t), self.process)
+        return per.float() / L
+
+
 class D3PMObjective(Objective):
     """D3PM's hybrid loss / L per sample (one step k ~ U{1..T} per sample)."""
 
@@ -76,6 +105,8 @@ def corruption_of(objective: str, vocab: int):
     """(Corruption, D3PM or None) that a discrete objective name trains."""
     if objective == "masked":
         return Corruption(Kind.MASK, vocab), None
+    if objective == "ctmc-uniform":
+        return Corruption(Kind.UNIFORM, vocab), None
     if objective in ("d3pm-absorbing", "d3pm-uniform"):
         kind = Kind.MASK if objective == "d3pm-absorbing" else Kind.UNIFORM
         pr = Corruption(kind, vocab)
@@ -95,9 +126,60 @@ def build_masked(cfg, data) -> MaskedDiffusion:
     return MaskedDiffusion(corruption_of("masked", _vocab(cfg, data))[0])
 
 
+def build_ctmc_uniform(cfg, data) -> UniformDiffusion:
+    return UniformDiffusion(corruption_of("ctmc-uniform", _vocab(cfg, data))[0])
+
+
 def build_d3pm_absorbing(cfg, data) -> D3PMObjective:
     return D3PMObjective(corruption_of("d3pm-absorbing", _vocab(cfg, data))[1])
 
 
 def build_d3pm_uniform(cfg, data) -> D3PMObjective:
     return D3PMObjective(corruption_of("d3pm-uniform", _vocab(cfg, data))[1])
+
+
+class AnalogBits(Objective):
+    """The continuous objective ``inner`` on the analog bits of token batches (bits as channels).
+
+    Built by :func:`build_analog_bits`; the network sees (batch, bits, *shape) real values.
+    """
+
+    def __init__(self, inner, vocab: int):
+        self.inner, self.vocab = inner, vocab
+        self.streams = inner.streams
+
+    def __call__(self, model, batch, rng) -> Tensor:
+        x = analog.channels(analog.encode(batch.x0, self.vocab))
+        return self.inner(model, Batch(x, batch.labels, batch.rows), rng)
+
+    def initialise(self, net) -> None:
+        self.inner.initialise(net)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+def build_analog_bits(cfg, data) -> AnalogBits:
+    """The ``analog-bits`` objective: denoising (or self-conditioning, with ``"self_condition": true`` in
+    the net spec) on ``data``'s analog bits. Needs token data, ``sigma_data = 1`` and a network whose
+    input is (bits, *shape) (:func:`~diffusionlens.discrete.analog.config` sets both)."""
+    from . import denoising, selfcond
+
+    vocab = getattr(data, "vocab", None)
+    if vocab is None:
+        raise ValueError(f"objective 'analog-bits' needs token data (digits17, mnist-binary, text), "
+                         f"got dataset {cfg.dataset!r}")
+    if cfg.sigma_data is None or abs(cfg.sigma_data - 1) > 1e-9:
+        raise ValueError(f"analog bits are +-1: train them with sigma_data = 1, got {cfg.sigma_data!r}")
+    want = [analog.bits(vocab), *data.data_shape]
+    net = cfg.net or {}
+    got = [net.get("in_channels"), net.get("image_size"), net.get("image_size")] if net.get("kind") == "unet" \
+        else net.get("data_shape")
+    if net.get("kind") not in ("unet", "mlp") or list(got or []) != want:
+        raise ValueError(f"analog bits of {cfg.dataset!r} need a unet or mlp network with input shape {want}, "
+                         f"got {net.get('kind')!r} with {got}; analog.config(cfg) sets one")
+    inner = selfcond.build(cfg, data) if net.get("self_condition") else denoising.build(cfg, data)
+    return AnalogBits(inner, vocab)
