@@ -73,3 +73,19 @@ def test_the_objective_refuses_what_it_cannot_train():
         build_objective(cfg, load_dataset("digits", "test", n=4))
     with pytest.raises(ValueError, match="need a token data set"):
         analog.config(TrainConfig(dataset="digits"))
+
+
+def test_the_cli_trains_an_analog_bits_run_and_sample_points_to_its_sampler(tmp_path, capsys):
+    """`train --objective analog-bits` gets the bits-as-channels network and sigma_data 1 without a config file;
+    `sample` refuses the run in one line naming the sampler that reads it."""
+    from diffusionlens.cli import main
+
+    run = tmp_path / "ab"
+    assert main(["train", "--dataset", "digits17", "--objective", "analog-bits", "--steps", "2", "--batch-size",
+                 "8", "--run-dir", str(run), "--quiet", "--ckpt-every", "0"]) == 0
+    x = analog.sample_run(run, 3, steps=2)
+    assert x.shape == (3, 8, 8) and int(x.min()) >= 0 and int(x.max()) < 17
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "analog.sample_run" in err[0]

@@ -379,11 +379,12 @@ def _objective_arg(q, D) -> None:
     q.add_argument("--objective", choices=list(OBJECTIVES), metavar="NAME",
                    help=f"what a training step minimises: {', '.join(OBJECTIVES)} (default {D.objective}). "
                         "consistency-training: improved consistency training from scratch, sampled in 1, 2, 4 "
-                        "steps; the distillation objectives need a teacher (use `diffusionlens distill`); masked "
-                        "and d3pm-*: discrete diffusion on token data (digits17, mnist-binary, text); blurring: "
-                        "blurring diffusion (heat dissipation in the DCT basis plus noise); interpolant*: "
-                        "velocity matching with independent, OT or Sinkhorn couplings (--process flow --param "
-                        "velocity)")
+                        "steps; the distillation objectives need a teacher (use `diffusionlens distill`); masked, "
+                        "ctmc-uniform and d3pm-*: discrete diffusion on token data (digits17, mnist-binary, text); "
+                        "analog-bits: token data as +-1 bits through the denoising loss (sampled with "
+                        "diffusionlens.discrete.analog.sample_run); blurring: blurring diffusion (heat dissipation "
+                        "in the DCT basis plus noise); interpolant (or --source/--coupling): velocity matching "
+                        "between a source and the data; reflow: see `diffusionlens reflow`")
 
 
 def _interpolant_args(q) -> None:

@@ -73,7 +73,12 @@ def _train_config(args, resume_from: Path | None = None):
         base["steps"], base["minutes"] = args.steps, args.minutes
     base["device"] = device(args.device)
     _interpolant_flags(args, base, resuming=resume_from is not None)
-    return TrainConfig.from_dict(base)
+    cfg = TrainConfig.from_dict(base)
+    if cfg.objective == "analog-bits" and "net" not in base:  # a new analog-bits run: bits as channels
+        from .discrete import analog
+
+        cfg = analog.config(cfg).replace(**{k: base[k] for k in ("sigma_data",) if k in base})
+    return cfg
 
 
 def _interpolant_flags(args, base: dict, resuming: bool) -> None:

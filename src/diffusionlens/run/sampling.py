@@ -149,7 +149,10 @@ def generate(denoiser, cfg, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: in
     from ..samplers import PILOT_GRIDS, SAMPLERS, Grid, MeanStart, gaussian_model, noise_seeds, randn, sample
     from .students import own_sampling
 
-    if own_sampling(denoiser) is not None:  # a distilled or blurring run: its own sampling
+    if getattr(cfg, "objective", None) == "analog-bits":
+        raise ValueError("an analog-bits run draws tokens with diffusionlens.discrete.analog.sample_run (any "
+                         "continuous sampler on the bits, then thresholding); sample and evaluate do not read it")
+    if own_sampling(denoiser) is not None:  # a distilled, blurring or transport run: its own sampling
         asked = {"grid": grid, "analytic_start": analytic_start, "teleport": teleport}
         if any(asked.values()):
             bad = ", ".join(f"{k}={v!r}" for k, v in asked.items() if v)
