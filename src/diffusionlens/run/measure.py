@@ -35,7 +35,7 @@ def _sweep(run: Run, n: int, *, sweep, nfes, seed: int, guidance: float, progres
     teleported one), and solves its own pilot otherwise."""
     from ..evaluate import headline_scorer
 
-    if own_sampling(run.denoiser) is not None and sweep:  # a distilled or blurring run: its own samplers
+    if own_sampling(run.denoiser) is not None and sweep:  # a run that samples its own way: its own samplers
         return own_sweep(run, n, nfes, seed=seed, progress=progress)
     entries = {e: sweep_entry(e) for e in sweep}
     jobs = [(s, k) for s in sweep for k in nfes]
