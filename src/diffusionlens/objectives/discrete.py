@@ -44,44 +44,47 @@ def _raw(model):
     return getattr(model, "net", model)
 
 
-class MaskedDiffusion(Objective):
-    """Masked diffusion in continuous time: per-sample loss = masked ELBO integrand / L (nats per token)."""
+class _ContinuousTime(Objective):
+    """A continuous-time discrete diffusion: per-sample loss = the ELBO integrand of :meth:`loss` at a
+    stratified time / L (nats per token)."""
 
     streams = ("t", "noise")
+    kind: Kind
+    needs: str
 
     def __init__(self, process: Corruption):
-        if process.kind is not Kind.MASK:
-            raise ValueError(f"masked diffusion needs the masking process, got {process.kind.value!r}")
+        if process.kind is not self.kind:
+            raise ValueError(f"{self.needs}, got {process.kind.value!r}")
         self.process = process
+
+    def loss(self, net, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
         x0 = batch.x0
         t = stratified_times(batch.size, rng["t"], x0.device)
         x_t = self.process.corrupt(x0, t, rng["noise"])
         L = math.prod(x0.shape[1:])
-        per = masked_loss(_raw(model), batch.local(x0), batch.local(x_t), batch.local(t), self.process)
-        return per.float() / L
+        return self.loss(_raw(model), batch.local(x0), batch.local(x_t), batch.local(t)).float() / L
 
 
-class UniformDiffusion(Objective):
-    """Uniform corruption in continuous time: per-sample loss = the CTMC ELBO integrand / L (nats per token),
-    of the network's logits weighted by the visible tokens' likelihood (:func:`~.process.likelihood_weighted`)."""
+class MaskedDiffusion(_ContinuousTime):
+    """Masked diffusion in continuous time: the masked ELBO integrand (a weighted cross-entropy)."""
 
-    streams = ("t", "noise")
+    kind, needs = Kind.MASK, "masked diffusion needs the masking process"
 
-    def __init__(self, process: Corruption):
-        if process.kind is not Kind.UNIFORM:
-            raise ValueError(f"ctmc-uniform needs the uniform process, got {process.kind.value!r}")
-        self.process = process
+    def loss(self, net, x0, x_t, t):
+        return masked_loss(net, x0, x_t, t, self.process)
 
-    def __call__(self, model, batch: Batch, rng: Streams) -> Tensor:
-        x0 = batch.x0
-        t = stratified_times(batch.size, rng["t"], x0.device)
-        x_t = self.process.corrupt(x0, t, rng["noise"])
-        L = math.prod(x0.shape[1:])
-        net = likelihood_weighted(_raw(model), self.process)
-        per = ctmc_loss(net, batch.local(x0), batch.local(x_t), batch.local(t), self.process)
-        return per.float() / L
+
+class UniformDiffusion(_ContinuousTime):
+    """Uniform corruption in continuous time: the CTMC ELBO integrand of the network's logits weighted by the
+    visible tokens' likelihood (:func:`~.process.likelihood_weighted`)."""
+
+    kind, needs = Kind.UNIFORM, "ctmc-uniform needs the uniform process"
+
+    def loss(self, net, x0, x_t, t):
+        return ctmc_loss(likelihood_weighted(net, self.process), x0, x_t, t, self.process)
 
 
 class D3PMObjective(Objective):
